@@ -1,0 +1,55 @@
+# Refinery: `make demo` runs the main job on built-in data; `make test` runs lint and tests.
+# Both create .venv when it is missing and install the project into it first.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.refinery-installed
+
+# Without an NVIDIA driver torch is pinned to the tested CPU-capable build, so installing never
+# pulls gigabytes of CUDA wheels (set TORCH_INDEX to PyTorch's CPU wheel index where the default
+# index only has CUDA builds). With a driver the venv sees the system's packages and pip keeps
+# any torch already there.
+TORCH_CPU ?= torch==2.13.0
+TORCH_INDEX ?=
+HAVE_NVIDIA := $(shell if [ -e /proc/driver/nvidia/version ] || command -v nvidia-smi >/dev/null 2>&1; then echo yes; fi)
+
+DEMO := out/demo
+
+.PHONY: install test lint demo bench results-table clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(if $(HAVE_NVIDIA),--system-site-packages) $(VENV)
+	@if [ -z "$(HAVE_NVIDIA)" ]; then \
+		echo "no NVIDIA driver: installing $(TORCH_CPU) (CPU)"; \
+		$(BIN)/python -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_CPU)"; \
+	fi
+	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/refinery synth gaze --variant synthetic --n 2000 --seed 1 --out $(DEMO)/synthetic
+	$(BIN)/refinery synth gaze --variant real --n 2000 --seed 2 --out $(DEMO)/real
+	$(BIN)/refinery inspect $(DEMO)/synthetic $(DEMO)/real --labels 2 --sheet $(DEMO)/contact-sheet.png
+	@echo "demo outputs: synthetic shards in $(DEMO)/synthetic, real shards in $(DEMO)/real,"
+	@echo "              contact sheet (synthetic above real) at $(DEMO)/contact-sheet.png"
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.shard_io
+	$(BIN)/python -m benchmarks.domain_gap
+	$(BIN)/python -m benchmarks.table
+
+results-table: $(STAMP)
+	$(BIN)/python -m benchmarks.table
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from refinery.cli import main
+
+sys.exit(main())

@@ -1,0 +1,379 @@
+"""Contract 1: what a sample is, per domain, and how each component maps to and from bytes.
+
+A sample is a dict in WebDataset form: ``"__key__"`` plus one entry per component, named by
+the component's extension in the tar (``"png"``, ``"depth.png"``, ``"seg.png"``, ``"json"``).
+On disk every component is bytes; decoded, images are numpy arrays and labels are dicts.
+
+| domain  | image component        | labels (never modified)            | optional                    |
+|---------|------------------------|------------------------------------|-----------------------------|
+| `gaze`  | `png` 8-bit grayscale  | `json` (gaze, look_vec, ...)       |                             |
+| `hand`  | `depth.png` uint16 mm  | `json` (joints_uvd, ...)           |                             |
+| `scene` | `jpg` or `png` RGB     | `seg.png` uint8 ids, `json`        | `depth.png` uint16          |
+
+Every domain may also carry `orig.<image ext>` (the unrefined image, kept by the refine job)
+and `refinery.json` (provenance). Components this module does not know stay bytes: nothing is
+ever unpickled and no string from a label is evaluated.
+
+Decoding is strict: an 8-bit PNG in a depth slot, a colour or palette PNG in a seg slot, or a
+label without its required fields is an error that names the key, the component and the reason,
+because each of those is a silent label corruption if let through.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+DOMAINS = ("gaze", "hand", "scene")
+
+# Reasons a sample is rejected; every report counts rejects under one of these.
+MISSING = "missing-component"
+UNDECODABLE = "undecodable"
+MALFORMED = "malformed"
+TRUNCATED = "truncated-tar"
+DUPLICATE = "duplicate-key"
+BAD_MEMBER = "bad-member"
+UNREADABLE = "unreadable-shard"
+REASONS = (MISSING, UNDECODABLE, MALFORMED, TRUNCATED, DUPLICATE, BAD_MEMBER, UNREADABLE)
+
+# Component kinds: how bytes become values.
+GRAY8 = "gray8"  # (H, W) uint8
+RGB8 = "rgb8"  # (H, W, 3) uint8, RGB order
+DEPTH16 = "depth16"  # (H, W) uint16, lossless 16-bit PNG
+SEG8 = "seg8"  # (H, W) uint8 class ids, lossless PNG
+JSON = "json"  # dict
+
+
+class SampleError(Exception):
+    """A bad sample: which shard, which key, which component, and why.
+
+    ``reason`` is one of ``REASONS`` (what reports count by); ``detail`` is for people.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        detail: str,
+        *,
+        key: str | None = None,
+        component: str | None = None,
+        url: str | None = None,
+    ):
+        self.reason = reason
+        self.detail = detail
+        self.key = key
+        self.component = component
+        self.url = url
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = [self.url or "<stream>"]
+        if self.key is not None:
+            where.append(f"key {self.key!r}")
+        if self.component is not None:
+            where.append(f"component {self.component!r}")
+        return f"{', '.join(where)}: {self.reason}: {self.detail}"
+
+    def with_url(self, url: str) -> SampleError:
+        if self.url is None:
+            self.url = url
+        return self
+
+    def as_record(self) -> dict[str, Any]:
+        """JSON-able form for stats files and reject lists."""
+        return {
+            "url": self.url,
+            "key": self.key,
+            "component": self.component,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """Which components make a sample of one domain."""
+
+    name: str
+    images: tuple[str, ...]  # accepted image components; exactly one must be present
+    image_kind: str
+    labels: tuple[str, ...]  # required label components
+    optional: tuple[str, ...] = ()
+
+    @property
+    def default_image(self) -> str:
+        return self.images[0]
+
+
+SPECS: dict[str, DomainSpec] = {
+    "gaze": DomainSpec("gaze", images=("png",), image_kind=GRAY8, labels=("json",)),
+    "hand": DomainSpec("hand", images=("depth.png",), image_kind=DEPTH16, labels=("json",)),
+    "scene": DomainSpec(
+        "scene",
+        images=("jpg", "png"),
+        image_kind=RGB8,
+        labels=("seg.png", "json"),
+        optional=("depth.png",),
+    ),
+}
+
+PROVENANCE = "refinery.json"
+
+
+def spec(domain: str) -> DomainSpec:
+    try:
+        return SPECS[domain]
+    except KeyError:
+        raise ValueError(
+            f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}"
+        ) from None
+
+
+def image_component(sample: Mapping[str, Any], domain: str, key: str | None = None) -> str:
+    """The name of the sample's image component (for `scene`, `jpg` or `png`)."""
+    found = [name for name in spec(domain).images if name in sample]
+    if len(found) != 1:
+        what = "no" if not found else "more than one"
+        raise SampleError(
+            MISSING if not found else MALFORMED,
+            f"{what} image component; a {domain} sample has exactly one of "
+            f"{', '.join(spec(domain).images)} (has: {', '.join(components(sample)) or 'nothing'})",
+            key=key if key is not None else sample.get("__key__"),
+        )
+    return found[0]
+
+
+def components(sample: Mapping[str, Any]) -> list[str]:
+    """Component names in the sample's own order (``__key__``, ``__url__`` ... excluded)."""
+    return [k for k in sample if not k.startswith("__")]
+
+
+def component_kind(domain: str | None, name: str) -> str | None:
+    """How a component decodes, or None for components passed through as bytes."""
+    base = name[len("orig.") :] if name.startswith("orig.") else name
+    if base == "depth.png":
+        return DEPTH16
+    if base == "seg.png":
+        return SEG8
+    if base == "json" or base.endswith(".json"):
+        return JSON
+    if base in ("png", "jpg", "jpeg"):
+        return spec(domain).image_kind if domain is not None else RGB8
+    return None
+
+
+# -- encode -----------------------------------------------------------------------------------
+
+PNG_COMPRESSION = 3  # zlib level: lossless either way; 3 is ~2x faster to write than 9
+JPEG_QUALITY = 95
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"cannot store {type(obj).__name__} in a JSON label")
+
+
+def encode_json(obj: Mapping[str, Any]) -> bytes:
+    """Deterministic JSON: sorted keys, compact, UTF-8; NaN/inf are refused."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), default=_json_default, allow_nan=False
+    ).encode("utf-8")
+
+
+def encode_image(array: np.ndarray, kind: str, ext: str = "png") -> bytes:
+    """Encode an array of the given kind; `ext` is ``png`` or ``jpg`` (8-bit kinds only)."""
+    _check_array(array, kind)
+    if ext in ("jpg", "jpeg"):
+        if kind not in (GRAY8, RGB8):
+            raise ValueError(f"{kind} must be stored losslessly as PNG, not JPEG")
+        params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+        suffix = ".jpg"
+    elif ext == "png":
+        params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]
+        suffix = ".png"
+    else:
+        raise ValueError(f"unsupported image extension {ext!r}")
+    if kind == RGB8:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(suffix, np.ascontiguousarray(array), params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {array.shape} {array.dtype} array as {ext}")
+    return buf.tobytes()
+
+
+def encode_component(name: str, value: Any, domain: str | None = None) -> bytes:
+    """Bytes for one component; bytes pass through unchanged."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    kind = component_kind(domain, name)
+    if kind == JSON:
+        return encode_json(value)
+    if kind is None:
+        raise ValueError(f"component {name!r} has no known encoding; pass bytes")
+    return encode_image(np.asarray(value), kind, ext=name.rsplit(".", 1)[-1])
+
+
+def encode_sample(sample: Mapping[str, Any], domain: str | None = None) -> dict[str, Any]:
+    """Encode every non-bytes component, keeping the component order."""
+    out: dict[str, Any] = {}
+    for name, value in sample.items():
+        out[name] = value if name.startswith("__") else encode_component(name, value, domain)
+    return out
+
+
+# -- decode -----------------------------------------------------------------------------------
+
+_EXPECT = {
+    GRAY8: "8-bit single-channel image",
+    RGB8: "8-bit 3-channel image",
+    DEPTH16: "16-bit single-channel PNG (depth in integer units)",
+    SEG8: "8-bit single-channel PNG of class ids (no palette, no colour)",
+}
+
+
+def _check_array(array: np.ndarray, kind: str) -> None:
+    dtype = np.uint16 if kind == DEPTH16 else np.uint8
+    ndim_ok = array.ndim == 3 and array.shape[2] == 3 if kind == RGB8 else array.ndim == 2
+    if array.dtype != dtype or not ndim_ok or array.size == 0:
+        raise ValueError(
+            f"expected {_EXPECT[kind]}, got shape {tuple(array.shape)} dtype {array.dtype}"
+        )
+
+
+def decode_image(data: bytes, kind: str) -> np.ndarray:
+    """Decode image bytes of the given kind; raises ValueError (undecodable or wrong kind)."""
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise _Undecodable(f"not a decodable image ({len(data)} bytes)")
+    if kind == RGB8 and array.ndim == 3 and array.shape[2] == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    _check_array(array, kind)
+    return array
+
+
+class _Undecodable(ValueError):
+    pass
+
+
+def decode_component(name: str, data: bytes, domain: str | None = None) -> Any:
+    """Decode one component's bytes; unknown components are returned as bytes."""
+    kind = component_kind(domain, name)
+    if kind is None:
+        return data
+    if kind == JSON:
+        try:
+            value = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _Undecodable(f"not UTF-8 JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+        return value
+    return decode_image(data, kind)
+
+
+def decode_sample(sample: Mapping[str, Any], domain: str | None = None) -> dict[str, Any]:
+    """Decode every known component and validate the sample; raises SampleError.
+
+    With a domain the sample is checked against that domain's contract (required components,
+    label fields, matching sizes); without one, components are decoded by name only.
+    """
+    key = sample.get("__key__")
+    if domain is not None:
+        missing_components(sample, domain, key=key)
+    out: dict[str, Any] = {}
+    for name, value in sample.items():
+        if name.startswith("__"):
+            out[name] = value
+            continue
+        try:
+            out[name] = decode_component(name, value, domain)
+        except _Undecodable as exc:
+            raise SampleError(UNDECODABLE, str(exc), key=key, component=name) from None
+        except ValueError as exc:
+            raise SampleError(MALFORMED, str(exc), key=key, component=name) from None
+    if domain is not None:
+        check_labels(out, domain)
+    return out
+
+
+def missing_components(sample: Mapping[str, Any], domain: str, *, key: str | None = None) -> None:
+    """Raise SampleError(MISSING) naming what a sample of `domain` lacks."""
+    image_component(sample, domain, key=key)
+    for name in spec(domain).labels:
+        if name not in sample:
+            raise SampleError(
+                MISSING,
+                f"a {domain} sample needs {name!r} (has: {', '.join(components(sample))})",
+                key=key,
+                component=name,
+            )
+
+
+def _finite_numbers(value: Any, count: int | None = None) -> bool:
+    if not isinstance(value, list | tuple) or (count is not None and len(value) != count):
+        return False
+    return all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    )
+
+
+def _label_problem(label: dict[str, Any], domain: str) -> str | None:
+    if "domain" in label and label["domain"] != domain:
+        return f"label says domain {label['domain']!r}, expected {domain!r}"
+    if domain == "gaze":
+        gaze = label.get("gaze")
+        if not isinstance(gaze, dict) or not _finite_numbers(
+            [gaze.get("pitch"), gaze.get("yaw")], 2
+        ):
+            return "'gaze' must be {'pitch': radians, 'yaw': radians} with finite numbers"
+        if not _finite_numbers(label.get("look_vec"), 3):
+            return "'look_vec' must be 3 finite numbers"
+    elif domain == "hand":
+        joints = label.get("joints_uvd")
+        if (
+            not isinstance(joints, list)
+            or not joints
+            or not all(_finite_numbers(j, 3) for j in joints)
+        ):
+            return "'joints_uvd' must be a non-empty list of [u, v, d] finite numbers"
+        xyz = label.get("joints_xyz")
+        if xyz is not None and (
+            not isinstance(xyz, list)
+            or len(xyz) != len(joints)
+            or not all(_finite_numbers(j, 3) for j in xyz)
+        ):
+            return f"'joints_xyz' must be {len(joints)} [x, y, z] finite numbers like joints_uvd"
+    elif domain == "scene":
+        if not isinstance(label.get("ontology"), str):
+            return "'ontology' must name the id space of seg.png (e.g. 'cityscapes-19')"
+    return None
+
+
+def check_labels(sample: Mapping[str, Any], domain: str) -> None:
+    """Check a decoded sample's labels and that its per-pixel components match the image."""
+    key = sample.get("__key__")
+    problem = _label_problem(sample["json"], domain)
+    if problem:
+        raise SampleError(MALFORMED, problem, key=key, component="json")
+    image_name = image_component(sample, domain, key=key)
+    height, width = sample[image_name].shape[:2]
+    for name in ("seg.png", "depth.png"):
+        if name != image_name and name in sample and not isinstance(sample[name], bytes):
+            if sample[name].shape[:2] != (height, width):
+                raise SampleError(
+                    MALFORMED,
+                    f"size {sample[name].shape[:2]} differs from the image's {(height, width)}",
+                    key=key,
+                    component=name,
+                )

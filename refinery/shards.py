@@ -1,0 +1,456 @@
+"""Shard I/O: WebDataset tar shards by URL, written atomically and read strictly.
+
+URLs are local paths, ``file://`` URLs, ``pipe:<command>`` (opened through webdataset's
+``gopen``, so they behave exactly as in ``wds.WebDataset``) or any fsspec URL (``s3://``,
+``gs://``, ``memory://``...). Lists are brace-expanded (``data-{000..099}.tar``) and may be
+joined with ``::`` as in webdataset; a local directory stands for the ``*.tar`` files in it.
+
+Reading is a pipeline of small stages (see ``read``)::
+
+    expand_urls(urls) -> tar_samples(url) per shard -> decoded(samples, domain)
+
+Each stage takes an error ``handler``. The default, ``reraise``, fails on the first bad sample;
+``Rejects()`` skips bad samples and records each with its shard, key, component and reason.
+Either way a bad sample is never silently dropped. Members are handed on as bytes: nothing is
+unpickled (a ``.pyd`` member stays bytes) and nothing from a label is evaluated.
+
+Python's ``tarfile`` accepts a stream that stops at a header boundary or inside a header as a
+complete archive; ``_StrictTarInfo`` turns those into errors, so a truncated shard is always
+reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tarfile
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlparse
+
+import braceexpand
+import fsspec
+from webdataset.gopen import gopen
+from webdataset.tariterators import base_plus_ext
+
+from refinery.samples import (
+    BAD_MEMBER,
+    DUPLICATE,
+    TRUNCATED,
+    UNREADABLE,
+    SampleError,
+    decode_sample,
+)
+
+Handler = Callable[[SampleError], None]
+Sample = dict[str, Any]
+
+
+# -- URLs -------------------------------------------------------------------------------------
+
+
+def _is_local(url: str) -> bool:
+    scheme = urlparse(url).scheme
+    return scheme in ("", "file") and not url.startswith("pipe:")
+
+
+def _local_path(url: str) -> str:
+    return urlparse(url).path if url.startswith("file://") else url
+
+
+def expand_urls(urls: str | Sequence[str]) -> list[str]:
+    """Brace-expand a URL spec (or a list of them) into shard URLs, in order.
+
+    ``a-{00..02}.tar::b.tar`` gives four URLs; a local directory gives its ``*.tar`` files
+    sorted by name.
+    """
+    specs = [urls] if isinstance(urls, str) else list(urls)
+    out: list[str] = []
+    for spec in specs:
+        for part in spec.split("::"):
+            if not part:
+                continue
+            for url in braceexpand.braceexpand(part):
+                if _is_local(url) and os.path.isdir(_local_path(url)):
+                    out.extend(str(p) for p in sorted(Path(_local_path(url)).glob("*.tar")))
+                else:
+                    out.append(url)
+    if not out:
+        raise ValueError(f"no shards in {urls!r}")
+    return out
+
+
+def shard_name(url: str) -> str:
+    """The file name of a shard URL (``pipe:`` commands have none; their full text is used)."""
+    if url.startswith("pipe:"):
+        return url
+    return os.path.basename(urlparse(url).path if "://" in url else url)
+
+
+def open_url(url: str, mode: str = "rb") -> IO[bytes]:
+    """Open a shard URL for reading or writing bytes."""
+    if mode not in ("rb", "wb"):
+        raise ValueError(f"mode must be 'rb' or 'wb', not {mode!r}")
+    if url.startswith("pipe:") or _is_local(url):
+        return gopen(url, mode)
+    return fsspec.open(url, mode).open()
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+def check_key(key: Any) -> str:
+    """A key must name files `<key>.<component>` that webdataset splits back the same way."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"sample key must be a non-empty string, got {key!r}")
+    base = key.rsplit("/", 1)[-1]
+    problem = None
+    if "." in base:
+        problem = "has a '.' in its last path part (webdataset splits key and component there)"
+    elif key.startswith("/") or ".." in key.split("/") or not base:
+        problem = "is not a relative path"
+    elif any(c in key for c in "\0\n\r"):
+        problem = "contains a control character"
+    if problem:
+        raise ValueError(f"sample key {key!r} {problem}")
+    return key
+
+
+class ShardWriter:
+    """Write one shard atomically, with deterministic tar members.
+
+    Members are written in the order given (samples in call order, components in each sample's
+    own order) with a fixed mtime, owner and mode, so the same samples give the same bytes. A
+    local or fsspec shard is written under a temporary name and renamed on ``close()``; if the
+    ``with`` block fails the temporary file is removed and no shard appears. A ``pipe:``
+    destination gets the stream directly (its command decides what is atomic).
+    """
+
+    def __init__(self, url: str, *, mtime: int = 0):
+        self.url = url
+        self.mtime = int(mtime)
+        self.count = 0
+        self._keys: set[str] = set()
+        if url.startswith("pipe:"):
+            self._tmp = None
+        else:
+            name = shard_name(url)
+            tmp_name = f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self._tmp = url[: len(url) - len(name)] + tmp_name
+            if _is_local(url):
+                Path(_local_path(url)).parent.mkdir(parents=True, exist_ok=True)
+        self._stream = open_url(self._tmp or url, "wb")
+        self._tar = tarfile.open(fileobj=self._stream, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        self._closed = False
+
+    def write(self, sample: Mapping[str, Any]) -> None:
+        """Append one sample: ``__key__`` plus components whose values are bytes."""
+        key = check_key(sample.get("__key__"))
+        if key in self._keys:
+            raise ValueError(f"{self.url}: key {key!r} written twice")
+        members = [(name, value) for name, value in sample.items() if not name.startswith("__")]
+        if not members:
+            raise ValueError(f"{self.url}: sample {key!r} has no components")
+        for name, value in members:
+            if not isinstance(value, bytes | bytearray | memoryview):
+                raise TypeError(
+                    f"{self.url}: sample {key!r} component {name!r} is "
+                    f"{type(value).__name__}; encode it first (refinery.samples.encode_sample)"
+                )
+            if not name or "/" in name:
+                raise ValueError(f"{self.url}: sample {key!r} has a bad component name {name!r}")
+        self._keys.add(key)
+        for name, value in members:
+            data = bytes(value)
+            info = tarfile.TarInfo(f"{key}.{name}")
+            info.size = len(data)
+            info.mtime = self.mtime
+            info.mode = 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._tar.addfile(info, _BytesReader(data))
+        self.count += 1
+
+    def close(self) -> None:
+        """Finish the tar and make the shard appear under its final name."""
+        if self._closed:
+            return
+        self._closed = True
+        self._tar.close()
+        if self._tmp is not None and _is_local(self.url):
+            self._stream.flush()
+            os.fsync(self._stream.fileno())
+        self._stream.close()
+        if self._tmp is None:
+            return
+        if _is_local(self.url):
+            os.replace(_local_path(self._tmp), _local_path(self.url))
+        else:
+            fs, tmp_path = fsspec.core.url_to_fs(self._tmp)
+            fs.mv(tmp_path, fsspec.core.url_to_fs(self.url)[1])
+
+    def abort(self) -> None:
+        """Drop a partly written shard: nothing appears under the final name."""
+        if self._closed:
+            return
+        self._closed = True
+        # Flush the tar's stream buffer without the end-of-archive blocks: a reader of a
+        # pipe: destination then sees a truncated tar, never a short but valid-looking one.
+        for close in (self._tar.fileobj.close, self._stream.close):
+            with contextlib.suppress(OSError, ValueError):
+                close()
+        if self._tmp is None:
+            return
+        if _is_local(self._tmp):
+            Path(_local_path(self._tmp)).unlink(missing_ok=True)
+        else:
+            fs, path = fsspec.core.url_to_fs(self._tmp)
+            if fs.exists(path):
+                fs.rm(path)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class _BytesReader:
+    """The minimal file object ``TarFile.addfile`` reads from, without copying the bytes."""
+
+    def __init__(self, data: bytes):
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size < 0 else min(len(self._view), self._pos + size)
+        chunk = self._view[self._pos : end].tobytes()
+        self._pos = end
+        return chunk
+
+
+def write_shards(
+    samples: Iterable[Mapping[str, Any]], pattern: str, *, shard_size: int
+) -> list[str]:
+    """Write samples (bytes components) into shards named ``pattern % index``; return their URLs.
+
+    Each shard is complete and renamed into place before the next one starts.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if "%" not in pattern:
+        raise ValueError(f"shard pattern {pattern!r} needs a %d-style field, e.g. 'data-%06d.tar'")
+    urls: list[str] = []
+    writer: ShardWriter | None = None
+    try:
+        for sample in samples:
+            if writer is None:
+                writer = ShardWriter(pattern % len(urls))
+            writer.write(sample)
+            if writer.count >= shard_size:
+                writer.close()
+                urls.append(writer.url)
+                writer = None
+        if writer is not None:
+            writer.close()
+            urls.append(writer.url)
+            writer = None
+    finally:
+        if writer is not None:
+            writer.abort()
+    return urls
+
+
+# -- error handlers ---------------------------------------------------------------------------
+
+
+def reraise(error: SampleError) -> None:
+    """The default handler: a bad sample stops the read."""
+    raise error
+
+
+class Rejects:
+    """A handler that skips bad samples and keeps each one's shard, key and reason.
+
+    >>> rejects = Rejects()
+    >>> good = list(read(urls, "gaze", handler=rejects))
+    >>> rejects.counts            # Counter({'undecodable': 2, 'missing-component': 1})
+    """
+
+    def __init__(self, *, keep: int | None = 10_000):
+        self.counts: Counter[str] = Counter()
+        self.records: list[dict[str, Any]] = []
+        self.keep = keep
+
+    def __call__(self, error: SampleError) -> None:
+        self.counts[error.reason] += 1
+        if self.keep is None or len(self.records) < self.keep:
+            self.records.append(error.as_record())
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        if not self.counts:
+            return "no rejects"
+        parts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items()))
+        return f"{self.total} rejected ({parts})"
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+class _TarEnded(Exception):
+    """The stream ended (or broke) where the tar format does not allow it."""
+
+    def __init__(self, message: str, member: str | None = None):
+        super().__init__(message)
+        self.member = member
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """A TarInfo whose header reader refuses what ``TarFile.next`` would quietly accept.
+
+    ``TarFile.next`` treats an empty header (stream cut at a block boundary), a short header
+    and, after the first member, an invalid header as the end of the archive. Only a zero block
+    is a real end; the rest are raised as ``_TarEnded``.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tf: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tf)
+        except tarfile.EOFHeaderError:
+            raise
+        except tarfile.EmptyHeaderError:
+            raise _TarEnded("stream ends without the tar end-of-archive blocks") from None
+        except tarfile.TruncatedHeaderError:
+            raise _TarEnded("stream ends inside a member header") from None
+        except tarfile.InvalidHeaderError as exc:
+            raise _TarEnded(f"invalid member header ({exc})") from None
+
+
+def _members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
+    with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_StrictTarInfo) as tf:
+        for info in tf:
+            if info.isfile():
+                try:
+                    data = tf.extractfile(info).read()
+                except (tarfile.TarError, EOFError, OSError) as exc:
+                    raise _TarEnded(
+                        f"member {info.name!r} is cut short: {exc}", info.name
+                    ) from None
+                yield info.name, data
+            tf.members = []  # streaming mode would otherwise keep every header of the shard
+
+
+def tar_samples(url: str, *, handler: Handler = reraise) -> Iterator[Sample]:
+    """Samples of one shard as dicts of bytes, with ``__key__`` and ``__url__``.
+
+    Consecutive members sharing a key form a sample. A key seen twice in the shard, a component
+    given twice, or a member name without ``<key>.<component>`` form rejects that sample; a
+    truncated or corrupt tar rejects the sample it was reading and ends the shard.
+    """
+    seen: set[str] = set()
+    current: Sample | None = None
+    problem: SampleError | None = None
+    last_key: str | None = None
+
+    def finish() -> Iterator[Sample]:
+        nonlocal current, problem
+        if current is not None:
+            if problem is not None:
+                handler(problem.with_url(url))
+            else:
+                yield current
+        current, problem = None, None
+
+    try:
+        stream = open_url(url, "rb")
+    except (OSError, ValueError) as exc:
+        handler(SampleError(UNREADABLE, f"cannot open shard: {exc}", url=url))
+        return
+    try:
+        for name, data in _members(stream):
+            key, component = base_plus_ext(name)
+            if key is None:
+                handler(
+                    SampleError(
+                        BAD_MEMBER,
+                        f"member {name!r} is not named <key>.<component>",
+                        url=url,
+                    )
+                )
+                continue
+            if current is None or key != current["__key__"]:
+                yield from finish()
+                current = {"__key__": key, "__url__": url}
+                if key in seen:
+                    problem = SampleError(
+                        DUPLICATE, "key appears twice in the shard", key=key, url=url
+                    )
+                seen.add(key)
+                last_key = key
+            if component in current and problem is None:
+                problem = SampleError(
+                    BAD_MEMBER, "component appears twice", key=key, component=component, url=url
+                )
+            current[component] = data
+        yield from finish()
+    except (tarfile.TarError, _TarEnded, EOFError, OSError) as exc:
+        # The shard cannot be read past this point; the sample being read is rejected.
+        member_key = base_plus_ext(exc.member)[0] if getattr(exc, "member", None) else None
+        if current is not None and member_key not in (None, current["__key__"]):
+            yield from finish()  # the cut is in the next sample; this one is complete
+            current = {"__key__": member_key, "__url__": url}
+        elif current is None and member_key is not None:
+            current = {"__key__": member_key, "__url__": url}
+        if current is not None:
+            have = ", ".join(k for k in current if not k.startswith("__")) or "none"
+            error = SampleError(
+                TRUNCATED,
+                f"shard is truncated or corrupt inside this sample ({exc}); components read: {have}",
+                key=current["__key__"],
+                url=url,
+            )
+        else:
+            after = f" after key {last_key!r}" if last_key else " before the first sample"
+            error = SampleError(TRUNCATED, f"shard is truncated or corrupt{after} ({exc})", url=url)
+        current = None
+        handler(error)
+    finally:
+        try:
+            stream.close()
+        except OSError as exc:  # a pipe: command that failed reports here
+            handler(SampleError(UNREADABLE, f"closing the shard stream failed: {exc}", url=url))
+
+
+def shard_samples(urls: str | Sequence[str], *, handler: Handler = reraise) -> Iterator[Sample]:
+    """Samples of every shard in ``urls``, shard after shard."""
+    for url in expand_urls(urls):
+        yield from tar_samples(url, handler=handler)
+
+
+def decoded(
+    samples: Iterable[Sample], domain: str | None = None, *, handler: Handler = reraise
+) -> Iterator[Sample]:
+    """Decode and validate each sample against ``domain``'s contract; bad ones go to handler."""
+    for sample in samples:
+        try:
+            yield decode_sample(sample, domain)
+        except SampleError as error:
+            handler(error.with_url(sample.get("__url__", "<stream>")))
+
+
+def read(
+    urls: str | Sequence[str], domain: str | None = None, *, handler: Handler = reraise
+) -> Iterator[Sample]:
+    """Decoded, validated samples from shards: the whole reading pipeline."""
+    return decoded(shard_samples(urls, handler=handler), domain, handler=handler)

@@ -1,0 +1,236 @@
+"""Shard I/O: atomic deterministic writing, every URL form, strict reading with reported rejects."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import webdataset as wds
+
+from refinery import samples as S
+from refinery import shards as H
+
+
+def gaze(i: int) -> dict:
+    rng = np.random.default_rng(i)
+    return S.encode_sample(
+        {
+            "__key__": f"eye-{i:05d}",
+            "png": rng.integers(0, 256, (35, 55), dtype=np.uint8),
+            "json": {"gaze": {"pitch": 0.01 * i, "yaw": -0.02 * i}, "look_vec": [0.0, 0.0, -1.0]},
+        },
+        "gaze",
+    )
+
+
+def write(path, samples) -> str:
+    with H.ShardWriter(str(path)) as writer:
+        for sample in samples:
+            writer.write(sample)
+    return str(path)
+
+
+def strip(sample: dict) -> dict:
+    return {k: v for k, v in sample.items() if k != "__url__"}
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+def test_writer_is_deterministic_with_fixed_member_metadata(tmp_path):
+    items = [gaze(i) for i in range(4)]
+    a = write(tmp_path / "a.tar", items)
+    b = write(tmp_path / "b.tar", items)
+    assert Path(a).read_bytes() == Path(b).read_bytes()
+    with tarfile.open(a) as tf:
+        members = tf.getmembers()
+    assert [m.name for m in members] == [
+        f"eye-{i:05d}.{c}" for i in range(4) for c in ("png", "json")
+    ]
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {
+        (0, 0, 0, "", "", 0o644)
+    }
+
+
+def test_writer_is_atomic(tmp_path):
+    final = tmp_path / "shard.tar"
+    with pytest.raises(RuntimeError), H.ShardWriter(str(final)) as writer:
+        writer.write(gaze(0))
+        assert not final.exists()  # only a temporary name exists while writing
+        assert len(os.listdir(tmp_path)) == 1
+        raise RuntimeError("killed mid-shard")
+    assert os.listdir(tmp_path) == []
+
+
+def test_writer_refuses_bad_keys_and_unencoded_values(tmp_path):
+    with H.ShardWriter(str(tmp_path / "x.tar")) as writer:
+        with pytest.raises(ValueError, match=r"'\.'"):
+            writer.write({"__key__": "a.b", "png": b"x"})
+        with pytest.raises(TypeError, match="encode it first"):
+            writer.write({"__key__": "a", "png": np.zeros(3)})
+        writer.write({"__key__": "dir/a", "png": b"x"})
+        with pytest.raises(ValueError, match="twice"):
+            writer.write({"__key__": "dir/a", "png": b"y"})
+
+
+def test_write_shards_splits_by_size(tmp_path):
+    urls = H.write_shards((gaze(i) for i in range(7)), str(tmp_path / "d-%03d.tar"), shard_size=3)
+    assert [os.path.basename(u) for u in urls] == ["d-000.tar", "d-001.tar", "d-002.tar"]
+    keys = [s["__key__"] for s in H.shard_samples(str(tmp_path / "d-{000..002}.tar"))]
+    assert keys == [f"eye-{i:05d}" for i in range(7)]
+
+
+# -- URLs -------------------------------------------------------------------------------------
+
+
+def test_expand_urls_braces_lists_and_directories(tmp_path):
+    assert H.expand_urls("s-{0..2}.tar::t.tar") == ["s-0.tar", "s-1.tar", "s-2.tar", "t.tar"]
+    assert H.expand_urls(["a-{a,b}.tar", "pipe:cat x.tar"]) == [
+        "a-a.tar",
+        "a-b.tar",
+        "pipe:cat x.tar",
+    ]
+    for name in ("b.tar", "a.tar"):
+        write(tmp_path / name, [gaze(0)])
+    (tmp_path / "notes.txt").write_text("x")
+    assert H.expand_urls(str(tmp_path)) == [str(tmp_path / "a.tar"), str(tmp_path / "b.tar")]
+
+
+def test_read_local_file_url_pipe_and_fsspec(tmp_path):
+    items = [gaze(i) for i in range(3)]
+    path = write(tmp_path / "s.tar", items)
+    for url in (path, f"file://{path}", f"pipe:cat {path}"):
+        assert [strip(s) for s in H.shard_samples(url)] == items, url
+    # write and read through fsspec (memory://) and through a pipe: command
+    write("memory://bucket/m.tar", items)
+    assert fsspec.filesystem("memory").exists("/bucket/m.tar")
+    assert [s for s in fsspec.filesystem("memory").ls("/bucket") if "tmp" in s["name"]] == []
+    assert [strip(s) for s in H.shard_samples("memory://bucket/m.tar")] == items
+    piped = tmp_path / "piped.tar"
+    write(f"pipe:cat > {piped}", items)
+    assert [strip(s) for s in H.shard_samples(str(piped))] == items
+
+
+def test_webdataset_reads_our_shards_and_we_read_its_shards(tmp_path):
+    items = [gaze(i) for i in range(5)]
+    ours = write(tmp_path / "ours.tar", items)
+    theirs = [
+        {k: s[k] for k in ("__key__", "png", "json")}
+        for s in wds.WebDataset(ours, shardshuffle=False, empty_check=False)
+    ]
+    assert theirs == items
+    with wds.TarWriter(str(tmp_path / "wds.tar")) as sink:
+        for s in items:
+            sink.write(s)
+    assert [strip(s) for s in H.shard_samples(str(tmp_path / "wds.tar"))] == items
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+def test_truncated_tar_raises_by_default_naming_the_key(tmp_path):
+    data = Path(write(tmp_path / "full.tar", [gaze(i) for i in range(6)])).read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(S.SampleError) as info:
+        list(H.read(str(cut), "gaze"))
+    error = info.value
+    assert error.reason == S.TRUNCATED and error.url == str(cut)
+    assert error.key is not None and error.key.startswith("eye-")
+
+
+@pytest.mark.parametrize("cut", [100, 512, 700, 1536, 2048, 5000, 9000, 10240])
+def test_truncation_anywhere_is_counted_and_nothing_is_lost(tmp_path, cut):
+    items = [gaze(i) for i in range(6)]
+    data = Path(write(tmp_path / "full.tar", items)).read_bytes()
+    path = tmp_path / "cut.tar"
+    path.write_bytes(data[:cut])
+    rejects = H.Rejects()
+    good = list(H.read(str(path), "gaze", handler=rejects))
+    assert rejects.counts == {S.TRUNCATED: 1}
+    record = rejects.records[0]
+    assert record["url"] == str(path)
+    # every sample the shard started is either yielded intact or is the one rejected
+    started = {m.rsplit(".", 1)[0] for m in _names_before(data, cut)}
+    assert {s["__key__"] for s in good} | ({record["key"]} - {None}) == started
+    for s in good:
+        assert s["png"].shape == (35, 55)
+
+
+def _names_before(data: bytes, cut: int) -> list[str]:
+    names = []
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        for m in tf.getmembers():
+            if m.offset_data <= cut:  # its header was read whole, so its key is known
+                names.append(m.name.split(".")[0])
+    return names
+
+
+def test_corrupt_png_and_missing_label_are_reported_with_key_and_reason(tmp_path):
+    items = [gaze(i) for i in range(5)]
+    items[1]["png"] = items[1]["png"][:50]
+    del items[3]["json"]
+    path = write(tmp_path / "bad.tar", items)
+    with pytest.raises(S.SampleError, match="eye-00001"):
+        list(H.read(path, "gaze"))
+    rejects = H.Rejects()
+    good = list(H.read(path, "gaze", handler=rejects))
+    assert [s["__key__"] for s in good] == ["eye-00000", "eye-00002", "eye-00004"]
+    assert rejects.counts == {S.UNDECODABLE: 1, S.MISSING: 1}
+    by_key = {r["key"]: r for r in rejects.records}
+    assert by_key["eye-00001"]["component"] == "png" and by_key["eye-00001"]["url"] == path
+    assert by_key["eye-00003"]["component"] == "json"
+    assert by_key["eye-00003"]["reason"] == S.MISSING
+
+
+def test_duplicate_keys_and_bad_member_names_are_rejected(tmp_path):
+    path = tmp_path / "dup.tar"
+    with tarfile.open(path, "w") as tf:
+        for name in ("a.png", "a.json", "b.png", "a.png", "README"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tf.addfile(info, io.BytesIO(b"x"))
+    rejects = H.Rejects()
+    keys = [s["__key__"] for s in H.shard_samples(str(path), handler=rejects)]
+    assert keys == ["a", "b"]
+    assert rejects.counts == {S.DUPLICATE: 1, S.BAD_MEMBER: 1}
+
+
+def test_missing_shard_is_unreadable(tmp_path):
+    with pytest.raises(S.SampleError, match=S.UNREADABLE):
+        list(H.shard_samples(str(tmp_path / "nope.tar")))
+    rejects = H.Rejects()
+    assert list(H.shard_samples(f"pipe:cat {tmp_path}/nope.tar", handler=rejects)) == []
+    assert rejects.total >= 1
+
+
+class _Boom:
+    """Unpickling this creates a directory: the test fails if anything unpickles it."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_pyd_member_is_passed_through_without_unpickling(tmp_path):
+    marker = tmp_path / "unpickled"
+    payload = pickle.dumps(_Boom(str(marker)))
+    sample = gaze(0)
+    sample["pyd"] = payload
+    path = write(tmp_path / "p.tar", [sample])
+    (got,) = list(H.read(path, "gaze"))
+    assert got["pyd"] == payload
+    assert not marker.exists()
+    from refinery.inspection import inspect
+
+    report = inspect([path], labels=1, sheet=tmp_path / "sheet.png")
+    assert report.samples == 1 and report.shards[0].components["pyd"] == 1
+    assert not marker.exists()
