@@ -119,6 +119,38 @@ def check_key(key: Any) -> str:
     return key
 
 
+_BLOCK = 512
+_MODE, _UID, _MTIME_MAX = 0o644, 0, 8**11 - 1
+
+
+def _tar_member(name: str, data: bytes, mtime: int) -> bytes:
+    """One regular-file member (header + data + padding), as ``tarfile`` would write it.
+
+    A plain ustar header is built directly (about 10x faster than ``TarInfo.tobuf``); names
+    that do not fit one (over 100 bytes, non-ASCII) fall back to tarfile's PAX headers.
+    """
+    raw = name.encode("utf-8")
+    if len(raw) <= 100 and raw.isascii():
+        header = bytearray(_BLOCK)
+        header[0 : len(raw)] = raw
+        header[100:108] = b"%07o\0" % _MODE
+        header[108:116] = header[116:124] = b"%07o\0" % _UID  # uid, gid
+        header[124:136] = b"%011o\0" % len(data)
+        header[136:148] = b"%011o\0" % mtime
+        header[148:156] = b" " * 8  # checksum field counts as spaces
+        header[156:157] = tarfile.REGTYPE
+        header[257:265] = tarfile.POSIX_MAGIC
+        header[148:156] = b"%06o\0 " % sum(header)
+    else:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), mtime, _MODE
+        info.uid = info.gid = _UID
+        info.uname = info.gname = ""
+        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    padding = b"\0" * (-len(data) % _BLOCK)
+    return b"".join((header, data, padding))
+
+
 class ShardWriter:
     """Write one shard atomically, with deterministic tar members.
 
@@ -126,10 +158,13 @@ class ShardWriter:
     own order) with a fixed mtime, owner and mode, so the same samples give the same bytes. A
     local or fsspec shard is written under a temporary name and renamed on ``close()``; if the
     ``with`` block fails the temporary file is removed and no shard appears. A ``pipe:``
-    destination gets the stream directly (its command decides what is atomic).
+    destination gets the stream directly (its command decides what is atomic); an aborted
+    one ends without the end-of-archive blocks, so its reader sees a truncated tar.
     """
 
     def __init__(self, url: str, *, mtime: int = 0):
+        if not 0 <= mtime <= _MTIME_MAX:
+            raise ValueError(f"mtime {mtime} does not fit a tar header")
         self.url = url
         self.mtime = int(mtime)
         self.count = 0
@@ -143,7 +178,6 @@ class ShardWriter:
             if _is_local(url):
                 Path(_local_path(url)).parent.mkdir(parents=True, exist_ok=True)
         self._stream = open_url(self._tmp or url, "wb")
-        self._tar = tarfile.open(fileobj=self._stream, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
         self._closed = False
 
     def write(self, sample: Mapping[str, Any]) -> None:
@@ -163,15 +197,11 @@ class ShardWriter:
             if not name or "/" in name:
                 raise ValueError(f"{self.url}: sample {key!r} has a bad component name {name!r}")
         self._keys.add(key)
-        for name, value in members:
-            data = bytes(value)
-            info = tarfile.TarInfo(f"{key}.{name}")
-            info.size = len(data)
-            info.mtime = self.mtime
-            info.mode = 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, _BytesReader(data))
+        self._stream.write(
+            b"".join(
+                _tar_member(f"{key}.{name}", bytes(value), self.mtime) for name, value in members
+            )
+        )
         self.count += 1
 
     def close(self) -> None:
@@ -179,7 +209,7 @@ class ShardWriter:
         if self._closed:
             return
         self._closed = True
-        self._tar.close()
+        self._stream.write(b"\0" * (2 * _BLOCK))  # end-of-archive
         if self._tmp is not None and _is_local(self.url):
             self._stream.flush()
             os.fsync(self._stream.fileno())
@@ -197,11 +227,8 @@ class ShardWriter:
         if self._closed:
             return
         self._closed = True
-        # Flush the tar's stream buffer without the end-of-archive blocks: a reader of a
-        # pipe: destination then sees a truncated tar, never a short but valid-looking one.
-        for close in (self._tar.fileobj.close, self._stream.close):
-            with contextlib.suppress(OSError, ValueError):
-                close()
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.close()
         if self._tmp is None:
             return
         if _is_local(self._tmp):
@@ -219,20 +246,6 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
-
-
-class _BytesReader:
-    """The minimal file object ``TarFile.addfile`` reads from, without copying the bytes."""
-
-    def __init__(self, data: bytes):
-        self._view = memoryview(data)
-        self._pos = 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._view) if size < 0 else min(len(self._view), self._pos + size)
-        chunk = self._view[self._pos : end].tobytes()
-        self._pos = end
-        return chunk
 
 
 def write_shards(

@@ -190,3 +190,16 @@ def test_label_that_is_not_json_is_undecodable():
 def test_unknown_domain_is_refused():
     with pytest.raises(ValueError, match="unknown domain"):
         S.spec("faces")
+
+
+@pytest.mark.gpu("torchvision")
+def test_torchvision_decodes_our_depth_and_seg_pngs_identically():
+    import torch
+    from torchvision.io import ImageReadMode, decode_png
+
+    sample = scene_sample("tv-1")
+    encoded = S.encode_sample(sample, "scene")
+    for name in ("depth.png", "seg.png"):
+        data = torch.frombuffer(bytearray(encoded[name]), dtype=torch.uint8)
+        decoded = decode_png(data, mode=ImageReadMode.UNCHANGED)[0].numpy()
+        np.testing.assert_array_equal(decoded.astype(sample[name].dtype), sample[name])

@@ -234,3 +234,23 @@ def test_pyd_member_is_passed_through_without_unpickling(tmp_path):
     report = inspect([path], labels=1, sheet=tmp_path / "sheet.png")
     assert report.samples == 1 and report.shards[0].components["pyd"] == 1
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["eye-00001.png", "d/" * 60 + "long-key.json", "straße-1.png"])
+def test_member_headers_match_what_tarfile_writes(name):
+    data = b"x" * 700
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+    info.uname = info.gname = ""
+    expected = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    member = H._tar_member(name, data, 0)
+    assert member[: len(expected)] == expected
+    assert len(member) % 512 == 0 and member[len(expected) : len(expected) + 700] == data
+
+
+def test_long_and_unicode_keys_round_trip(tmp_path):
+    items = [dict(gaze(0), __key__="d/" * 60 + "long-key"), dict(gaze(1), __key__="straße-1")]
+    path = write(tmp_path / "names.tar", items)
+    assert [strip(s) for s in H.shard_samples(path)] == items
+    with tarfile.open(path) as tf:
+        assert tf.getnames()[0] == "d/" * 60 + "long-key.png"
