@@ -441,8 +441,8 @@ def tar_samples(url: str, *, handler: Handler = reraise) -> Iterator[Sample]:
     finally:
         try:
             stream.close()
-        except OSError as exc:  # a pipe: command that failed reports here
-            handler(SampleError(UNREADABLE, f"closing the shard stream failed: {exc}", url=url))
+        except OSError as exc:  # a pipe: command that failed reports here (SIGPIPE is ignored)
+            handler(SampleError(UNREADABLE, f"the shard stream failed: {exc}", url=url))
 
 
 def shard_samples(urls: str | Sequence[str], *, handler: Handler = reraise) -> Iterator[Sample]:

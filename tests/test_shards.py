@@ -254,3 +254,10 @@ def test_long_and_unicode_keys_round_trip(tmp_path):
     assert [strip(s) for s in H.shard_samples(path)] == items
     with tarfile.open(path) as tf:
         assert tf.getnames()[0] == "d/" * 60 + "long-key.png"
+
+
+def test_stopping_early_on_a_pipe_is_not_an_error(tmp_path):
+    path = write(tmp_path / "big.tar", [gaze(i) for i in range(300)])
+    stream = H.shard_samples(f"pipe:cat {path}")
+    assert next(stream)["__key__"] == "eye-00000"
+    stream.close()  # the pipe's command dies of SIGPIPE; that is not a bad shard
