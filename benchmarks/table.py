@@ -1,0 +1,133 @@
+"""Render benchmarks/results/*.json as the README's results table (between its markers).
+
+``python -m benchmarks.table`` rewrites the README section; ``--check`` exits 1 when the README
+is out of date with the recorded results (the test suite runs that check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        rows = []
+        for key, sub in value.items():
+            rows.extend(_flatten(f"{prefix}.{key}" if prefix else key, sub))
+        return rows
+    return [(prefix, value)]
+
+
+def _shard_io(record: dict) -> list[str]:
+    cols = [
+        ("write_samples_per_s", "write"),
+        ("read_raw_samples_per_s", "read (refinery)"),
+        ("read_raw_webdataset_samples_per_s", "read (webdataset)"),
+        ("read_decoded_samples_per_s", "read + decode + validate"),
+        ("encode_samples_per_s", "encode"),
+    ]
+    lines = [
+        "| domain | " + " | ".join(title for _, title in cols) + " | bytes/sample |",
+        "|---" * (len(cols) + 2) + "|",
+    ]
+    for domain, figures in record["figures"].items():
+        cells = [_fmt(figures[key]) for key, _ in cols]
+        lines.append(
+            f"| {domain} | " + " | ".join(cells) + f" | {_fmt(figures['bytes_per_sample'])} |"
+        )
+    lines.append("")
+    lines.append("samples/s, one thread, median of repeats; local disk.")
+    return lines
+
+
+def _domain_gap(record: dict) -> list[str]:
+    lines = [
+        "| domain | metric | train syn → test syn | train syn → test real | "
+        "train real → test real | drop |",
+        "|---|---|---|---|---|---|",
+    ]
+    for domain, f in record["figures"].items():
+        lines.append(
+            f"| {domain} | {f['metric']} | {_fmt(f['train_synthetic_test_synthetic'])} | "
+            f"{_fmt(f['train_synthetic_test_real'])} | {_fmt(f['train_real_test_real'])} | "
+            f"{_fmt(f['drop_abs'])} |"
+        )
+    lines.append("")
+    lines.append(
+        "A task network trained on procedural synthetic data, tested on held-out synthetic and "
+        "on 'real' data; the same network trained on real data is the reference."
+    )
+    return lines
+
+
+def _generic(record: dict) -> list[str]:
+    lines = ["| figure | value |", "|---|---|"]
+    lines += [f"| {key} | {_fmt(value)} |" for key, value in _flatten("", record["figures"])]
+    return lines
+
+
+RENDERERS = {"shard_io": _shard_io, "domain_gap": _domain_gap}
+
+
+def render(results: Path = RESULTS) -> str:
+    parts = []
+    for path in sorted(results.glob("*.json")):
+        record = json.loads(path.read_text())
+        name = record["benchmark"]
+        machine = record["machine"]
+        parts.append(f"#### {name} (`benchmarks/results/{path.name}`)")
+        parts.append("")
+        parts.append(
+            f"{record['date'][:10]}, {machine['cpu']} × {machine['cpu_count']}"
+            f"{', GPU ' + machine['gpu'] if machine.get('gpu') else ''}, "
+            f"refinery {record['versions'].get('refinery')}, torch {record['versions'].get('torch')}"
+        )
+        parts.append("")
+        parts.extend(RENDERERS.get(name, _generic)(record))
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def updated(readme: str, table: str) -> str:
+    if START not in readme or END not in readme:
+        raise ValueError(f"README lacks the {START} ... {END} markers")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{table}{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="only check that README is current")
+    args = parser.parse_args(argv)
+    readme = README.read_text()
+    new = updated(readme, render())
+    if args.check:
+        if new != readme:
+            print("README results table is out of date: run `python -m benchmarks.table`")
+            return 1
+        return 0
+    README.write_text(new)
+    print(f"updated {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

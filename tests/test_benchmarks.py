@@ -1,0 +1,25 @@
+"""Benchmarks run (tiny sizes) and the README table agrees with the recorded results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import shard_io, table
+
+
+def test_readme_results_table_matches_recorded_results():
+    assert table.main(["--check"]) == 0
+
+
+@pytest.mark.slow
+def test_shard_io_quick_run_writes_figures(tmp_path):
+    shard_io.main(["--quick", "--repeats", "1", "--out", str(tmp_path)])
+    record = json.loads((tmp_path / "shard_io.json").read_text())
+    assert record["machine"]["cpu_count"] >= 1 and record["versions"]["webdataset"]
+    for domain in ("gaze", "scene"):
+        figures = record["figures"][domain]
+        for key in ("write_samples_per_s", "read_raw_samples_per_s", "read_decoded_samples_per_s"):
+            assert figures[key] > 0
+        assert figures["read_raw_vs_webdataset"] > 0
