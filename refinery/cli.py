@@ -33,8 +33,6 @@ def _positive(text: str) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from refinery import sim
     from refinery.samples import encode_sample
     from refinery.shards import write_shards
@@ -45,7 +43,7 @@ def _synth(args: argparse.Namespace) -> int:
         encode_sample(s, args.domain)
         for s in sim.generate(args.domain, args.variant, args.n, seed=args.seed, **options)
     )
-    pattern = str(Path(args.out) / f"{args.domain}-{args.variant}-s{args.seed}-%06d.tar")
+    pattern = f"{args.out.rstrip('/')}/{args.domain}-{args.variant}-s{args.seed}-%06d.tar"
     urls = write_shards(samples, pattern, shard_size=args.shard_size)
     seconds = time.perf_counter() - start
     print(

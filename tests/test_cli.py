@@ -95,3 +95,11 @@ def test_inspect_reports_counts_labels_rejects_and_writes_a_sheet(tmp_path, caps
     assert main(["inspect", str(damaged)]) == 1
     out = capsys.readouterr().out
     assert "truncated-tar" in out and "key 'hand-syn-s1-" in out and str(damaged) in out
+
+
+def test_synth_writes_to_an_fsspec_url_and_inspect_reads_it(capsys):
+    args = "synth scene --n 3 --size 32x64 --out memory://cli-test/streets"
+    assert main(args.split()) == 0
+    assert main(["inspect", "memory://cli-test/streets/scene-synthetic-s0-000000.tar"]) == 0
+    out = capsys.readouterr().out
+    assert "3 samples; components: depth.png 3, json 3, png 3, seg.png 3" in out
