@@ -1,0 +1,313 @@
+"""Every registered network gets the same CPU checks (shapes, finite outputs, ONNX export), plus
+the registry's contract and the gaze-vector helpers of refinery.nets.gaze."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from refinery import sim
+from refinery.nets.gaze import (
+    angular_error_deg,
+    euclidean_loss,
+    pitchyaw_to_vector,
+    vector_to_pitchyaw,
+)
+from refinery.registry import (
+    Registry,
+    build_network,
+    list_networks,
+    network_info,
+    register_network,
+)
+
+NETWORKS = list_networks()
+REFINERS = list_networks("refiner")
+DISCRIMINATORS = list_networks("discriminator")
+TASKS = list_networks("task")
+# Two sizes per network; the paper-sized hand nets are checked on small crops to stay fast.
+SIZES = {
+    "simgan-refiner-hand": ((32, 32), (24, 40)),
+    "simgan-discriminator-hand": ((32, 32), (48, 40)),
+}
+DEFAULT_SIZES = ((35, 55), (36, 60))
+SLOW_EXPORT = {"gaze-estimator"}  # ~102M parameters: a 400 MB ONNX file
+
+
+def sizes(name: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    return SIZES.get(name, DEFAULT_SIZES)
+
+
+@functools.lru_cache(maxsize=4)  # the paper's gaze estimator is 400 MB: keep few alive
+def model(name: str, input_size: tuple[int, int] | None = None) -> nn.Module:
+    torch.manual_seed(0)
+    kwargs = {"input_size": input_size} if input_size is not None else {}
+    return build_network(name, **kwargs).eval()
+
+
+def images(batch: int, channels: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand((batch, channels, *size), generator=generator) * 2 - 1  # [-1, 1]
+
+
+def test_registry_lists_the_paper_networks():
+    assert set(NETWORKS) >= {
+        "simgan-refiner-gaze",
+        "simgan-refiner-hand",
+        "simgan-refiner-small",
+        "simgan-discriminator-gaze",
+        "simgan-discriminator-hand",
+        "simgan-discriminator-small",
+        "gaze-estimator",
+        "gaze-estimator-small",
+    }
+    assert sorted(NETWORKS) == NETWORKS
+    assert sorted(REFINERS + DISCRIMINATORS + TASKS) == NETWORKS
+
+
+# -- every network ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_output_shape_and_finite(name):
+    info = network_info(name)
+    assert info.role in ("refiner", "discriminator", "task")
+    assert info.channels == 1
+    for i, size in enumerate(sizes(name)):
+        net = model(name, size if info.role == "task" else None)
+        x = images(2 + i, info.channels, size)
+        with torch.no_grad():
+            y = net(x)
+        assert torch.isfinite(y).all()
+        if info.role == "refiner":
+            assert y.shape == x.shape
+        elif info.role == "discriminator":
+            assert y.ndim == 4 and y.shape[:2] == (x.shape[0], 2)
+            assert y.shape[2] >= 1 and y.shape[3] >= 1
+        else:
+            assert y.shape == (x.shape[0], 3)
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_channels_argument(name):
+    info = network_info(name)
+    net = build_network(name, channels=3).eval()
+    size = sizes(name)[0] if info.fully_convolutional else info.input_size
+    with torch.no_grad():
+        y = net(images(1, 3, size))
+    assert y.shape[0] == 1 and (info.role != "refiner" or y.shape[1] == 3)
+
+
+@pytest.mark.parametrize("name", REFINERS)
+def test_refiner_range_and_batch_independence(name):
+    net = model(name)
+    x = images(4, 1, sizes(name)[0]) * 5  # far outside [-1, 1]: tanh still bounds the output
+    with torch.no_grad():
+        y = net(x)
+        alone = torch.cat([net(x[i : i + 1]) for i in range(4)])
+    assert y.min() >= -1 and y.max() <= 1
+    torch.testing.assert_close(y, alone, atol=1e-5, rtol=0)
+    assert net.value_range == (-1.0, 1.0)
+
+
+def test_instance_norm_refiner_is_batch_independent():
+    net = build_network("simgan-refiner-small", norm="instance").eval()
+    x = images(3, 1, (35, 55))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x)[1:2], net(x[1:2]), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="norm"):
+        build_network("simgan-refiner-small", norm="batch")
+
+
+@pytest.mark.parametrize("name", DISCRIMINATORS)
+def test_discriminator_emits_unbounded_logits(name):
+    net = copy.deepcopy(model(name))
+    last = [m for m in net.modules() if not isinstance(m, nn.Sequential | type(net))][-1]
+    assert isinstance(last, nn.Conv2d) and last.out_channels == 2
+    # Shift the "refined" logit down and the "real" one up: both must show through unclipped.
+    with torch.no_grad():
+        last.bias.copy_(torch.tensor([-50.0, 50.0]))
+        y = net(images(4, 1, sizes(name)[0]))
+    assert (y[:, 0] < 0).all(), "logits are clipped at 0: is there a ReLU on the last layer?"
+    assert (y[:, 1] > 0).all()
+
+
+def test_discriminator_patch_maps():
+    with torch.no_grad():
+        gaze = model("simgan-discriminator-gaze")(images(1, 1, (35, 55)))
+        hand = build_network("simgan-discriminator-hand").eval()(images(1, 1, (224, 224)))
+    assert gaze.shape == (1, 2, 9, 14)
+    assert hand.shape == (1, 2, 7, 7)
+
+
+def test_gaze_estimator_layout():
+    net = model("gaze-estimator")
+    assert net.config.feature_size == (5, 10)
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (9600, 9600),
+        (9600, 1000),
+        (1000, 3),
+    ]
+    small = sum(p.numel() for p in model("gaze-estimator-small").parameters())
+    assert 200_000 < small < 400_000
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_task_network_refuses_other_sizes(name):
+    with pytest.raises(ValueError, match="35×55"):
+        model(name)(images(1, 1, (36, 60)))
+
+
+# -- ONNX -------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")  # inside torch.onnx
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_EXPORT else n for n in NETWORKS],
+)
+def test_onnx_export_matches_torch(name, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from torch.export import Dim
+
+    info = network_info(name)
+    net = model(name)
+    first, second = sizes(name)
+    if not info.fully_convolutional:
+        first = second = info.input_size  # dynamic batch only
+    dims = {0: Dim.DYNAMIC}
+    if info.fully_convolutional:
+        dims |= {2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(
+        net, (images(2, 1, first),), str(path), dynamo=True, dynamic_shapes=(dims,), verbose=False
+    )
+    onnx.checker.check_model(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (input_name,) = [i.name for i in session.get_inputs()]
+    for batch, size in ((2, first), (3, second)):
+        x = images(batch, 1, size, seed=batch)
+        with torch.no_grad():
+            expected = net(x).numpy()
+        (got,) = session.run(None, {input_name: x.numpy()})
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() < 1e-5
+
+
+# -- the registry -----------------------------------------------------------------------------
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ValueError, match="already registered"):
+        register_network("simgan-refiner-gaze", role="refiner", input_size=(35, 55))
+    registry = Registry("network")
+
+    def builder(*, channels: int = 1) -> nn.Module:
+        return nn.Identity()
+
+    registry.register("a", role="refiner", input_size=(8, 8), fully_convolutional=True)(builder)
+    with pytest.raises(ValueError, match="'a' is already registered"):
+        registry.register("a", role="task", input_size=(8, 8), fully_convolutional=False)
+    assert registry.names() == ["a"]
+
+
+def test_builders_must_be_keyword_only_and_roles_known():
+    registry = Registry("network")
+
+    def positional(channels: int = 1) -> nn.Module:
+        return nn.Identity()
+
+    with pytest.raises(TypeError, match="keyword-only"):
+        registry.register("p", role="refiner", input_size=(8, 8), fully_convolutional=True)(
+            positional
+        )
+    with pytest.raises(ValueError, match="role"):
+        registry.register("r", role="generator", input_size=(8, 8), fully_convolutional=True)
+    assert registry.names() == []
+
+
+def test_unknown_name_lists_the_registered_ones():
+    with pytest.raises(KeyError) as error:
+        build_network("simgan-refiner-huge")
+    for name in NETWORKS:
+        assert name in str(error.value)
+    with pytest.raises(KeyError):
+        network_info("nope")
+
+
+def test_unknown_keyword_raises_type_error():
+    with pytest.raises(TypeError, match=r"'blocks'.*takes channels, norm"):
+        build_network("simgan-refiner-gaze", blocks=5)
+
+
+def test_build_after_importing_only_the_registry():
+    code = (
+        "import refinery.registry as r; "
+        "m = r.build_network('simgan-refiner-small'); "
+        "print(type(m).__name__, len(r.list_networks()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split() == ["SimGANRefiner", str(len(NETWORKS))]
+
+
+def test_configs_are_frozen():
+    net = model("simgan-refiner-gaze")
+    assert (net.config.kernel_size, net.config.blocks, net.config.features) == (3, 4, 64)
+    with pytest.raises(AttributeError):
+        net.config.blocks = 5
+    hand = network_info("simgan-refiner-hand")
+    assert hand.input_size == (224, 224) and hand.fully_convolutional
+
+
+# -- gaze vectors -----------------------------------------------------------------------------
+
+
+def test_angular_error_of_known_vectors():
+    x = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -2.0], [1.0, 1.0, 0.0]])
+    y = torch.tensor([[0.0, 1.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 5.0], [1.0, 0.0, 0.0]])
+    torch.testing.assert_close(angular_error_deg(x, y), torch.tensor([90.0, 0.0, 180.0, 45.0]))
+    same = torch.nn.functional.normalize(torch.randn(100, 3, dtype=torch.float64), dim=-1)
+    error = angular_error_deg(same, same * 7)
+    assert torch.isfinite(error).all() and error.max() < 1e-5
+    assert torch.isfinite(angular_error_deg(torch.zeros(1, 3), torch.ones(1, 3))).all()
+
+
+def test_pitchyaw_round_trip_and_convention():
+    pitchyaw = torch.tensor([[0.0, 0.0], [0.3, -0.5], [-0.5, 0.6], [0.2, 1.2]], dtype=torch.float64)
+    vec = pitchyaw_to_vector(pitchyaw)
+    torch.testing.assert_close(vec.norm(dim=-1), torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(vector_to_pitchyaw(vec * 2.5), pitchyaw)
+    torch.testing.assert_close(vec[0], torch.tensor([0.0, 0.0, -1.0], dtype=torch.float64))
+    up = pitchyaw_to_vector(torch.tensor([0.4, 0.0]))
+    assert up[1] < 0  # positive pitch looks up: -y in image coordinates
+
+
+def test_pitchyaw_agrees_with_the_eye_simulator():
+    for index in range(5):
+        label = sim.render("gaze", "synthetic", index)["json"]
+        pitchyaw = torch.tensor([label["gaze"]["pitch"], label["gaze"]["yaw"]], dtype=torch.float64)
+        look = torch.tensor(label["look_vec"], dtype=torch.float64)
+        torch.testing.assert_close(pitchyaw_to_vector(pitchyaw), look, atol=2e-5, rtol=0)
+        torch.testing.assert_close(vector_to_pitchyaw(look), pitchyaw, atol=1e-4, rtol=0)
+        assert angular_error_deg(pitchyaw_to_vector(pitchyaw), look) < 2e-3
+
+
+def test_euclidean_loss_by_hand():
+    pred = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    true = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    loss = euclidean_loss(pred, true)
+    assert math.isclose(loss.item(), (4 + 9 + 1) / (2 * 2))
+    loss.backward()
+    torch.testing.assert_close(pred.grad, (pred.detach() - true) / 2)
