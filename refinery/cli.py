@@ -77,6 +77,49 @@ def _inspect(args: argparse.Namespace) -> int:
     return 1 if report.rejects.total else 0
 
 
+def _train_simgan(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from train import simgan
+    from train.loop import NonFiniteLoss, RunDir
+
+    config = simgan.load_config(
+        preset=args.preset,
+        config_file=args.config,
+        resume_from=args.out if args.resume else None,
+        steps=args.steps,
+        image_key=args.image_key,
+    )
+    total = config.schedule.total
+    with tqdm(total=total, desc=f"simgan {config.domain}", unit="it", dynamic_ncols=True) as bar:
+
+        def progress(done: int, values: dict[str, float]) -> None:
+            bar.n = done
+            shown = {
+                k.split("/")[-1]: v
+                for k, v in values.items()
+                if k.endswith(("total", "speed/images_per_s"))
+            }
+            bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=True)
+
+        try:
+            latest = simgan.train(
+                config,
+                synthetic=args.synthetic,
+                real=args.real,
+                out=args.out,
+                resume=args.resume,
+                device=args.device,
+                progress=progress,
+            )
+        except NonFiniteLoss as exc:
+            kept = RunDir(args.out).latest()
+            print(f"refinery train: error: {exc}; last good checkpoint: {kept}", file=sys.stderr)
+            return 1
+    print(f"run {args.out}: checkpoint {latest}; TensorBoard: tensorboard --logdir {args.out}/tb")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from refinery.samples import DOMAINS
     from refinery.sim import VARIANTS
@@ -122,6 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--labels", type=int, default=3, help="how many labels to print")
     inspect.add_argument("--sheet", help="write a PNG contact sheet here")
     inspect.set_defaults(run=_inspect)
+
+    train = commands.add_parser("train", help="train a refiner: simgan")
+    methods = train.add_subparsers(dest="method", metavar="METHOD", required=True)
+    simgan = methods.add_parser(
+        "simgan",
+        help="SimGAN (Shrivastava et al. 2017) on synthetic and unlabeled real shards",
+        description="Train a SimGAN refiner. The preset picks train/recipes/simgan-<preset>.yaml "
+        "(paper values with their sources); --config FILE overrides any of its keys. "
+        "Checkpoints, TensorBoard events and sample sheets go to the run directory; "
+        "--resume continues exactly where the run stopped, with the run's own config.",
+    )
+    simgan.add_argument("--synthetic", nargs="+", required=True, help="synthetic shard URLs")
+    simgan.add_argument("--real", nargs="+", required=True, help="real shard URLs (unlabeled)")
+    simgan.add_argument("--out", required=True, help="run directory")
+    simgan.add_argument("--preset", choices=("gaze", "hand", "small"), default="gaze")
+    simgan.add_argument("--config", help="YAML file overriding recipe keys")
+    simgan.add_argument(
+        "--steps", type=_positive, help="adversarial iterations (after pretraining)"
+    )
+    simgan.add_argument("--image-key", help="image component (default: the domain's)")
+    simgan.add_argument("--resume", action="store_true", help="continue the run in --out")
+    simgan.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    simgan.set_defaults(run=_train_simgan)
     return parser
 
 

@@ -1,0 +1,203 @@
+"""The shared loop and the SimGAN trainer: recipes, streams, exact resume, non-finite guard, logs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from refinery import sim
+from refinery.samples import encode_sample
+from refinery.shards import write_shards
+from train import simgan
+from train.config import OptimiserConfig, from_dict, resolve
+from train.data import ImageStream, scaling_for
+from train.loop import NonFiniteLoss, RunDir
+
+TINY = dict(
+    batch_size=8,
+    pretrain_refiner_steps=3,
+    pretrain_discriminator_steps=2,
+    steps=5,
+    buffer_size=32,
+    shuffle_buffer=16,
+    checkpoint_every=4,
+    log_every=2,
+    sample_every=5,
+)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gaze")
+    for variant, seed in (("synthetic", 11), ("real", 12)):
+        samples = (encode_sample(s, "gaze") for s in sim.generate("gaze", variant, 48, seed=seed))
+        write_shards(samples, str(root / f"{variant}-%03d.tar"), shard_size=16)
+    return str(root / "synthetic-{000..002}.tar"), str(root / "real-{000..002}.tar")
+
+
+def tiny_config(**extra) -> simgan.SimGANConfig:
+    return simgan.load_config(preset="small", **{**TINY, **extra})
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["gaze", "hand", "small"])
+def test_every_recipe_resolves(preset):
+    config = simgan.load_config(preset=preset)
+    assert config.k_g >= 1 and config.refiner.startswith("simgan-refiner")
+
+
+def test_paper_values_in_the_gaze_recipe():
+    config = simgan.load_config(preset="gaze")
+    assert (config.pretrain_refiner_steps, config.pretrain_discriminator_steps) == (1000, 200)
+    assert (config.k_g, config.k_d) == (2, 1)
+    assert config.refiner_optimiser == OptimiserConfig(name="sgd", lr=0.001)
+
+
+def test_unknown_recipe_keys_are_errors(tmp_path):
+    override = tmp_path / "typo.yaml"
+    override.write_text("self_reg_wieght: 0.1\n")
+    with pytest.raises(ValueError, match="self_reg_wieght"):
+        resolve(simgan.SimGANConfig, recipe="simgan-small", config_file=override)
+    with pytest.raises(ValueError, match="lr"):
+        from_dict(OptimiserConfig, {"lr": "fast"})
+
+
+def test_user_yaml_and_overrides_apply_in_order(tmp_path):
+    override = tmp_path / "o.yaml"
+    override.write_text(yaml.safe_dump({"steps": 7, "refiner_optimiser": {"lr": 0.01}}))
+    config = simgan.load_config(preset="small", config_file=str(override), steps=9)
+    assert config.steps == 9
+    assert config.refiner_optimiser.lr == 0.01 and config.refiner_optimiser.name == "adam"
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+def test_stream_scales_to_unit_range_and_resumes_exactly(shards):
+    synthetic, _ = shards
+    a = ImageStream(synthetic, domain="gaze", batch_size=10, seed=3, shuffle_buffer=8)
+    batches = [a.next_batch() for _ in range(12)]  # crosses two epochs of 48
+    images = batches[0][0]
+    assert images.shape == (10, 1, 35, 55) and images.dtype == torch.float32
+    assert images.min() >= -1.0 and images.max() <= 1.0
+    first_epoch = [s["__key__"] for b in batches[:5] for s in b[1]][:48]
+    assert len(set(first_epoch)) == 48  # an epoch sees every sample once
+
+    b = ImageStream(synthetic, domain="gaze", batch_size=10, seed=3, shuffle_buffer=8)
+    for _ in range(7):
+        b.next_batch()
+    c = ImageStream(synthetic, domain="gaze", batch_size=10, seed=3, shuffle_buffer=8)
+    c.load_state_dict(b.state_dict())
+    for expected in batches[7:]:
+        images, samples = c.next_batch()
+        assert [s["__key__"] for s in samples] == [s["__key__"] for s in expected[1]]
+        assert torch.equal(images, expected[0])
+
+
+def test_depth_needs_a_declared_range_and_maps_linearly():
+    with pytest.raises(ValueError, match="depth_range"):
+        scaling_for("hand")
+    scaling = scaling_for("hand", (0, 2000))
+    values = scaling.to_unit(np.array([0, 1000, 2000, 65535], dtype=np.uint16))
+    np.testing.assert_allclose(values, [-1.0, 0.0, 1.0, 1.0])
+    np.testing.assert_allclose(scaling.from_unit(values[:3]), [0, 1000, 2000])
+
+
+# -- training ---------------------------------------------------------------------------------
+
+
+def _weights(checkpoint) -> dict[str, torch.Tensor]:
+    return {
+        f"{m}.{k}": v
+        for m in ("refiner", "discriminator")
+        for k, v in load_file(str(checkpoint / f"{m}.safetensors")).items()
+    }
+
+
+@pytest.mark.slow
+def test_straight_run_equals_half_plus_resume(shards, tmp_path):
+    synthetic, real = shards
+    config = tiny_config()
+    total = config.schedule.total
+    straight = simgan.train(config, synthetic=synthetic, real=real, out=tmp_path / "a")
+    assert straight.name == f"iter-{total:08d}"
+
+    half = total // 2 + 1  # stops in the adversarial phase, with a non-empty history buffer
+    simgan.train(config, synthetic=synthetic, real=real, out=tmp_path / "b", stop_after=half)
+    resumed_config = simgan.load_config(resume_from=tmp_path / "b")
+    assert resumed_config == config
+    resumed = simgan.train(
+        resumed_config, synthetic=synthetic, real=real, out=tmp_path / "b", resume=True
+    )
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_run_directory_holds_config_events_sheets_and_checkpoints(shards, tmp_path):
+    synthetic, real = shards
+    config = tiny_config()
+    latest = simgan.train(config, synthetic=synthetic, real=real, out=tmp_path / "run")
+    run = tmp_path / "run"
+    assert (
+        from_dict(simgan.SimGANConfig, yaml.safe_load((run / "config.yaml").read_text())) == config
+    )
+    assert {p.name for p in (run / "checkpoints").iterdir()} >= {
+        "latest",
+        "iter-00000004",
+        latest.name,
+    }
+    assert sorted(p.name for p in latest.iterdir()) == [
+        "config.yaml",
+        "discriminator.safetensors",
+        "optimisers.pt",
+        "refiner.safetensors",
+        "state.json",
+        "state.safetensors",
+    ]
+    assert list((run / "samples").glob("iter-*.png"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {
+        "refiner/self_reg",
+        "refiner/adversarial",
+        "discriminator/real",
+        "discriminator/refined",
+        "discriminator/accuracy_real",
+        "discriminator/accuracy_refined",
+        "lr/refiner",
+        "lr/discriminator",
+        "speed/images_per_s",
+    } <= tags
+    with pytest.raises(FileExistsError, match="--resume"):
+        simgan.train(config, synthetic=synthetic, real=real, out=run)
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    shards, tmp_path, monkeypatch
+):
+    synthetic, real = shards
+    config = tiny_config()
+    calls = {"n": 0}
+    real_reg = simgan.self_regularisation
+
+    def exploding(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_reg(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 6 else loss
+
+    monkeypatch.setattr(simgan, "self_regularisation", exploding)
+    with pytest.raises(NonFiniteLoss, match="refiner/self_reg"):
+        simgan.train(config, synthetic=synthetic, real=real, out=tmp_path / "nan")
+    kept = RunDir(tmp_path / "nan").latest()
+    assert kept is not None and kept.name == "iter-00000004"
+    assert all(torch.isfinite(v).all() for v in _weights(kept).values())

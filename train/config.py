@@ -1,0 +1,128 @@
+"""Trainer configs: frozen dataclasses filled from a YAML recipe, then CLI overrides.
+
+A recipe (``train/recipes/<name>.yaml``) sets every field it knows; unknown keys are an error
+(with the known ones listed), so a typo never silently falls back to a default. The resolved
+config is written into the run directory and every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimiserConfig:
+    name: str = "sgd"  # "sgd" | "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adam
+    weight_decay: float = 0.0
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where=where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ValueError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_convert(a, v, where) for a, v in zip(args, value, strict=True))
+    if tp is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp in (int, str, bool) and not isinstance(value, tp):
+        raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ValueError(f"{where}: expected int, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T:
+    """Build a (nested) frozen dataclass from a dict; unknown keys raise naming the known ones."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    values = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**values)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: mappings merge, everything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a recipe must be a mapping of config keys")
+    return data
+
+
+def recipe_path(name: str) -> Path:
+    path = RECIPES / f"{name}.yaml"
+    if not path.exists():
+        names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+        raise ValueError(f"no recipe {name!r}; available: {', '.join(names)}")
+    return path
+
+
+def resolve(
+    cls: type[T],
+    *,
+    recipe: str,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> T:
+    """Recipe, then a user YAML on top, then CLI overrides (``None`` values are ignored)."""
+    data = load_yaml(recipe_path(recipe))
+    if config_file is not None:
+        data = merge(data, load_yaml(config_file))
+    data = merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    return from_dict(cls, data, where=f"recipe {recipe}")
+
+
+def write_yaml(path: str | Path, config: Any) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -1,0 +1,161 @@
+"""Training inputs: endless, shuffled, resumable batches of images from shards, scaled to [-1, 1].
+
+``ImageStream`` reads shards by URL (anything ``refinery.shards`` reads), decodes and validates
+each sample against its domain, takes its image component and scales it to [-1, 1] to match the
+refiner's tanh: 8-bit pixels by /127.5 - 1, 16-bit depth linearly from a declared
+``depth_range`` (millimetres; values outside it are clipped, 0 = no measurement maps to -1).
+
+Order is a pure function of (seed, epoch): each epoch shuffles the shard list and then draws
+samples through a shuffle buffer, both from ``numpy.random.default_rng([seed, epoch])``. The
+stream's position is just (epoch, samples drawn in the epoch), so ``state_dict()`` is two
+integers and a resumed stream replays the epoch's reading (without decoding) up to that
+position: the batches after a resume are exactly the batches the uninterrupted run would see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from refinery.samples import DEPTH16, spec
+from refinery.shards import Handler, decoded, expand_urls, reraise, tar_samples
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How stored pixels map to the [-1, 1] range a tanh refiner works in, and back."""
+
+    low: float
+    high: float
+
+    def to_unit(self, pixels: np.ndarray) -> np.ndarray:
+        scaled = (pixels.astype(np.float32) - self.low) / (self.high - self.low)
+        return np.clip(scaled, 0.0, 1.0) * 2.0 - 1.0
+
+    def from_unit(self, values: np.ndarray) -> np.ndarray:
+        return (np.clip(values, -1.0, 1.0) + 1.0) / 2.0 * (self.high - self.low) + self.low
+
+    def as_dict(self) -> dict[str, float]:
+        return {"low": self.low, "high": self.high}
+
+
+def scaling_for(domain: str, depth_range: tuple[float, float] | None = None) -> Scaling:
+    """8-bit images use [0, 255]; 16-bit depth needs its range declared (millimetres)."""
+    if spec(domain).image_kind == DEPTH16:
+        if depth_range is None:
+            raise ValueError(f"{domain} images are 16-bit depth: declare depth_range (low, high)")
+        low, high = depth_range
+        if not 0 <= low < high <= 65535:
+            raise ValueError(f"depth_range {depth_range} must satisfy 0 <= low < high <= 65535")
+        return Scaling(float(low), float(high))
+    return Scaling(0.0, 255.0)
+
+
+class ImageStream:
+    """Endless shuffled batches ``(B, C, H, W)`` float32 in [-1, 1] from shards."""
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        domain: str,
+        batch_size: int,
+        seed: int,
+        image_key: str | None = None,
+        depth_range: tuple[float, float] | None = None,
+        shuffle_buffer: int = 2000,
+        rank: int = 0,
+        world_size: int = 1,
+        handler: Handler = reraise,
+    ):
+        shards = expand_urls(urls)
+        self.shards = shards[rank::world_size]
+        if not self.shards:
+            raise ValueError(f"rank {rank} of {world_size} has no shards among {len(shards)}")
+        self.domain = domain
+        self.batch_size = batch_size
+        self.seed = seed
+        self.image_key = image_key
+        self.scaling = scaling_for(domain, depth_range)
+        self.shuffle_buffer = shuffle_buffer
+        self.handler = handler
+        self.epoch = 0
+        self.position = 0  # raw samples drawn in the current epoch (good or rejected)
+        self._samples: Iterator[dict] | None = None
+
+    # -- order --------------------------------------------------------------------------------
+
+    def _epoch_samples(self, epoch: int, skip: int) -> Iterator[dict]:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = [self.shards[i] for i in rng.permutation(len(self.shards))]
+        raw = (s for url in order for s in tar_samples(url, handler=self.handler))
+        buffer: list[dict] = []
+        emitted = 0
+
+        def draw() -> dict:
+            # One draw per emitted sample, so skipping replays the same draws without decoding.
+            index = int(rng.integers(len(buffer)))
+            buffer[index], buffer[-1] = buffer[-1], buffer[index]
+            return buffer.pop()
+
+        for sample in raw:
+            buffer.append(sample)
+            if len(buffer) >= self.shuffle_buffer:
+                chosen = draw()
+                emitted += 1
+                if emitted > skip:
+                    self.position = emitted
+                    yield from decoded([chosen], self.domain, handler=self.handler)
+        while buffer:
+            chosen = draw()
+            emitted += 1
+            if emitted > skip:
+                self.position = emitted
+                yield from decoded([chosen], self.domain, handler=self.handler)
+
+    def _next_sample(self) -> dict:
+        for _ in range(2):
+            if self._samples is None:
+                self._samples = self._epoch_samples(self.epoch, self.position)
+            for sample in self._samples:
+                return sample
+            self._samples = None
+            if self.position == 0:
+                break  # a whole epoch without one sample
+            self.epoch, self.position = self.epoch + 1, 0
+        raise ValueError(f"no usable {self.domain} samples in {len(self.shards)} shards")
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def image_of(self, sample: dict) -> np.ndarray:
+        name = self.image_key or _image_name(sample, self.domain)
+        if name not in sample:
+            raise KeyError(f"sample {sample['__key__']!r} has no component {name!r}")
+        image = sample[name]
+        return image[None] if image.ndim == 2 else image.transpose(2, 0, 1)  # (C, H, W)
+
+    def next_batch(self) -> tuple[torch.Tensor, list[dict]]:
+        """(B, C, H, W) float32 in [-1, 1], and the decoded samples (labels, keys)."""
+        samples = [self._next_sample() for _ in range(self.batch_size)]
+        images = np.stack([self.scaling.to_unit(self.image_of(s)) for s in samples])
+        return torch.from_numpy(images), samples
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._samples = None
+
+
+def _image_name(sample: dict, domain: str) -> str:
+    from refinery.samples import image_component
+
+    return image_component(sample, domain)

@@ -1,0 +1,395 @@
+"""SimGAN: Shrivastava et al., "Learning from Simulated and Unsupervised Images through
+Adversarial Training" (CVPR 2017), on the shared loop (``train.loop``).
+
+Code (paper): ``refiner`` (R_θ), ``discriminator`` (D_φ), ``self_regularisation`` (λ·‖ψ(R(x)) −
+ψ(x)‖₁, eq. 4), ``local_adversarial_loss`` (eq. 2 and 3, over all patches), ``HistoryBuffer``
+(§2.3), ``refiner_step`` / ``discriminator_step`` (Algorithm 1, lines 3-7 and 8-11).
+
+Schedule (§3.1): R is pretrained on self-regularisation alone, then D alone on the pretrained
+R's images, then each iteration makes K_g refiner updates and K_d discriminator updates.
+The values per preset are in ``train/recipes/simgan-*.yaml`` with their sources.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from refinery import sheets
+from refinery.history import HistoryBuffer
+from refinery.losses import (
+    REAL,
+    REFINED,
+    discriminator_accuracy,
+    local_adversarial_loss,
+    make_psi,
+    self_regularisation,
+)
+from refinery.registry import build_network
+from train.config import OptimiserConfig, from_dict, load_yaml, resolve, write_yaml
+from train.data import ImageStream
+from train.loop import RunDir, Schedule, bare, train_loop
+
+
+@dataclass(frozen=True)
+class SimGANConfig:
+    domain: str = "gaze"
+    image_key: str | None = None  # default: the domain's image component
+    depth_range: tuple[float, float] | None = None  # mm, for 16-bit depth domains
+    refiner: str = "simgan-refiner-gaze"
+    discriminator: str = "simgan-discriminator-gaze"
+    channels: int = 1
+    batch_size: int = 512
+    pretrain_refiner_steps: int = 1000
+    pretrain_discriminator_steps: int = 200
+    steps: int = 10000
+    k_g: int = 2
+    k_d: int = 1
+    self_reg_weight: float = 0.5  # λ
+    psi: str = "identity"  # identity | mean-colour | gradients
+    buffer_size: int = 25600  # B
+    refiner_optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
+    discriminator_optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
+    shuffle_buffer: int = 2000
+    checkpoint_every: int = 500
+    log_every: int = 20
+    sample_every: int = 200
+    seed: int = 0
+    amp: bool = True  # float16 autocast + grad scaling, on CUDA only
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(
+            pretrain_generator=self.pretrain_refiner_steps,
+            pretrain_discriminator=self.pretrain_discriminator_steps,
+            steps=self.steps,
+            k_g=self.k_g,
+            k_d=self.k_d,
+        )
+
+
+def make_optimiser(params, config: OptimiserConfig) -> torch.optim.Optimizer:
+    if config.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    if config.name == "adam":
+        return torch.optim.Adam(
+            params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+    raise ValueError(f"unknown optimiser {config.name!r}; expected 'sgd' or 'adam'")
+
+
+# -- the two steps of Algorithm 1 -------------------------------------------------------------
+
+
+def refiner_step(
+    refiner: nn.Module,
+    discriminator: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    synthetic: torch.Tensor,
+    *,
+    psi,
+    weight: float,
+    adversarial: bool,
+    scaler: torch.amp.GradScaler,
+    autocast: torch.autocast,
+) -> dict[str, torch.Tensor]:
+    """One R update: L_R = ℓ_real(D(R(x))) + λ‖ψ(R(x)) − ψ(x)‖₁ (pretraining: the second term)."""
+    with autocast:
+        refined = refiner(synthetic)  # (B, C, H, W) in [-1, 1]
+        reg = self_regularisation(refined, synthetic, psi=psi, weight=weight)
+        losses = {"refiner/self_reg": reg}
+        loss = reg
+        if adversarial:
+            # D is frozen for this update; called unwrapped so DDP does not expect its grads
+            d = bare(discriminator)
+            d.requires_grad_(False)
+            adv = local_adversarial_loss(d(refined), REAL)
+            d.requires_grad_(True)
+            losses["refiner/adversarial"] = adv
+            loss = adv + reg
+    optimiser.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimiser)
+    scaler.update()
+    losses["refiner/total"] = loss
+    return {k: v.detach() for k, v in losses.items()}
+
+
+def discriminator_step(
+    refiner: nn.Module,
+    discriminator: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    synthetic: torch.Tensor,
+    real: torch.Tensor,
+    buffer: HistoryBuffer,
+    *,
+    scaler: torch.amp.GradScaler,
+    autocast: torch.autocast,
+) -> dict[str, torch.Tensor]:
+    """One D update on real images and refined ones, half current and half from the history."""
+    with torch.no_grad(), autocast:
+        refined = bare(refiner)(synthetic).float()
+    (fake,) = buffer.mix(refined)  # (B, C, H, W): b/2 current, b/2 history (§2.3)
+    with autocast:
+        logits_real = discriminator(real)  # (B, 2, h, w)
+        logits_fake = discriminator(fake)
+        loss_real = local_adversarial_loss(logits_real, REAL)
+        loss_fake = local_adversarial_loss(logits_fake, REFINED)
+        loss = loss_real + loss_fake
+    optimiser.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimiser)
+    scaler.update()
+    return {
+        "discriminator/real": loss_real.detach(),
+        "discriminator/refined": loss_fake.detach(),
+        "discriminator/total": loss.detach(),
+        "discriminator/accuracy_real": torch.tensor(discriminator_accuracy(logits_real, REAL)),
+        "discriminator/accuracy_refined": torch.tensor(
+            discriminator_accuracy(logits_fake, REFINED)
+        ),
+    }
+
+
+# -- the method the loop drives ---------------------------------------------------------------
+
+
+class SimGAN:
+    """Networks, optimisers, data streams and history buffer of one SimGAN run."""
+
+    def __init__(
+        self,
+        config: SimGANConfig,
+        *,
+        synthetic: str | list[str],
+        real: str | list[str],
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.config = config
+        self.device = device
+        torch.manual_seed(config.seed)
+        refiner = build_network(config.refiner, channels=config.channels).to(device)
+        discriminator = build_network(config.discriminator, channels=config.channels).to(device)
+        if world_size > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            refiner = nn.parallel.DistributedDataParallel(refiner, device_ids=ids)
+            discriminator = nn.parallel.DistributedDataParallel(discriminator, device_ids=ids)
+        self.modules = {"refiner": refiner, "discriminator": discriminator}
+        self.optimisers = {
+            "refiner": make_optimiser(refiner.parameters(), config.refiner_optimiser),
+            "discriminator": make_optimiser(
+                discriminator.parameters(), config.discriminator_optimiser
+            ),
+        }
+        amp = config.amp and device.type == "cuda"
+        self.autocast = torch.autocast(device.type, dtype=torch.float16, enabled=amp)
+        self.scalers = {k: torch.amp.GradScaler(device.type, enabled=amp) for k in self.optimisers}
+        self.psi = make_psi(config.psi)
+        self.buffer = HistoryBuffer(capacity=config.buffer_size, seed=config.seed + 7919 * rank)
+        stream = dict(
+            domain=config.domain,
+            batch_size=config.batch_size,
+            image_key=config.image_key,
+            depth_range=config.depth_range,
+            shuffle_buffer=config.shuffle_buffer,
+            rank=rank,
+            world_size=world_size,
+        )
+        self.synthetic = ImageStream(synthetic, seed=config.seed * 2 + 1, **stream)
+        self.real = ImageStream(real, seed=config.seed * 2 + 2, **stream)
+        self._fixed: torch.Tensor | None = None  # synthetic images shown on every sheet
+        self._fixed_real: torch.Tensor | None = None
+
+    def _batch(self, stream: ImageStream) -> torch.Tensor:
+        images, _ = stream.next_batch()
+        return images.to(self.device, non_blocking=True)
+
+    def generator_step(self, *, pretrain: bool) -> dict[str, torch.Tensor]:
+        return refiner_step(
+            self.modules["refiner"],
+            self.modules["discriminator"],
+            self.optimisers["refiner"],
+            self._batch(self.synthetic),
+            psi=self.psi,
+            weight=self.config.self_reg_weight,
+            adversarial=not pretrain,
+            scaler=self.scalers["refiner"],
+            autocast=self.autocast,
+        )
+
+    def discriminator_step(self) -> dict[str, torch.Tensor]:
+        return discriminator_step(
+            self.modules["refiner"],
+            self.modules["discriminator"],
+            self.optimisers["discriminator"],
+            self._batch(self.synthetic),
+            self._batch(self.real),
+            self.buffer,
+            scaler=self.scalers["discriminator"],
+            autocast=self.autocast,
+        )
+
+    def images_per_iteration(self, phase: str) -> int:
+        b = self.config.batch_size
+        if phase == "pretrain-generator":
+            return b
+        if phase == "pretrain-discriminator":
+            return 2 * b
+        return self.config.k_g * b + self.config.k_d * 2 * b
+
+    def sample_sheet(self, count: int = 8) -> np.ndarray:
+        """Rows: synthetic, refined, real (the same synthetic images on every sheet)."""
+        if self._fixed is None:
+            # a separate stream, so drawing sheet images never moves the training streams
+            probe = ImageStream(
+                self.synthetic.shards, domain=self.config.domain, batch_size=count, seed=-1 % 2**31,
+                image_key=self.config.image_key, depth_range=self.config.depth_range, shuffle_buffer=1,
+            )  # fmt: skip
+            real = ImageStream(
+                self.real.shards, domain=self.config.domain, batch_size=count, seed=-2 % 2**31,
+                image_key=self.config.image_key, depth_range=self.config.depth_range, shuffle_buffer=1,
+            )  # fmt: skip
+            self._fixed = probe.next_batch()[0]
+            self._fixed_real = real.next_batch()[0]
+        refiner = bare(self.modules["refiner"])
+        was_training = refiner.training
+        refiner.eval()
+        with torch.no_grad():
+            refined = refiner(self._fixed.to(self.device)).float().cpu()
+        refiner.train(was_training)
+        rows = [self._fixed, refined, self._fixed_real]
+        tiles = [[_tile(img) for img in row] for row in rows]
+        return sheets.grid(tiles, titles=["synthetic", "refined", "real"])
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        buffer = self.buffer.state_dict()
+        scalers = {k: s.state_dict() for k, s in self.scalers.items()}
+        meta = {
+            "buffer": buffer["meta"],
+            "synthetic": self.synthetic.state_dict(),
+            "real": self.real.state_dict(),
+            "scalers": scalers,
+        }
+        return {f"buffer.{k}": v for k, v in buffer["tensors"].items()}, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.buffer.load_state_dict(
+            {
+                "tensors": {k[7:]: v for k, v in tensors.items() if k.startswith("buffer.")},
+                "meta": meta["buffer"],
+            }
+        )
+        self.synthetic.load_state_dict(meta["synthetic"])
+        self.real.load_state_dict(meta["real"])
+        for key, state in meta.get("scalers", {}).items():
+            if state:
+                self.scalers[key].load_state_dict(state)
+
+
+def _tile(image: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [-1, 1] -> an RGB tile (depth shown with a colour map)."""
+    unit = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+    if unit.shape[0] == 1:
+        rgb = np.repeat(unit[0][..., None], 3, axis=2)
+    else:
+        rgb = unit[:3].transpose(1, 2, 0)
+    scale = max(1, 96 // rgb.shape[0])
+    return np.ascontiguousarray(rgb.repeat(scale, 0).repeat(scale, 1))
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+
+def distributed_context() -> tuple[int, int, int]:
+    """(rank, local rank, world size) from torchrun's environment; (0, 0, 1) when absent."""
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+    )
+
+
+def load_config(
+    *,
+    preset: str = "small",
+    config_file: str | None = None,
+    resume_from: str | Path | None = None,
+    **overrides: Any,
+) -> SimGANConfig:
+    """Recipe ``simgan-<preset>`` + user YAML + overrides; resuming, the run's own config.
+
+    A resumed run keeps the config it was started with (only ``steps`` may be raised to train
+    longer), so a resume can never silently change what is being trained.
+    """
+    saved = Path(resume_from or "") / "config.yaml"
+    if resume_from is not None and saved.exists():
+        config = from_dict(SimGANConfig, load_yaml(saved), where=str(saved))
+        steps = overrides.get("steps")
+        return config if steps is None else replace(config, steps=steps)
+    return resolve(
+        SimGANConfig, recipe=f"simgan-{preset}", config_file=config_file, overrides=overrides
+    )
+
+
+def train(
+    config: SimGANConfig,
+    *,
+    synthetic: str | list[str],
+    real: str | list[str],
+    out: str | Path,
+    resume: bool = False,
+    stop_after: int | None = None,
+    device: str | None = None,
+    progress=None,
+) -> Path:
+    """Train SimGAN into the run directory ``out``; returns the newest checkpoint's path."""
+    rank, local_rank, world_size = distributed_context()
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if world_size > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    run = RunDir(out, writer=rank == 0)
+    run.path.mkdir(parents=True, exist_ok=True)
+    start = 0
+    latest = run.latest()
+    if latest is not None and not resume:
+        raise FileExistsError(
+            f"{out} already holds a run (checkpoint {latest.name}); pass --resume"
+        )
+    method = SimGAN(
+        config, synthetic=synthetic, real=real, device=dev, rank=rank, world_size=world_size
+    )
+    if resume and latest is not None:
+        start = run.load(method, latest)
+    if rank == 0:
+        write_yaml(run.path / "config.yaml", config)
+    try:
+        train_loop(
+            method,
+            config.schedule,
+            run,
+            config=config,
+            start=start,
+            stop_after=stop_after,
+            checkpoint_every=config.checkpoint_every,
+            log_every=config.log_every,
+            sample_every=config.sample_every,
+            is_main=rank == 0,
+            progress=progress,
+        )
+    finally:
+        run.close()
+    return run.latest()
