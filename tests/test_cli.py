@@ -23,7 +23,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_every_command():
     result = run("--help")
     assert result.returncode == 0
-    for command in ("synth", "inspect"):
+    for command in ("synth", "inspect", "train", "train-task"):
         assert command in result.stdout
 
 
@@ -103,3 +103,12 @@ def test_synth_writes_to_an_fsspec_url_and_inspect_reads_it(capsys):
     assert main(["inspect", "memory://cli-test/streets/scene-synthetic-s0-000000.tar"]) == 0
     out = capsys.readouterr().out
     assert "3 samples; components: depth.png 3, json 3, png 3, seg.png 3" in out
+
+
+def test_train_simgan_help_and_missing_arguments(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "simgan", "--synthetic", "x"])
+    assert info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    result = run("train", "simgan", "--help")
+    assert result.returncode == 0 and "--resume" in result.stdout and "--preset" in result.stdout

@@ -139,8 +139,9 @@ def discriminator_step(
         refined = bare(refiner)(synthetic).float()
     (fake,) = buffer.mix(refined)  # (B, C, H, W): b/2 current, b/2 history (§2.3)
     with autocast:
-        logits_real = discriminator(real)  # (B, 2, h, w)
-        logits_fake = discriminator(fake)
+        # one forward over both halves: one graph for DDP, one kernel launch per layer
+        logits = discriminator(torch.cat([real, fake]))  # (2B, 2, h, w)
+        logits_real, logits_fake = logits[: len(real)], logits[len(real) :]
         loss_real = local_adversarial_loss(logits_real, REAL)
         loss_fake = local_adversarial_loss(logits_fake, REFINED)
         loss = loss_real + loss_fake
