@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -91,7 +92,14 @@ def _train_simgan(args: argparse.Namespace) -> int:
         image_key=args.image_key,
     )
     total = config.schedule.total
-    with tqdm(total=total, desc=f"simgan {config.domain}", unit="it", dynamic_ncols=True) as bar:
+    rank = int(os.environ.get("RANK", 0))  # under torchrun only rank 0 shows progress
+    with tqdm(
+        total=total,
+        desc=f"simgan {config.domain}",
+        unit="it",
+        dynamic_ncols=True,
+        disable=rank != 0,
+    ) as bar:
 
         def progress(done: int, values: dict[str, float]) -> None:
             bar.n = done
@@ -116,7 +124,10 @@ def _train_simgan(args: argparse.Namespace) -> int:
             kept = RunDir(args.out).latest()
             print(f"refinery train: error: {exc}; last good checkpoint: {kept}", file=sys.stderr)
             return 1
-    print(f"run {args.out}: checkpoint {latest}; TensorBoard: tensorboard --logdir {args.out}/tb")
+    if rank == 0:
+        print(
+            f"run {args.out}: checkpoint {latest}; TensorBoard: tensorboard --logdir {args.out}/tb"
+        )
     return 0
 
 

@@ -201,3 +201,44 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     kept = RunDir(tmp_path / "nan").latest()
     assert kept is not None and kept.name == "iter-00000004"
     assert all(torch.isfinite(v).all() for v in _weights(kept).values())
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_on_cpu_trains_and_checkpoints(shards, tmp_path):
+    import subprocess
+    import sys
+
+    synthetic, real = shards
+    override = tmp_path / "tiny.yaml"
+    override.write_text(yaml.safe_dump({**TINY, "steps": 3}))
+    run = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "refinery", "train", "simgan", "--preset", "small", "--config", str(override),
+        "--synthetic", synthetic, "--real", real, "--out", str(run), "--device", "cpu",
+    ]  # fmt: skip
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    latest = RunDir(run).latest()
+    assert latest is not None and latest.name == "iter-00000008"
+    assert all(torch.isfinite(v).all() for v in _weights(latest).values())
+
+
+def test_sigterm_finishes_the_iteration_checkpoints_and_resumes(shards, tmp_path):
+    import os
+    import signal
+
+    synthetic, real = shards
+    config = tiny_config()
+
+    def progress(done, values):
+        if done == 6:
+            os.kill(os.getpid(), signal.SIGTERM)  # what Slurm / Kubernetes send before a kill
+
+    latest = simgan.train(
+        config, synthetic=synthetic, real=real, out=tmp_path / "t", progress=progress
+    )
+    assert latest.name == "iter-00000006"
+    resumed = simgan.train(config, synthetic=synthetic, real=real, out=tmp_path / "t", resume=True)
+    assert resumed.name == f"iter-{config.schedule.total:08d}"

@@ -19,12 +19,15 @@ Run directory::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -185,6 +188,31 @@ def _check_finite(losses: dict[str, torch.Tensor], iteration: int, phase: str) -
     return values
 
 
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[dict[str, int]]:
+    """SIGINT / SIGTERM ask the loop to finish its iteration, checkpoint and return.
+
+    Schedulers (Slurm, Kubernetes) send SIGTERM before killing a job; a second signal
+    interrupts at once.
+    """
+    requested = {"signal": 0}
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum, frame):
+        if requested["signal"]:
+            raise KeyboardInterrupt
+        requested["signal"] = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def train_loop(
     method: Method,
     schedule: Schedule,
@@ -207,36 +235,40 @@ def train_loop(
     """
     end = schedule.total if stop_after is None else min(schedule.total, start + stop_after)
     timer, images = time.perf_counter(), 0
-    for iteration in range(start, end):
-        phase = schedule.phase(iteration)
-        losses: dict[str, torch.Tensor] = {}
-        if phase == "pretrain-generator":
-            losses.update(method.generator_step(pretrain=True))
-        elif phase == "pretrain-discriminator":
-            losses.update(method.discriminator_step())
-        else:
-            for _ in range(schedule.k_g):
-                losses.update(method.generator_step(pretrain=False))
-            for _ in range(schedule.k_d):
+    with _stop_requests() as stop:
+        for iteration in range(start, end):
+            phase = schedule.phase(iteration)
+            losses: dict[str, torch.Tensor] = {}
+            if phase == "pretrain-generator":
+                losses.update(method.generator_step(pretrain=True))
+            elif phase == "pretrain-discriminator":
                 losses.update(method.discriminator_step())
-        values = _check_finite(losses, iteration, phase)  # before anything of it is saved
-        images += method.images_per_iteration(phase)
-        done = iteration + 1
-        if done % log_every == 0 or done == end:
-            seconds = time.perf_counter() - timer
-            values["speed/images_per_s"] = images / max(seconds, 1e-9)
-            for name, opt in method.optimisers.items():
-                values[f"lr/{name}"] = opt.param_groups[0]["lr"]
-            if is_main and run.writer is not None:
-                for key, value in values.items():
-                    run.writer.add_scalar(key, value, done)
-            if progress is not None:
-                progress(done, values)
-            timer, images = time.perf_counter(), 0
-        if is_main and done % sample_every == 0:
-            run.save_sheet(done, method.sample_sheet())
-        if is_main and done % checkpoint_every == 0 and done != end:
-            run.save(method, done, config)
+            else:
+                for _ in range(schedule.k_g):
+                    losses.update(method.generator_step(pretrain=False))
+                for _ in range(schedule.k_d):
+                    losses.update(method.discriminator_step())
+            values = _check_finite(losses, iteration, phase)  # before anything of it is saved
+            images += method.images_per_iteration(phase)
+            done = iteration + 1
+            if done % log_every == 0 or done == end:
+                seconds = time.perf_counter() - timer
+                values["speed/images_per_s"] = images / max(seconds, 1e-9)
+                for name, opt in method.optimisers.items():
+                    values[f"lr/{name}"] = opt.param_groups[0]["lr"]
+                if is_main and run.writer is not None:
+                    for key, value in values.items():
+                        run.writer.add_scalar(key, value, done)
+                if progress is not None:
+                    progress(done, values)
+                timer, images = time.perf_counter(), 0
+            if is_main and done % sample_every == 0:
+                run.save_sheet(done, method.sample_sheet())
+            if is_main and done % checkpoint_every == 0 and done != end:
+                run.save(method, done, config)
+            if stop["signal"]:
+                end = done  # checkpoint below and return; --resume continues from here
+                break
     if is_main and end > start:
         run.save(method, end, config)
         run.save_sheet(end, method.sample_sheet())

@@ -358,7 +358,8 @@ def train(
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    if world_size > 1 and not torch.distributed.is_initialized():
+    owns_group = world_size > 1 and not torch.distributed.is_initialized()
+    if owns_group:
         torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -393,4 +394,6 @@ def train(
         )
     finally:
         run.close()
+        if owns_group:
+            torch.distributed.destroy_process_group()
     return run.latest()
