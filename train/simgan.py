@@ -251,17 +251,19 @@ class SimGAN:
     def sample_sheet(self, count: int = 8) -> np.ndarray:
         """Rows: synthetic, refined, real (the same synthetic images on every sheet)."""
         if self._fixed is None:
-            # a separate stream, so drawing sheet images never moves the training streams
-            probe = ImageStream(
-                self.synthetic.shards, domain=self.config.domain, batch_size=count, seed=-1 % 2**31,
-                image_key=self.config.image_key, depth_range=self.config.depth_range, shuffle_buffer=1,
-            )  # fmt: skip
-            real = ImageStream(
-                self.real.shards, domain=self.config.domain, batch_size=count, seed=-2 % 2**31,
-                image_key=self.config.image_key, depth_range=self.config.depth_range, shuffle_buffer=1,
-            )  # fmt: skip
-            self._fixed = probe.next_batch()[0]
-            self._fixed_real = real.next_batch()[0]
+            # separate streams, so drawing sheet images never moves the training streams
+            self._fixed, self._fixed_real = (
+                ImageStream(
+                    stream.shards,
+                    domain=self.config.domain,
+                    batch_size=count,
+                    seed=0,
+                    image_key=self.config.image_key,
+                    depth_range=self.config.depth_range,
+                    shuffle_buffer=1,
+                ).next_batch()[0]
+                for stream in (self.synthetic, self.real)
+            )
         refiner = bare(self.modules["refiner"])
         was_training = refiner.training
         refiner.eval()
