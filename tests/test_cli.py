@@ -112,3 +112,15 @@ def test_train_simgan_help_and_missing_arguments(capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     result = run("train", "simgan", "--help")
     assert result.returncode == 0 and "--resume" in result.stdout and "--preset" in result.stdout
+
+
+def test_train_task_gaze_prints_metrics_and_writes_the_model(tmp_path, capsys):
+    for variant, seed in (("synthetic", 21), ("real", 22)):
+        args = f"synth gaze --variant {variant} --n 64 --seed {seed} --out {tmp_path / variant}"
+        assert main(args.split()) == 0
+    capsys.readouterr()
+    args = f"train-task gaze --train {tmp_path / 'synthetic'} --eval {tmp_path / 'real'} --epochs 1 --out {tmp_path / 'task'}"
+    assert main(args.split()) == 0
+    out = capsys.readouterr().out
+    assert '"mean_angular_error_deg"' in out and '"n_eval": 64' in out
+    assert (tmp_path / "task" / "model.safetensors").exists()

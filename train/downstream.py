@@ -200,9 +200,7 @@ def fit_gaze(
 
 
 @torch.no_grad()
-def predict_gaze(
-    model: nn.Module, images: torch.Tensor, *, batch_size: int = 512
-) -> torch.Tensor:
+def predict_gaze(model: nn.Module, images: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
     """(N, 1, H, W) in [-1, 1] -> (N, 3) unit look vectors on the CPU, in eval mode."""
     was_training = model.training
     model.eval()
