@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from refinery.samples import DEPTH16, spec
+from refinery.samples import DEPTH16, image_component, spec
 from refinery.shards import Handler, decoded, expand_urls, reraise, tar_samples
 
 
@@ -92,27 +92,8 @@ class ImageStream:
         rng = np.random.default_rng([self.seed, epoch])
         order = [self.shards[i] for i in rng.permutation(len(self.shards))]
         raw = (s for url in order for s in tar_samples(url, handler=self.handler))
-        buffer: list[dict] = []
-        emitted = 0
-
-        def draw() -> dict:
-            # One draw per emitted sample, so skipping replays the same draws without decoding.
-            index = int(rng.integers(len(buffer)))
-            buffer[index], buffer[-1] = buffer[-1], buffer[index]
-            return buffer.pop()
-
-        for sample in raw:
-            buffer.append(sample)
-            if len(buffer) >= self.shuffle_buffer:
-                chosen = draw()
-                emitted += 1
-                if emitted > skip:
-                    self.position = emitted
-                    yield from decoded([chosen], self.domain, handler=self.handler)
-        while buffer:
-            chosen = draw()
-            emitted += 1
-            if emitted > skip:
+        for emitted, chosen in enumerate(_shuffled(raw, self.shuffle_buffer, rng), start=1):
+            if emitted > skip:  # skipped draws are replayed without decoding
                 self.position = emitted
                 yield from decoded([chosen], self.domain, handler=self.handler)
 
@@ -131,7 +112,7 @@ class ImageStream:
     # -- batches ------------------------------------------------------------------------------
 
     def image_of(self, sample: dict) -> np.ndarray:
-        name = self.image_key or _image_name(sample, self.domain)
+        name = self.image_key or image_component(sample, self.domain)
         if name not in sample:
             raise KeyError(f"sample {sample['__key__']!r} has no component {name!r}")
         image = sample[name]
@@ -155,7 +136,18 @@ class ImageStream:
         self._samples = None
 
 
-def _image_name(sample: dict, domain: str) -> str:
-    from refinery.samples import image_component
+def _shuffled(items: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
+    """A shuffle buffer: one draw per emitted item, so replaying it replays the same order."""
+    buffer: list[dict] = []
 
-    return image_component(sample, domain)
+    def draw() -> dict:
+        index = int(rng.integers(len(buffer)))
+        buffer[index], buffer[-1] = buffer[-1], buffer[index]
+        return buffer.pop()
+
+    for item in items:
+        buffer.append(item)
+        if len(buffer) >= size:
+            yield draw()
+    while buffer:
+        yield draw()
