@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -156,11 +158,15 @@ def test_run_directory_holds_config_events_sheets_and_checkpoints(shards, tmp_pa
     assert sorted(p.name for p in latest.iterdir()) == [
         "config.yaml",
         "discriminator.safetensors",
+        "generator.json",
         "optimisers.pt",
         "refiner.safetensors",
         "state.json",
         "state.safetensors",
     ]
+    generator = json.loads((latest / "generator.json").read_text())
+    assert generator["module"] == "refiner" and generator["network"] == config.refiner
+    assert generator["pixel_range"] == [0.0, 255.0] and generator["image_component"] == "png"
     assert list((run / "samples").glob("iter-*.png"))
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

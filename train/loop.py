@@ -12,6 +12,7 @@ Run directory::
         <module>.safetensors            weights of each network
         optimisers.pt                   optimiser (and grad-scaler) states, loaded weights_only
         state.safetensors, state.json   method state: history buffer, stream positions, RNGs
+        generator.json, config.yaml     what ``refinery export`` needs: the generator to deploy
     RUN/checkpoints/latest              name of the newest complete checkpoint
     RUN/tb/                             TensorBoard events
     RUN/samples/iter-NNNNNNNN.png       synthetic / refined / real sheets
@@ -85,6 +86,12 @@ class Method(Protocol):
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None: ...
 
+    def generator_info(self) -> dict[str, Any]:
+        """The deployable generator, written to each checkpoint as ``generator.json``:
+        method, module key, registered network and its keyword arguments, domain, image
+        component, pixel kind and range (the ``engines`` package exports from this alone)."""
+        ...
+
 
 def bare(module: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (or the module itself)."""
@@ -150,6 +157,7 @@ class RunDir:
             json.dumps({"iteration": iteration, "rng": _rng_state(), "method": meta})
         )
         write_yaml(tmp / "config.yaml", config)
+        (tmp / "generator.json").write_text(json.dumps(method.generator_info(), indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         marker_tmp = self.checkpoints / ".latest.tmp"

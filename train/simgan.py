@@ -31,9 +31,10 @@ from refinery.losses import (
     make_psi,
     self_regularisation,
 )
-from refinery.registry import build_network
+from refinery.registry import build_network, network_info
+from refinery.samples import spec
 from train.config import OptimiserConfig, from_dict, load_yaml, resolve, write_yaml
-from train.data import ImageStream
+from train.data import ImageStream, scaling_for
 from train.loop import RunDir, Schedule, bare, train_loop
 
 
@@ -273,6 +274,24 @@ class SimGAN:
         rows = [self._fixed, refined, self._fixed_real]
         tiles = [[_tile(img) for img in row] for row in rows]
         return sheets.grid(tiles, titles=["synthetic", "refined", "real"])
+
+    def generator_info(self) -> dict[str, Any]:
+        config = self.config
+        scaling = scaling_for(config.domain, config.depth_range)
+        info = network_info(config.refiner)
+        return {
+            "method": "simgan",
+            "module": "refiner",
+            "network": config.refiner,
+            "kwargs": {"channels": config.channels},
+            "domain": config.domain,
+            "image_component": config.image_key or spec(config.domain).default_image,
+            "pixel_kind": spec(config.domain).image_kind,
+            "channels": config.channels,
+            "pixel_range": [scaling.low, scaling.high],
+            "input_size": list(info.input_size),
+            "size_multiple": 1,  # stride-free: any H, W
+        }
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         buffer = self.buffer.state_dict()
