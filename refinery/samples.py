@@ -118,8 +118,10 @@ SPECS: dict[str, DomainSpec] = {
         "scene",
         images=("jpg", "png"),
         image_kind=RGB8,
-        labels=("seg.png", "json"),
-        optional=("depth.png",),
+        labels=("json",),
+        # seg.png is required unless json says "labeled": false (real unlabeled scenes);
+        # labelids.png / synthia_ids.png keep the dataset's raw class ids (refinery.ontology)
+        optional=("seg.png", "depth.png", "labelids.png", "synthia_ids.png"),
     ),
 }
 
@@ -159,7 +161,7 @@ def component_kind(domain: str | None, name: str) -> str | None:
     base = name[len("orig.") :] if name.startswith("orig.") else name
     if base == "depth.png":
         return DEPTH16
-    if base == "seg.png":
+    if base in ("seg.png", "labelids.png", "synthia_ids.png"):
         return SEG8
     if base == "json" or base.endswith(".json"):
         return JSON
@@ -355,6 +357,8 @@ def _label_problem(label: dict[str, Any], domain: str) -> str | None:
         ):
             return f"'joints_xyz' must be {len(joints)} [x, y, z] finite numbers like joints_uvd"
     elif domain == "scene":
+        if label.get("labeled", True) is False:
+            return None
         if not isinstance(label.get("ontology"), str):
             return "'ontology' must name the id space of seg.png (e.g. 'cityscapes-19')"
     return None
@@ -367,8 +371,15 @@ def check_labels(sample: Mapping[str, Any], domain: str) -> None:
     if problem:
         raise SampleError(MALFORMED, problem, key=key, component="json")
     image_name = image_component(sample, domain, key=key)
+    if domain == "scene" and "seg.png" not in sample and sample["json"].get("labeled", True):
+        raise SampleError(
+            MISSING,
+            "a labeled scene sample needs 'seg.png' (unlabeled ones say \"labeled\": false)",
+            key=key,
+            component="seg.png",
+        )
     height, width = sample[image_name].shape[:2]
-    for name in ("seg.png", "depth.png"):
+    for name in ("seg.png", "depth.png", "labelids.png", "synthia_ids.png"):
         if name != image_name and name in sample and not isinstance(sample[name], bytes):
             if sample[name].shape[:2] != (height, width):
                 raise SampleError(

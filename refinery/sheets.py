@@ -13,18 +13,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from refinery.ontology import TRAIN_COLOURS
 from refinery.samples import image_component
 
 # Cityscapes' own colours for its 19 train ids (cityscapesScripts labels.py); 255 = ignore.
-CITYSCAPES_COLOURS = np.array(
-    [
-        (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-        (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-        (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70),
-        (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
-    ],
-    dtype=np.uint8,
-)  # fmt: skip
+CITYSCAPES_COLOURS = np.array(TRAIN_COLOURS, dtype=np.uint8)
 
 
 def seg_palette() -> np.ndarray:

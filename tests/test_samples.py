@@ -118,6 +118,26 @@ def test_missing_label_is_named():
     assert "eye-7" in str(error) and "json" in str(error)
 
 
+def test_scene_without_seg_must_say_it_is_unlabeled():
+    labeled = S.encode_sample(scene_sample(), "scene")
+    del labeled["seg.png"]
+    with pytest.raises(S.SampleError) as err:
+        S.decode_sample(labeled, "scene")
+    assert (err.value.reason, err.value.component) == (S.MISSING, "seg.png")
+    unlabeled = {**labeled, "json": S.encode_json({"labeled": False, "dataset": "cityscapes"})}
+    assert S.decode_sample(unlabeled, "scene")["json"]["labeled"] is False
+
+
+def test_raw_id_components_decode_as_8bit_ids_of_the_image_size():
+    sample = scene_sample()
+    sample["labelids.png"] = RNG.integers(0, 34, (32, 64), dtype=np.uint8)
+    decoded = S.decode_sample(S.encode_sample(sample, "scene"), "scene")
+    assert np.array_equal(decoded["labelids.png"], sample["labelids.png"])
+    sample["labelids.png"] = sample["labelids.png"][:16]
+    with pytest.raises(S.SampleError, match="differs from the image"):
+        S.decode_sample(S.encode_sample(sample, "scene"), "scene")
+
+
 def test_missing_image_is_named():
     sample = S.encode_sample(scene_sample("st-1"), "scene")
     del sample["png"]

@@ -75,7 +75,7 @@ def test_reproducible_and_seeded(domain, variant):
     other = sim.render(domain, variant, 4, seed=12)
     image = COMPONENTS[domain][1]
     assert not np.array_equal(other[image], a[image])
-    geometry = {k: v for k, v in a["json"].items() if k not in ("source", "classes", "ontology")}
+    geometry = {k: v for k, v in a["json"].items() if k not in ("source", "present", "ontology")}
     assert geometry != {k: other["json"][k] for k in geometry}
 
 
@@ -269,7 +269,7 @@ def test_scene_seg_and_depth_agree():
         seg, depth, label = sample["seg.png"], sample["depth.png"], sample["json"]
         assert label["ontology"] == "cityscapes-19" and label["depth_unit"] == "cm"
         present = sorted(np.unique(seg).tolist())
-        assert label["classes"] == present
+        assert label["present"] == present
         assert set(present) <= train_ids
         assert np.array_equal(seg == streets.SKY, depth == streets.SKY_DEPTH)
         camera = label["camera"]

@@ -75,11 +75,7 @@ def register_format(name: str, *, domain: str, summary: str) -> Callable[[type],
 
 def _load_all() -> None:
     for module in _MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{module}":
-                raise
+        importlib.import_module(f"{__name__}.{module}")
 
 
 def list_formats() -> list[str]:

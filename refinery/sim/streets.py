@@ -33,28 +33,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-CLASSES = {
-    "road": 0,
-    "sidewalk": 1,
-    "building": 2,
-    "wall": 3,
-    "fence": 4,
-    "pole": 5,
-    "traffic light": 6,
-    "traffic sign": 7,
-    "vegetation": 8,
-    "terrain": 9,
-    "sky": 10,
-    "person": 11,
-    "rider": 12,
-    "car": 13,
-    "truck": 14,
-    "bus": 15,
-    "train": 16,
-    "motorcycle": 17,
-    "bicycle": 18,
-}
-IGNORE = 255
+from refinery.ontology import IGNORE, TRAIN_NAMES
+
+CLASSES = {name: train_id for train_id, name in enumerate(TRAIN_NAMES)}  # cityscapes-19
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN = 0, 1, 2, 3, 4, 5, 6, 7
 VEGETATION, TERRAIN, SKY, PERSON, CAR, TRUCK, BUS = 8, 9, 10, 11, 13, 14, 15
 SKY_DEPTH = 65535  # depth.png value for sky (no surface)
@@ -726,7 +707,9 @@ def render(
     ).astype(np.uint16)
     labels = {
         "ontology": "cityscapes-19",
-        "classes": sorted(int(c) for c in np.unique(canvas.seg)),
+        "classes": list(TRAIN_NAMES),  # names by id, as every ingested scene has them
+        "ignore_index": IGNORE,
+        "present": sorted(int(c) for c in np.unique(canvas.seg)),
         "depth_unit": "cm",
         "camera": {"fx": cam.f, "fy": cam.f, "cx": cam.cx, "cy": cam.cy, "height_m": cam.height_m},
     }
