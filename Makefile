@@ -46,6 +46,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.shard_io
 	$(BIN)/python -m benchmarks.domain_gap
+	$(BIN)/python -m benchmarks.engines
 	$(BIN)/python -m benchmarks.table
 
 results-table: $(STAMP)

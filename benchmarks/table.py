@@ -100,13 +100,65 @@ def _simgan_gaze(record: dict) -> list[str]:
     ]
 
 
+def _engines(record: dict) -> list[str]:
+    labels = {
+        "torch_eager_cpu": "torch eager, CPU",
+        "onnxruntime_cpu": "ONNX Runtime, CPU",
+        "torch_fp32_cuda": "torch FP32, CUDA",
+        "torch_fp16_cuda": "torch FP16 autocast, CUDA",
+        "onnxruntime_cuda": "ONNX Runtime, CUDA",
+    }
+    batch = record["settings"]["batch"]
+    lines = [
+        f"| refiner | backend | images/s (batch {batch}) | p50 ms | p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    notes = []
+    for network, f in record["figures"].items():
+        for key, label in labels.items():
+            if key in f:
+                r = f[key]
+                lines.append(
+                    f"| {network} | {label} | {_fmt(r['images_per_s'])} | "
+                    f"{_fmt(r['latency_ms_p50'])} | {_fmt(r['latency_ms_p99'])} |"
+                )
+        notes.append(f"{network}: ONNX Runtime / torch eager = {f['onnxruntime_vs_torch']:.2f}×")
+        if "torch_fp16_vs_fp32" in f:
+            notes.append(f"{network}: torch FP16 / FP32 on CUDA = {f['torch_fp16_vs_fp32']:.2f}×")
+    lines.append("")
+    lines.append(
+        "; ".join(notes) + ". Median over alternating rounds, random weights, each refiner's "
+        "design size; target ≥ 1.5× for the gaze refiner on CPU."
+    )
+    return lines
+
+
+def _ingest(record: dict) -> list[str]:
+    lines = ["| source | workers | items | files/s | samples/s |", "|---|---|---|---|---|"]
+    for key, f in record["figures"].items():
+        source, _, workers = key.rpartition("_workers")
+        lines.append(
+            f"| {source} | {workers} | {_fmt(f['items'])} | {_fmt(f['files_per_s'])} | "
+            f"{_fmt(f['samples_per_s'])} |"
+        )
+    settings = record["settings"]
+    lines += ["", f"unityeyes: {settings['unityeyes']}; gta5: {settings['gta5']}."]
+    return lines
+
+
 def _generic(record: dict) -> list[str]:
     lines = ["| figure | value |", "|---|---|"]
     lines += [f"| {key} | {_fmt(value)} |" for key, value in _flatten("", record["figures"])]
     return lines
 
 
-RENDERERS = {"shard_io": _shard_io, "domain_gap": _domain_gap, "simgan_gaze": _simgan_gaze}
+RENDERERS = {
+    "shard_io": _shard_io,
+    "domain_gap": _domain_gap,
+    "simgan_gaze": _simgan_gaze,
+    "engines": _engines,
+    "ingest": _ingest,
+}
 
 
 def render(results: Path = RESULTS) -> str:

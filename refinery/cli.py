@@ -78,6 +78,91 @@ def _inspect(args: argparse.Namespace) -> int:
     return 1 if report.rejects.total else 0
 
 
+# --flag -> (format keyword, parser of its text); passed only when given, checked per format.
+_INGEST_OPTIONS = {
+    "size": "size",
+    "ontology": "ontology",
+    "crop": "crop",
+    "variant": "variant",
+    "head_pose_range": "head_pose_range",
+    "kinect": "kinect",
+    "cube": "cube",
+    "split": "split",
+    "labels": "labels",
+    "depth": "depth",
+}
+
+
+def _ingest_flag(name: str) -> str:
+    return "--no-depth" if name == "depth" else f"--{name.replace('_', '-')}"
+
+
+def _ingest_option(name: str, text: str):
+    flag = _ingest_flag(name)
+    if name == "size":
+        parts = text.lower().split("x")
+        if len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            return (int(parts[0]), int(parts[1]))
+        raise UsageError(f"{flag} {text!r}: expected HxW in pixels, e.g. 35x55")
+    if name == "head_pose_range":
+        try:
+            pitch, yaw = (float(p) for p in text.split(","))
+        except ValueError:
+            raise UsageError(
+                f"{flag} {text!r}: expected PITCH,YAW in degrees, e.g. 20,20"
+            ) from None
+        if not (pitch >= 0 and yaw >= 0):
+            raise UsageError(f"{flag} {text!r}: expected non-negative degrees")
+        return (pitch, yaw)
+    if name == "depth":
+        return text  # a real bool from --no-depth
+    if name == "cube":
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not value > 0:
+            raise UsageError(f"{flag} {text!r}: expected a positive size in millimetres")
+        return value
+    if name in ("crop", "kinect"):
+        try:
+            return _positive(text)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"{flag}: {exc}") from None
+    return text
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from refinery.ingest import accepted_options, ingest
+
+    accepted = accepted_options(args.format)
+    options = {}
+    for name, keyword in _INGEST_OPTIONS.items():
+        text = getattr(args, name)
+        if text is None:
+            continue
+        if accepted is not None and keyword not in accepted:
+            takes = ", ".join(_ingest_flag(k) for k in _INGEST_OPTIONS.values() if k in accepted)
+            raise UsageError(
+                f"{_ingest_flag(name)} does not apply to format {args.format!r} "
+                f"(it takes: {takes or 'no options'})"
+            )
+        options[keyword] = _ingest_option(name, text)
+    summary = ingest(
+        args.format,
+        args.src,
+        args.out,
+        shard_size=args.shard_size,
+        strict=args.strict,
+        workers=args.workers,
+        prefix=args.prefix,
+        options=options,
+        progress=sys.stderr.isatty(),
+    )
+    print("\n".join(summary.lines()))
+    return 1 if summary.total_rejected else 0
+
+
 def _train_simgan(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -146,6 +231,81 @@ def _train_task(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile(text: str | None):
+    if text is None:
+        return None
+    from engines import Profile
+
+    try:
+        return Profile.parse(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _export(args: argparse.Namespace) -> int:
+    import engines
+
+    spec = engines.export_run(
+        args.run_dir, args.out, checkpoint=args.checkpoint, profile=_profile(args.shapes)
+    )
+    print(
+        f"exported {spec.name} ({spec.method}, {spec.domain}) from "
+        f"{spec.source['checkpoint']} to {args.out}: model.onnx opset {spec.model['opset']}, "
+        f"profile {spec.profile}, ONNX Runtime vs torch max |diff| "
+        f"{spec.validation['onnxruntime_vs_torch_max_abs']:.2g}"
+    )
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    import engines
+
+    spec = engines.build(
+        args.engine,
+        backend=args.backend,
+        fp16=args.fp16,
+        profile=_profile(args.shapes),
+        workspace_gib=args.workspace,
+    )
+    record = spec.builds["tensorrt" if args.backend == "tensorrt" else "onnx-fp16"]
+    where = (
+        f" for {record['gpu']}, TensorRT {record['tensorrt_version']}" if "gpu" in record else ""
+    )
+    print(f"built {args.engine}/{record['file']} ({record['precision']}){where}")
+    return 0
+
+
+def _bench_engine(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from engines.bench import bench_engine
+    from refinery.records import write_record
+
+    size = _size_options("scene", args.size)
+    options = {"device": args.device} if args.device else {}
+    if args.precision:
+        options["precision"] = args.precision
+    result = bench_engine(
+        args.engine,
+        backend=args.backend,
+        batch=args.batch,
+        size=(size["height"], size["width"]),
+        iterations=args.iterations,
+        warmup=args.warmup,
+        **options,
+    )
+    settings = result["settings"]
+    device = (args.device or "default").replace(":", "")
+    name = f"engine-{settings['network']}-{args.backend}-{device}-b{args.batch}-{args.size}"
+    path = write_record(
+        Path(args.out) / f"{name}.json", "bench_engine", result["figures"], settings
+    )
+    print(json.dumps(result["figures"], indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from refinery.samples import DOMAINS
     from refinery.sim import VARIANTS
@@ -192,6 +352,57 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--sheet", help="write a PNG contact sheet here")
     inspect.set_defaults(run=_inspect)
 
+    from refinery.formats import list_formats
+
+    ingest = commands.add_parser(
+        "ingest",
+        help="turn simulator output or a real dataset on disk into shards (unityeyes, mpiigaze...)",
+        description="Read a dataset in its own on-disk layout and write shards of contract 1 to "
+        "OUT/<prefix>-NNNNNN.tar, each with a .stats.json (items, samples written, rejects "
+        "with reasons), plus OUT/ingest.json and OUT/rejects.jsonl. A bad file is listed as a "
+        "reject and the ingest goes on, unless --strict. A rerun skips finished shards and "
+        "redoes the others. Format options apply only to formats that take them. Exit status "
+        "1 when anything was rejected.",
+    )
+    ingest.add_argument(
+        "format", metavar="FORMAT", choices=list_formats(), help=", ".join(list_formats())
+    )
+    ingest.add_argument("src", metavar="SRC", help="the dataset's root directory")
+    ingest.add_argument("--out", required=True, help="output directory (or fsspec URL)")
+    ingest.add_argument(
+        "--shard-size",
+        type=_positive,
+        help="items per shard (unityeyes: images, default 1000; mpiigaze: day files, default 2)",
+    )
+    ingest.add_argument("--strict", action="store_true", help="stop at the first reject")
+    ingest.add_argument(
+        "--workers", type=_positive, default=1, help="processes converting items (default 1)"
+    )
+    ingest.add_argument("--prefix", help="shard name prefix (default: the format name)")
+    ingest.add_argument("--size", help="output image size HxW (unityeyes, mpiigaze: 35x55)")
+    ingest.add_argument("--ontology", help="class id space of seg labels (scene formats)")
+    ingest.add_argument("--crop", help="square crop size N in pixels (nyu-hand)")
+    ingest.add_argument("--variant", help="which images of the dataset (e.g. nyu-hand: real)")
+    ingest.add_argument(
+        "--head-pose-range",
+        metavar="P,Y",
+        help="keep |head pitch| <= P and |yaw| <= Y degrees (unityeyes; GazeML uses 20,20)",
+    )
+    ingest.add_argument("--kinect", help="nyu-hand: one camera view, 1-3 (default: all)")
+    ingest.add_argument("--cube", help="nyu-hand: crop cube side in mm (default 300)")
+    ingest.add_argument("--split", help="cityscapes: train, val or test (default: all)")
+    ingest.add_argument(
+        "--labels", help="cityscapes: labelIds (default), color, or none (unlabeled real)"
+    )
+    ingest.add_argument(
+        "--no-depth",
+        dest="depth",
+        action="store_const",
+        const=False,
+        help="synthia: ingest without Depth/Depth",
+    )
+    ingest.set_defaults(run=_ingest)
+
     train = commands.add_parser("train", help="train a refiner: simgan")
     methods = train.add_subparsers(dest="method", metavar="METHOD", required=True)
     simgan = methods.add_parser(
@@ -229,17 +440,67 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("--network", help="registered task network (default: the small one)")
     task.add_argument("--seed", type=int, default=0)
     task.set_defaults(run=_train_task)
+
+    shapes_help = "optimisation profile MIN/OPT/MAX, each BxHxW (e.g. 1x35x55/64x35x55/256x140x220)"
+    export = commands.add_parser(
+        "export",
+        help="export a run's generator as an engine directory (model.onnx + engine.json)",
+        description="Export the generator of a training run with torch.onnx.export(dynamo=True): "
+        "dynamic batch, height and width, checked with the ONNX checker and against torch with "
+        "ONNX Runtime; engine.json records the pixel scaling, profile, checkpoint sha256 and "
+        "recipe.",
+    )
+    export.add_argument("run_dir", metavar="RUN", help="training run directory")
+    export.add_argument("--out", required=True, help="engine directory to write")
+    export.add_argument("--checkpoint", help="checkpoint name (default: the run's latest)")
+    export.add_argument("--shapes", help=shapes_help + "; default: around the training size")
+    export.set_defaults(run=_export)
+
+    build = commands.add_parser(
+        "build",
+        help="add a backend artifact to an engine: TensorRT plan, FP16 ONNX graph",
+        description="--backend tensorrt builds a serialised plan for this GPU and TensorRT "
+        "version (FP16 from an FP16 graph, strongly typed); --backend onnxruntime --fp16 writes "
+        "the FP16 graph only.",
+    )
+    build.add_argument("engine", help="engine directory")
+    build.add_argument("--backend", required=True, choices=("tensorrt", "onnxruntime"))
+    build.add_argument("--fp16", action="store_true", help="FP16 compute (FP32 normalisation)")
+    build.add_argument("--shapes", help=shapes_help + "; default: the engine's profile")
+    build.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace, GiB")
+    build.set_defaults(run=_build)
+
+    bench = commands.add_parser(
+        "bench-engine",
+        help="images/s, latency percentiles and peak memory of an engine",
+        description="Time an engine on random inputs at one batch shape and write the figures, "
+        "machine and versions to OUT/engine-<network>-<backend>-<device>-b<N>-<HxW>.json.",
+    )
+    bench.add_argument("engine", help="engine directory")
+    bench.add_argument(
+        "--backend", default="onnxruntime", choices=("onnxruntime", "torch", "tensorrt")
+    )
+    bench.add_argument("--batch", type=_positive, default=64)
+    bench.add_argument("--size", required=True, help="HxW, e.g. 35x55")
+    bench.add_argument("--device", help="cpu, cuda or cuda:N (default: the backend's)")
+    bench.add_argument("--precision", choices=("fp32", "fp16"))
+    bench.add_argument("--iterations", type=_positive, default=30)
+    bench.add_argument("--warmup", type=int, default=5)
+    bench.add_argument("--out", default="benchmarks/results", help="results directory")
+    bench.set_defaults(run=_bench_engine)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from engines.spec import EngineError
+
     try:
         return args.run(args)
     except UsageError as exc:
         parser.exit(2, f"refinery {args.command}: error: {exc}\n")
-    except (SampleError, ValueError, OSError) as exc:
+    except (SampleError, ValueError, OSError, EngineError) as exc:
         print(f"refinery {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -23,3 +23,27 @@ def test_shard_io_quick_run_writes_figures(tmp_path):
         for key in ("write_samples_per_s", "read_raw_samples_per_s", "read_decoded_samples_per_s"):
             assert figures[key] > 0
         assert figures["read_raw_vs_webdataset"] > 0
+
+
+@pytest.mark.slow
+def test_engines_quick_run_compares_backends_side_by_side(tmp_path):
+    from benchmarks import engines
+
+    engines.main(["--quick", "--batch", "8", "--out", str(tmp_path)])
+    figures = json.loads((tmp_path / "engines.json").read_text())["figures"]
+    small = figures["simgan-refiner-small"]
+    assert small["torch_eager_cpu"]["images_per_s"] > 0
+    assert small["onnxruntime_vs_torch"] == pytest.approx(
+        small["onnxruntime_cpu"]["images_per_s"] / small["torch_eager_cpu"]["images_per_s"]
+    )
+
+
+@pytest.mark.slow
+def test_ingest_quick_run_measures_both_sources(tmp_path):
+    from benchmarks import ingest
+
+    ingest.main(["--quick", "--out", str(tmp_path)])
+    figures = json.loads((tmp_path / "ingest.json").read_text())["figures"]
+    for source in ("unityeyes", "gta5"):
+        run = figures[f"{source}_workers1"]
+        assert run["files_per_s"] > 0 and run["items"] > 0
