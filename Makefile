@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.shard_io
 	$(BIN)/python -m benchmarks.domain_gap
 	$(BIN)/python -m benchmarks.engines
+	$(BIN)/python -m benchmarks.ingest
 	$(BIN)/python -m benchmarks.table
 
 results-table: $(STAMP)
