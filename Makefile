@@ -15,6 +15,7 @@ TORCH_INDEX ?=
 HAVE_NVIDIA := $(shell if [ -e /proc/driver/nvidia/version ] || command -v nvidia-smi >/dev/null 2>&1; then echo yes; fi)
 
 DEMO := out/demo
+DEMO_STEPS ?= 200  # adversarial iterations of the small preset: a couple of minutes on 2 cores
 
 .PHONY: install test lint demo bench results-table clean
 
@@ -37,11 +38,16 @@ test: lint
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/refinery synth gaze --variant synthetic --n 2000 --seed 1 --out $(DEMO)/synthetic
-	$(BIN)/refinery synth gaze --variant real --n 2000 --seed 2 --out $(DEMO)/real
-	$(BIN)/refinery inspect $(DEMO)/synthetic $(DEMO)/real --labels 2 --sheet $(DEMO)/contact-sheet.png
-	@echo "demo outputs: synthetic shards in $(DEMO)/synthetic, real shards in $(DEMO)/real,"
-	@echo "              contact sheet (synthetic above real) at $(DEMO)/contact-sheet.png"
+	rm -rf $(DEMO)
+	$(BIN)/refinery synth gaze --variant synthetic --n 2000 --seed 1 --shard-size 500 --out $(DEMO)/synthetic
+	$(BIN)/refinery synth gaze --variant real --n 2000 --seed 2 --shard-size 500 --out $(DEMO)/real
+	$(BIN)/refinery train simgan --preset small --steps $(DEMO_STEPS) --synthetic $(DEMO)/synthetic --real $(DEMO)/real --out $(DEMO)/run
+	$(BIN)/refinery export $(DEMO)/run --out $(DEMO)/engine
+	$(BIN)/refinery refine --engine $(DEMO)/engine --input $(DEMO)/synthetic --output $(DEMO)/refined
+	$(BIN)/refinery inspect $(DEMO)/synthetic $(DEMO)/refined $(DEMO)/real --labels 1 --sheet $(DEMO)/contact-sheet.png
+	@echo "demo: refined shards in $(DEMO)/refined (stats beside each), engine in $(DEMO)/engine,"
+	@echo "      run (TensorBoard: tensorboard --logdir $(DEMO)/run/tb) in $(DEMO)/run;"
+	@echo "      contact sheet (synthetic | refined | real) at $(DEMO)/contact-sheet.png"
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.shard_io

@@ -306,6 +306,82 @@ def _bench_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate between 0 and 1")
+    return value
+
+
+def _refine(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from deploy import launch
+    from deploy.job import RefineConfig, RejectRateExceeded, run
+    from refinery.shards import expand_urls
+
+    config = RefineConfig(
+        engine=args.engine,
+        output=args.output,
+        backend=args.backend,
+        device=args.device,
+        batch=args.batch,
+        keep_original=args.keep_original,
+        max_reject_rate=args.max_reject_rate,
+        stats=args.stats,
+        decoder=args.decoder,
+    )
+    urls = expand_urls(args.input)
+    if args.distributor == "ray":
+        if args.rank is not None or args.world_size is not None:
+            raise UsageError("--rank/--world-size and --distributor ray exclude each other")
+        where = f"Ray cluster {args.address or '(local)'}"
+        mine = launch.partition(urls, 0, 1)  # checks names; Ray spreads the groups
+    else:
+        if args.address is not None:
+            raise UsageError("--address needs --distributor ray")
+        try:  # a misconfigured launcher is a usage error (exit 2: job managers do not retry)
+            place = launch.placement(rank=args.rank, world_size=args.world_size)
+            mine = launch.partition(urls, place.rank, place.world_size)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        where = f"rank {place.rank} of {place.world_size} ({place.source})"
+        local = os.environ.get("LOCAL_RANK")
+        if args.device == "cuda" and local is not None and "torchrun" in place.source:
+            config = replace(config, device=f"cuda:{int(local)}")  # one GPU per torchrun worker
+    print(f"refine: {len(mine)} of {len(urls)} shards on {where} -> {args.output}", file=sys.stderr)
+    with tqdm(
+        total=len(mine), unit="shard", dynamic_ncols=True, disable=not sys.stderr.isatty()
+    ) as bar:
+        samples = 0
+        began = time.perf_counter()
+
+        def progress(stats) -> None:
+            nonlocal samples
+            samples += stats.read
+            bar.update(1)
+            rate = samples / max(time.perf_counter() - began, 1e-9)
+            bar.set_postfix({"samples/s": f"{rate:.0f}", "rejected": stats.rejected})
+
+        try:
+            if args.distributor == "ray":
+                from deploy.distributed import run_on_ray
+
+                summary = run_on_ray(config, mine, address=args.address, progress=progress)
+            else:
+                summary = run(config, mine, progress=progress)
+        except RejectRateExceeded as exc:
+            print(f"refinery refine: error: {exc}", file=sys.stderr)
+            return 1
+    print("\n".join(summary.lines()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from refinery.samples import DOMAINS
     from refinery.sim import VARIANTS
@@ -488,6 +564,40 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=5)
     bench.add_argument("--out", default="benchmarks/results", help="results directory")
     bench.set_defaults(run=_bench_engine)
+
+    refine = commands.add_parser(
+        "refine",
+        help="the main job: refine input shards into output shards through an engine",
+        description="Read input shards (DALI webdataset reader), run the engine on the image "
+        "component, and write output shards 1:1 under the input file names: every other "
+        "component byte-identical, refinery.json provenance added, <name>.stats.json beside "
+        "each. A rerun skips finished shards; kill it at any moment and the rerun yields each "
+        "key exactly once. Rank and world size come from the flags or from torchrun, Slurm "
+        "arrays or Kubernetes indexed jobs.",
+    )
+    refine.add_argument("--engine", required=True, help="engine directory (refinery export)")
+    refine.add_argument("--input", nargs="+", required=True, help="input shard URL specs")
+    refine.add_argument(
+        "--output",
+        required=True,
+        help="output directory, fsspec URL, or 'pipe:COMMAND' with {name} for the shard name",
+    )
+    refine.add_argument(
+        "--backend", default="onnxruntime", choices=("onnxruntime", "torch", "tensorrt")
+    )
+    refine.add_argument("--device", help="cpu, cuda or cuda:N (default: the backend's)")
+    refine.add_argument("--batch", type=_positive, default=64)
+    refine.add_argument("--keep-original", action="store_true", help="also keep orig.<ext>")
+    refine.add_argument(
+        "--max-reject-rate", type=_rate, help="fail when more than this share is rejected"
+    )
+    refine.add_argument("--stats", help="directory for stats files (default: beside outputs)")
+    refine.add_argument("--decoder", default="dali", choices=("dali", "opencv"))
+    refine.add_argument("--rank", type=int, help="this worker's rank (default: from launcher)")
+    refine.add_argument("--world-size", type=_positive, help="number of workers")
+    refine.add_argument("--distributor", default="local", choices=("local", "ray"))
+    refine.add_argument("--address", help="Ray cluster address (with --distributor ray)")
+    refine.set_defaults(run=_refine)
     return parser
 
 

@@ -257,15 +257,15 @@ def decode_image(data: bytes, kind: str) -> np.ndarray:
     """Decode image bytes of the given kind; raises ValueError (undecodable or wrong kind)."""
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
-        raise _Undecodable(f"not a decodable image ({len(data)} bytes)")
+        raise Undecodable(f"not a decodable image ({len(data)} bytes)")
     if kind == RGB8 and array.ndim == 3 and array.shape[2] == 3:
         array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
     _check_array(array, kind)
     return array
 
 
-class _Undecodable(ValueError):
-    pass
+class Undecodable(ValueError):
+    """Bytes that are not an image / JSON at all (reason UNDECODABLE, not MALFORMED)."""
 
 
 def decode_component(name: str, data: bytes, domain: str | None = None) -> Any:
@@ -277,7 +277,7 @@ def decode_component(name: str, data: bytes, domain: str | None = None) -> Any:
         try:
             value = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _Undecodable(f"not UTF-8 JSON: {exc}") from None
+            raise Undecodable(f"not UTF-8 JSON: {exc}") from None
         if not isinstance(value, dict):
             raise ValueError(f"expected a JSON object, got {type(value).__name__}")
         return value
@@ -300,7 +300,7 @@ def decode_sample(sample: Mapping[str, Any], domain: str | None = None) -> dict[
             continue
         try:
             out[name] = decode_component(name, value, domain)
-        except _Undecodable as exc:
+        except Undecodable as exc:
             raise SampleError(UNDECODABLE, str(exc), key=key, component=name) from None
         except ValueError as exc:
             raise SampleError(MALFORMED, str(exc), key=key, component=name) from None
