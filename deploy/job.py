@@ -72,6 +72,7 @@ from refinery.shards import (
     open_url,
     shard_name,
     tar_samples,
+    temp_tag,
 )
 
 SIZE = "size-outside-engine"  # reject reasons the job adds to refinery.samples.REASONS
@@ -196,7 +197,7 @@ def _write_atomic(url: str, data: bytes) -> None:
     if _is_local(url):
         path = Path(_local_path(url))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = path.with_name(f".{path.name}.tmp-{temp_tag()}")
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -205,7 +206,7 @@ def _write_atomic(url: str, data: bytes) -> None:
         return
     fs, path = fsspec.core.url_to_fs(url)
     parent, name = path.rsplit("/", 1)
-    tmp = f"{parent}/.{name}.tmp-{os.getpid()}"
+    tmp = f"{parent}/.{name}.tmp-{temp_tag()}"
     fs.makedirs(parent, exist_ok=True)
     with fs.open(tmp, "wb") as f:
         f.write(data)
@@ -217,14 +218,16 @@ def finished(config: RefineConfig, name: str) -> bool:
 
 
 def _clean_stale_temps(config: RefineConfig) -> None:
-    """Temp files of killed runs (``.<name>.tmp-<pid>-...`` whose pid is gone), local only."""
+    """Temp files of killed runs on this host (``.<name>.tmp-<host>-<pid>...`` whose pid is
+    gone), local directories only; other hosts' files are theirs to clean."""
     if config.output.startswith("pipe:") or "://" in config.output:
         return
     root = Path(config.output)
     if not root.is_dir():
         return
     for path in root.glob(".*.tmp-*"):
-        match = re.search(r"\.tmp-(\d+)", path.name)
+        host = temp_tag().rsplit("-", 1)[0]
+        match = re.search(rf"\.tmp-{re.escape(host)}-(\d+)", path.name)
         if match is None:
             continue
         try:
@@ -646,7 +649,7 @@ def run(
     components, kind = image_components(spec), spec.io.pixel_kind
     _clean_stale_temps(config)
     todo = [u for u in urls if not finished(config, shard_name(u))]
-    done = [_read_stats(config, shard_name(u)) for u in urls if u not in todo]
+    done = [read_stats(config, shard_name(u)) for u in urls if u not in todo]
     if todo:
         preflight(engine, todo)
 
@@ -750,7 +753,7 @@ def run(
                     results.append(stats)
                     if progress is not None:
                         progress(stats)
-                    _check_reject_rate(config, done + results)
+                    check_reject_rate(config, done + results)
         except BaseException as exc:
             failure.append(exc)
             stop.set()
@@ -786,7 +789,7 @@ def run(
     return JobSummary(shards, time.perf_counter() - start)
 
 
-def _check_reject_rate(config: RefineConfig, shards: list[ShardStats]) -> None:
+def check_reject_rate(config: RefineConfig, shards: list[ShardStats]) -> None:
     if config.max_reject_rate is None:
         return
     read = sum(s.read for s in shards)
@@ -799,7 +802,7 @@ def _check_reject_rate(config: RefineConfig, shards: list[ShardStats]) -> None:
         )
 
 
-def _read_stats(config: RefineConfig, name: str) -> ShardStats:
+def read_stats(config: RefineConfig, name: str) -> ShardStats:
     with open_url(stats_url(config, name)) as f:
         data = json.loads(f.read())
     known = {k: v for k, v in data.items() if k in ShardStats.__dataclass_fields__}

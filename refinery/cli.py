@@ -375,7 +375,7 @@ def _refine(args: argparse.Namespace) -> int:
                 summary = run_on_ray(config, mine, address=args.address, progress=progress)
             else:
                 summary = run(config, mine, progress=progress)
-        except RejectRateExceeded as exc:
+        except (RejectRateExceeded, RuntimeError) as exc:  # incl. a failed Ray shard group
             print(f"refinery refine: error: {exc}", file=sys.stderr)
             return 1
     print("\n".join(summary.lines()))

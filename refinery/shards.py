@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import tarfile
 import uuid
 from collections import Counter
@@ -151,6 +153,13 @@ def _tar_member(name: str, data: bytes, mtime: int) -> bytes:
     return b"".join((header, data, padding))
 
 
+def temp_tag() -> str:
+    """``<host>-<pid>``: which process on which machine owns a temporary file, so cleaning up
+    after a killed run never touches a live writer on another node sharing the directory."""
+    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
 class ShardWriter:
     """Write one shard atomically, with deterministic tar members.
 
@@ -173,7 +182,7 @@ class ShardWriter:
             self._tmp = None
         else:
             name = shard_name(url)
-            tmp_name = f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp_name = f".{name}.tmp-{temp_tag()}-{uuid.uuid4().hex[:8]}"
             self._tmp = url[: len(url) - len(name)] + tmp_name
             if _is_local(url):
                 Path(_local_path(url)).parent.mkdir(parents=True, exist_ok=True)
