@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.domain_gap
 	$(BIN)/python -m benchmarks.engines
 	$(BIN)/python -m benchmarks.ingest
+	$(BIN)/python -m benchmarks.refine
 	$(BIN)/python -m benchmarks.table
 
 results-table: $(STAMP)

@@ -146,6 +146,34 @@ def _ingest(record: dict) -> list[str]:
     return lines
 
 
+def _refine(record: dict) -> list[str]:
+    t, m = record["figures"]["throughput"], record["figures"]["memory"]
+    sizes = record["settings"]["memory_sizes"]
+    lines = [
+        "| measurement | samples/s | ratio | target |",
+        "|---|---|---|---|",
+        f"| engine alone (ONNX Runtime, batch {record['settings']['batch']}) | "
+        f"{_fmt(t['engine_only_samples_per_s'])} | | |",
+        f"| `refinery refine` (read, decode, engine, encode, write) | "
+        f"{_fmt(t['job_samples_per_s'])} | {t['job_vs_engine_only']:.0%} of the engine | ≥ 85% |",
+        f"| naive loop (cv2, torch eager one image at a time, tarfile) | "
+        f"{_fmt(t['naive_loop_samples_per_s'])} | job = {t['job_vs_naive']:.2f}× naive | ≥ 3× |",
+        "",
+        "| samples | peak RSS (MiB) | samples/s |",
+        "|---|---|---|",
+    ]
+    for n in sizes:
+        r = m[str(n)]
+        lines.append(f"| {n:,} | {_fmt(r['peak_rss_mib'])} | {_fmt(r['samples_per_s'])} |")
+    lines += [
+        "",
+        f"Peak memory from {sizes[0]:,} to {sizes[-1]:,} samples: {m['growth']:+.1%} (target "
+        "within 10%). Gaze refiner (paper size, random weights) for throughput, the small "
+        "refiner for the memory runs; a fresh process per memory run.",
+    ]
+    return lines
+
+
 def _generic(record: dict) -> list[str]:
     lines = ["| figure | value |", "|---|---|"]
     lines += [f"| {key} | {_fmt(value)} |" for key, value in _flatten("", record["figures"])]
@@ -158,6 +186,7 @@ RENDERERS = {
     "simgan_gaze": _simgan_gaze,
     "engines": _engines,
     "ingest": _ingest,
+    "refine": _refine,
 }
 
 

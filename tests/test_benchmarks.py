@@ -47,3 +47,16 @@ def test_ingest_quick_run_measures_both_sources(tmp_path):
     for source in ("unityeyes", "gta5"):
         run = figures[f"{source}_workers1"]
         assert run["files_per_s"] > 0 and run["items"] > 0
+
+
+@pytest.mark.slow
+def test_refine_quick_run_records_all_three_comparisons(tmp_path):
+    from benchmarks import refine
+
+    refine.main(["--quick", "--out", str(tmp_path)])
+    figures = json.loads((tmp_path / "refine.json").read_text())["figures"]
+    t = figures["throughput"]
+    assert t["job_vs_engine_only"] == pytest.approx(
+        t["job_samples_per_s"] / t["engine_only_samples_per_s"]
+    )
+    assert t["naive_loop_samples_per_s"] > 0 and set(figures["memory"]) == {"300", "600", "growth"}

@@ -431,3 +431,53 @@ def test_cli_refine_summary_and_exit_status(gaze, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*args, "--max-reject-rate", "2"])
     assert exc.value.code == 2
+
+
+def test_sixteen_bit_depth_is_refined_losslessly_through_dali(tmp_path):
+    engine = tmp_path / "engine"
+    torch.manual_seed(0)
+    export_module(
+        build_network("simgan-refiner-small", channels=1),
+        engine,
+        network="simgan-refiner-small",
+        kwargs={"channels": 1},
+        method="test",
+        domain="hand",
+        pixels=PixelIO("depth.png", "depth16", 1, low=0.0, high=2000.0),
+        profile=Profile(Shape(1, 16, 16), Shape(4, 48, 48), Shape(16, 96, 96)),
+        source={},
+    )
+    made = (
+        encode_sample(s, "hand") for s in sim.generate("hand", "synthetic", 10, seed=2, size=48)
+    )
+    urls = write_shards(made, str(tmp_path / "in" / "hand-%03d.tar"), shard_size=10)
+    out = tmp_path / "out"
+    for decoder in ("dali", "opencv"):
+        config = RefineConfig(engine=str(engine), output=str(out / decoder), decoder=decoder)
+        (stats,) = run(config, urls).shards
+        assert stats.decoder == decoder and stats.written == 10
+    name = Path(urls[0]).name
+    assert (out / "dali" / name).read_bytes() == (out / "opencv" / name).read_bytes()
+    refined = list(read(str(out / "dali" / name), "hand"))
+    source = list(read(urls, "hand"))
+    expected = engines.load(engine).refine(np.stack([s["depth.png"] for s in source])).pixels
+    for got, want, original in zip(refined, expected, source, strict=True):
+        assert got["depth.png"].dtype == np.uint16 and np.array_equal(got["depth.png"], want)
+        assert got["json"] == original["json"]
+    assert expected.max() > 255  # really 16-bit values, not an 8-bit round trip
+
+
+@pytest.mark.gpu("dali-gpu")
+def test_mixed_dali_decoding_and_torch_on_cuda_match_the_cpu_job(gaze, tmp_path):
+    _, engine, urls = gaze
+    cpu = RefineConfig(engine=str(engine), output=str(tmp_path / "cpu"), backend="torch")
+    gpu = RefineConfig(
+        engine=str(engine), output=str(tmp_path / "gpu"), backend="torch", device="cuda"
+    )
+    run(cpu, urls[:1])
+    (stats,) = run(gpu, urls[:1]).shards
+    assert stats.decoder == "dali" and stats.written == 20
+    a = list(read(str(tmp_path / "cpu"), "gaze"))
+    b = list(read(str(tmp_path / "gpu"), "gaze"))
+    for x, y in zip(a, b, strict=True):  # cuDNN vs CPU kernels: at most one grey level apart
+        assert np.abs(x["png"].astype(int) - y["png"].astype(int)).max() <= 1
