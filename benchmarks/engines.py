@@ -28,10 +28,11 @@ from engines.spec import PixelIO, Profile
 from refinery.registry import build_network, network_info
 
 
-def _export(name: str, root: Path) -> Path:
+def export_random(name: str, out: Path) -> Path:
+    """A gaze engine of the registered refiner ``name`` with random weights (speed does not
+    depend on them), profiled around the network's design size."""
     info = network_info(name)
     torch.manual_seed(0)
-    out = root / name
     pixels = PixelIO(image_component="png", pixel_kind="gray8", channels=1, low=0.0, high=255.0)
     export_module(
         build_network(name, channels=1),
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            directory = _export(name, Path(tmp))
+            directory = export_random(name, Path(tmp) / name)
             height, width = network_info(name).input_size
             x = np.random.default_rng(0).uniform(-1, 1, (args.batch, 1, height, width))
             x = x.astype(np.float32)

@@ -33,31 +33,14 @@ import torch
 
 import engines
 from benchmarks.common import RESULTS, write_result
+from benchmarks.engines import export_random
 from deploy import RefineConfig, run
-from engines.export import export_module
-from engines.spec import PixelIO, Profile
 from refinery import sim
 from refinery.registry import build_network
 from refinery.samples import encode_sample
 from refinery.shards import read, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _engine(name: str, out: Path) -> Path:
-    torch.manual_seed(0)
-    export_module(
-        build_network(name, channels=1),
-        out,
-        network=name,
-        kwargs={"channels": 1},
-        method="benchmark",
-        domain="gaze",
-        pixels=PixelIO("png", "gray8", 1, low=0.0, high=255.0),
-        profile=Profile.around(35, 55),
-        source={"note": "random weights: speed does not depend on them"},
-    )
-    return out
 
 
 def _shards(out: Path, n: int, shard_size: int = 1000) -> list[str]:
@@ -144,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        gaze = _engine("simgan-refiner-gaze", root / "engine-gaze")
-        small = _engine("simgan-refiner-small", root / "engine-small")
+        gaze = export_random("simgan-refiner-gaze", root / "engine-gaze")
+        small = export_random("simgan-refiner-small", root / "engine-small")
         urls = _shards(root / "in", args.samples, shard_size=min(1000, args.samples))
         pixels = np.stack([s["png"] for s in read(urls, "gaze")])
         engine = engines.load(gaze, backend="onnxruntime")
