@@ -16,6 +16,7 @@ SPIGAN) exports the same way. ``export_module`` does the work for any registered
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -140,6 +141,19 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
+def _example_size(profile: Profile) -> tuple[int, int]:
+    """The traced (H, W): the optimal size, but at least 2m for a stride multiple m, since
+    torch.export fixes a dimension ``m * Dim`` whose example value is m."""
+    m = profile.multiple
+    sizes = []
+    for dim in ("height", "width"):
+        value = getattr(profile.opt, dim)
+        if m > 1 and getattr(profile.min, dim) != getattr(profile.max, dim):
+            value = min(max(value, 2 * m), getattr(profile.max, dim) // m * m)
+        sizes.append(value)
+    return sizes[0], sizes[1]
+
+
 def _parity_sizes(profile: Profile) -> list[Shape]:
     """The optimal shape and a second, different one inside the profile."""
     m = profile.multiple
@@ -159,23 +173,29 @@ def _parity_sizes(profile: Profile) -> list[Shape]:
     return [first] if second == first else [first, second]
 
 
-def parity(module: nn.Module, onnx_path: str | Path, shapes: list[Shape], channels: int) -> float:
-    """Largest |ONNX Runtime - torch| over random [-1, 1] inputs of the given shapes."""
+def parity(
+    module: nn.Module, onnx_path: str | Path, shapes: list[Shape], channels: int
+) -> tuple[float, float]:
+    """Largest |ONNX Runtime - torch| over random [-1, 1] inputs of the given shapes, and the
+    largest |torch FP32 - torch FP64| on the same inputs: the float32 noise of the reference."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    exact = copy.deepcopy(module).double()
     rng = np.random.default_rng(0)
-    worst = 0.0
+    worst = noise = 0.0
     for shape in shapes:
         x = rng.uniform(-1, 1, (shape.batch, channels, shape.height, shape.width))
         x = x.astype(np.float32)
         with torch.inference_mode():
             expected = module(torch.from_numpy(x)).numpy()
+            reference = exact(torch.from_numpy(x).double()).numpy()
         (got,) = session.run(None, {INPUT_NAME: x})
         if got.shape != expected.shape:
             raise EngineError(f"exported graph gives shape {got.shape}, torch {expected.shape}")
         worst = max(worst, float(np.abs(got - expected).max()))
-    return worst
+        noise = max(noise, float(np.abs(expected - reference).max()))
+    return worst, noise
 
 
 def export_module(
@@ -190,9 +210,15 @@ def export_module(
     profile: Profile,
     source: dict[str, Any],
     opset: int | None = None,
-    tolerance: float = PARITY_TOLERANCE,
+    tolerance: float | None = None,
 ) -> EngineSpec:
-    """Write ``module`` (a registered ``network`` built with ``kwargs``) as an engine."""
+    """Write ``module`` (a registered ``network`` built with ``kwargs``) as an engine.
+
+    Parity: ONNX Runtime must match torch within ``tolerance``; by default 1e-5, or 4x torch's
+    own float32 error against float64 where that is larger (deep instance-norm generators:
+    SPIGAN's 9 ResNet blocks are ~1e-5 off the exact result in float32 already). Both figures
+    are recorded in ``engine.json``.
+    """
     import onnx
 
     if not network_info(network).fully_convolutional and profile.min != profile.max:
@@ -203,9 +229,8 @@ def export_module(
     module = module.eval().requires_grad_(False).cpu()
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(out / WEIGHTS_FILE))
 
-    example = torch.zeros(
-        2 if profile.max.batch >= 2 else 1, pixels.channels, profile.opt.height, profile.opt.width
-    )
+    batch = 2 if profile.max.batch >= 2 else 1
+    example = torch.zeros(batch, pixels.channels, *_example_size(profile))
     tmp = out / f".{MODEL_FILE}.tmp-{os.getpid()}"
     with _quiet_exporter():
         torch.onnx.export(
@@ -225,7 +250,9 @@ def export_module(
     os.replace(tmp, out / MODEL_FILE)
 
     shapes = _parity_sizes(profile)
-    worst = parity(module, out / MODEL_FILE, shapes, pixels.channels)
+    worst, noise = parity(module, out / MODEL_FILE, shapes, pixels.channels)
+    if tolerance is None:
+        tolerance = max(PARITY_TOLERANCE, 4 * noise)
     if worst > tolerance:
         raise EngineError(
             f"{network}: ONNX Runtime differs from torch by {worst:.3g} (> {tolerance:g}); "
@@ -255,6 +282,7 @@ def export_module(
         refinery_version=__version__,
         validation={
             "onnxruntime_vs_torch_max_abs": worst,
+            "torch_fp32_vs_fp64_max_abs": noise,
             "tolerance": tolerance,
             "shapes": [str(s) for s in shapes],
         },

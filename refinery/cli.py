@@ -163,24 +163,32 @@ def _ingest(args: argparse.Namespace) -> int:
     return 1 if summary.total_rejected else 0
 
 
-def _train_simgan(args: argparse.Namespace) -> int:
+def _train_adversarial(args: argparse.Namespace) -> int:
+    import importlib
+
     from tqdm import tqdm
 
-    from train import simgan
     from train.loop import NonFiniteLoss, RunDir
 
-    config = simgan.load_config(
+    method = importlib.import_module(f"train.{args.method}")
+    overrides = {"steps": args.steps}
+    if args.method == "simgan":
+        overrides["image_key"] = args.image_key
+    if args.method == "spigan":
+        overrides["vgg_weights"] = args.vgg_weights
+    if args.method != "simgan":
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+    config = method.load_config(
         preset=args.preset,
         config_file=args.config,
         resume_from=args.out if args.resume else None,
-        steps=args.steps,
-        image_key=args.image_key,
+        **overrides,
     )
     total = config.schedule.total
     rank = int(os.environ.get("RANK", 0))  # under torchrun only rank 0 shows progress
     with tqdm(
         total=total,
-        desc=f"simgan {config.domain}",
+        desc=f"{args.method} {config.domain}",
         unit="it",
         dynamic_ncols=True,
         disable=rank != 0,
@@ -196,7 +204,7 @@ def _train_simgan(args: argparse.Namespace) -> int:
             bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=True)
 
         try:
-            latest = simgan.train(
+            latest = method.train(
                 config,
                 synthetic=args.synthetic,
                 real=args.real,
@@ -479,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(run=_ingest)
 
-    train = commands.add_parser("train", help="train a refiner: simgan")
+    train = commands.add_parser("train", help="train a refiner: simgan, sggan, spigan")
     methods = train.add_subparsers(dest="method", metavar="METHOD", required=True)
     simgan = methods.add_parser(
         "simgan",
@@ -500,7 +508,35 @@ def build_parser() -> argparse.ArgumentParser:
     simgan.add_argument("--image-key", help="image component (default: the domain's)")
     simgan.add_argument("--resume", action="store_true", help="continue the run in --out")
     simgan.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    simgan.set_defaults(run=_train_simgan)
+    simgan.set_defaults(run=_train_adversarial)
+
+    scene_methods = {
+        "sggan": (
+            "SG-GAN (Li et al. 2018): semantic-aware Grad-GAN on labeled synthetic and real scenes",
+            "Train SG-GAN's two generators and semantic-aware discriminators; both domains need "
+            "seg.png (converted to SG-GAN's 8 groups). Presets: train/recipes/sggan-<preset>.yaml.",
+        ),
+        "spigan": (
+            "SPIGAN (Lee et al. 2019): privileged adversarial learning with a task and a depth net",
+            "Train SPIGAN's generator, discriminator, task network T (segmentation) and privileged "
+            "network P (depth from depth.png); T is a downstream segmentation model. Presets: "
+            "train/recipes/spigan-<preset>.yaml; --vgg-weights names local VGG19 weights for the "
+            "perceptual loss (without them it runs on untrained features, with a warning).",
+        ),
+    }
+    for name, (summary, description) in scene_methods.items():
+        sub = methods.add_parser(name, help=summary, description=description)
+        sub.add_argument("--synthetic", nargs="+", required=True, help="synthetic scene shards")
+        sub.add_argument("--real", nargs="+", required=True, help="real scene shards")
+        sub.add_argument("--out", required=True, help="run directory")
+        sub.add_argument("--preset", choices=("paper", "small"), default="paper")
+        sub.add_argument("--config", help="YAML file overriding recipe keys")
+        sub.add_argument("--steps", type=_positive, help="training iterations")
+        if name == "spigan":
+            sub.add_argument("--vgg-weights", help="local VGG19 weights file (torchvision format)")
+        sub.add_argument("--resume", action="store_true", help="continue the run in --out")
+        sub.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+        sub.set_defaults(run=_train_adversarial)
 
     task = commands.add_parser(
         "train-task",

@@ -44,14 +44,25 @@ from typing import Any
 import torch
 
 STATE_FORMAT = "refinery.history/1"
+POLICIES = ("half", "swap")  # SimGAN's b/2 history draw; CycleGAN's per-image 50% swap
 
 
 class HistoryBuffer:
     """A fixed-size buffer of refined images (and aligned companions) for the discriminator."""
 
-    def __init__(self, *, capacity: int, seed: int = 0, device: str | torch.device | None = None):
+    def __init__(
+        self,
+        *,
+        capacity: int,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        policy: str = "half",
+    ):
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        self.policy = policy
         self.capacity = capacity
         self.seed = int(seed)
         self.device = torch.device(device) if device is not None else None
@@ -84,6 +95,8 @@ class HistoryBuffer:
                     f"the batch size {batch}"
                 )
         stores = self._storage_for(tensors)
+        if self.policy == "swap":
+            return self._swap(tensors, stores)
 
         # history half: see Shrivastava et al. §2.3 (drawn before this batch is stored)
         n_history = min(batch // 2, self._size)
@@ -106,6 +119,32 @@ class HistoryBuffer:
             store[slots.to(store.device)] = t[:n_store].to(store.device, store.dtype)
         self._size += n_fill
         return mixed
+
+    def _swap(self, tensors: list[torch.Tensor], stores: list[torch.Tensor]) -> tuple:
+        """CycleGAN's image pool (Shrivastava et al. §2.3 as CycleGAN implements it): each image
+        fills a free slot and is returned while the pool fills; once full, with probability 1/2
+        a random stored image (with its companions) is returned and the new one takes its slot,
+        otherwise the new one is returned. Works for batch 1, SG-GAN's paper setting."""
+        rows = []
+        for i in range(tensors[0].shape[0]):
+            filling = self._size < self.capacity
+            if filling:
+                slot, take = self._size, False
+                self._size += 1
+            else:
+                coin = torch.rand((), generator=self._generator)
+                slot = int(torch.randint(self.capacity, (), generator=self._generator))
+                take = bool(coin < 0.5)
+            current = [t[i : i + 1] for t in tensors]
+            if take:
+                rows.append([store[slot : slot + 1].to(t.device, t.dtype).clone()
+                             for t, store in zip(tensors, stores, strict=True)])  # fmt: skip
+            else:
+                rows.append(current)
+            if take or filling:  # CycleGAN stores only while filling or on a swap
+                for t, store in zip(current, stores, strict=True):
+                    store[slot : slot + 1] = t.to(store.device, store.dtype)
+        return tuple(torch.cat([r[k] for r in rows]) for k in range(len(tensors)))
 
     def _storage_for(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """The stores, allocated on first use, checked against `tensors`, on the right device."""

@@ -276,6 +276,24 @@ def map_ids(ids: np.ndarray, ontology: str, *, source: str = "cityscapes") -> np
     return np.take(lut, ids, mode="clip")  # clip: every value >= 255 reads lut[255], "unknown"
 
 
+@functools.cache
+def _from_train_ids_lut(ontology: str) -> np.ndarray:
+    raw = np.zeros(256, np.uint8)  # IGNORE and unused train ids: raw id 0, "unlabeled"
+    for label in TRAIN_LABELS:
+        raw[label.train_id] = label.id
+    return map_ids(raw, ontology)
+
+
+def from_train_ids(seg: np.ndarray, ontology: str) -> np.ndarray:
+    """``cityscapes-19`` train ids (what the street simulator and ingest's default write) ->
+    ``ontology`` ids, through each train id's Cityscapes label id; IGNORE maps like the
+    unlabeled id 0 (to IGNORE, or to "other" in sggan-8)."""
+    seg = np.asarray(seg)
+    if seg.dtype != np.uint8:
+        raise ValueError(f"train ids must be uint8, got {seg.dtype}")
+    return np.take(_from_train_ids_lut(ontology), seg)
+
+
 def valid_raw_ids(source: str) -> range:
     return range(CITYSCAPES_RAW_IDS if _source(source) == "cityscapes" else len(SYNTHIA_CLASSES))
 

@@ -89,24 +89,57 @@ def run_engine(tmp_path_factory):
 # -- export -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list_networks(role="refiner"))
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n == "sggan-generator" else n  # 54M, 512²
+        for n in list_networks(role="refiner")
+    ],
+)
 def test_every_registered_generator_exports_with_parity_at_two_sizes(name, tmp_path):
     info = network_info(name)
     torch.manual_seed(0)
-    module = build_network(name, channels=info.channels)
-    spec = _export(module, tmp_path, network=name, channels=info.channels)
+    module = build_network(name, channels=info.channels).eval()
+    # Strided generators take H, W that are multiples of `size_multiple` (m): SMALL's sizes
+    # rounded up to multiples, from 16 (at 8 a ResNet generator's instance norms see 2×2 maps).
+    # The example the exporter traces (opt) is at least 2 m: torch.export specialises a
+    # dimension m * Dim whose example value is m (Dim = 1).
+    m = getattr(module, "size_multiple", 1)
+
+    def up(v: int) -> int:
+        return -(-v // m) * m
+
+    profile = SMALL
+    if m > 1:
+        big = m >= 256  # the paper-sized U-Net: keep batches small
+        high = max(up(64), 2 * m)
+        profile = Profile(
+            Shape(1, up(16), up(16)),
+            Shape(1 if big else 2, max(up(24), 2 * m), max(up(32), 2 * m)),
+            Shape(2 if big else 8, high, high),
+            multiple=m,
+        )
+    spec = _export(module, tmp_path, network=name, channels=info.channels, profile=profile)
+    # parity is judged against torch's FP32 output, itself ~1e-5 off the exact (FP64) result
+    # for deep instance-norm generators: the export allows 4x that noise where it exceeds 1e-5
+    validation = spec.validation
+    tolerance = validation["tolerance"]
+    assert tolerance == max(1e-5, 4 * validation["torch_fp32_vs_fp64_max_abs"])
+    if "simgan" in name:
+        assert tolerance == 1e-5
     model = onnx.load(str(tmp_path / "model.onnx"))
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims[1] == info.channels and all(isinstance(d, str) for d in (dims[0], *dims[2:]))
     assert len(spec.validation["shapes"]) == 2
-    assert spec.validation["onnxruntime_vs_torch_max_abs"] <= 1e-5
+    assert spec.validation["onnxruntime_vs_torch_max_abs"] <= tolerance
     # and through the public interface, at sizes the export did not check
     ort = engines.load(tmp_path, backend="onnxruntime")
     ref = engines.load(tmp_path, backend="torch")
     rng = np.random.default_rng(1)
-    for shape in ((1, info.channels, 8, 8), (3, info.channels, 40, 21)):
-        x = rng.uniform(-1, 1, shape).astype(np.float32)
-        assert np.abs(ort(x) - ref(x)).max() <= 1e-5
+    lo, hi = profile.min.height, profile.max.height
+    for shape in ((1, lo, lo), (min(3, profile.max.batch), min(up(40), hi), max(up(21), lo))):
+        x = rng.uniform(-1, 1, (shape[0], info.channels, *shape[1:])).astype(np.float32)
+        assert np.abs(ort(x) - ref(x)).max() <= tolerance
 
 
 def test_export_from_a_run_records_contract_2(run_engine):

@@ -163,3 +163,17 @@ def test_mismatches_raise():
         HistoryBuffer(capacity=0)
     with pytest.raises(ValueError, match="non-empty"):
         buffer.mix(torch.zeros(0, 1, 2, 3))
+
+
+def test_swap_policy_keeps_companions_aligned_and_works_for_batch_one():
+    pool = HistoryBuffer(capacity=4, seed=3, policy="swap")
+    returned_history = 0
+    for step in range(60):
+        image = torch.full((1, 3, 2, 2), float(step))
+        mask = torch.full((1, 2, 2), step, dtype=torch.long)
+        out, out_mask = pool.mix(image, mask)
+        assert torch.equal(out[:, 0, 0, 0].long(), out_mask[:, 0, 0])  # image i with mask i
+        returned_history += int(out[0, 0, 0, 0] != step)
+    assert len(pool) == 4 and 15 < returned_history < 45  # about half once full
+    with pytest.raises(ValueError, match="policy"):
+        HistoryBuffer(capacity=2, policy="random")

@@ -151,3 +151,106 @@ def _shuffled(items: Iterator[dict], size: int, rng: np.random.Generator) -> Ite
             yield draw()
     while buffer:
         yield draw()
+
+
+def scene_labels(sample: dict, ontology: str) -> np.ndarray:
+    """A decoded scene sample's seg.png in ``ontology`` ids (converted from cityscapes-19)."""
+    from refinery import ontology as ontologies
+
+    if "seg.png" not in sample:
+        raise ValueError(f"sample {sample['__key__']!r} has no seg.png: scenes need labels")
+    space = sample["json"].get("ontology")
+    if space == ontology:
+        return sample["seg.png"]
+    if space == "cityscapes-19":
+        return ontologies.from_train_ids(sample["seg.png"], ontology)
+    raise ValueError(
+        f"sample {sample['__key__']!r}: labels in {space!r} cannot become {ontology!r}; "
+        f"ingest with --ontology {ontology}"
+    )
+
+
+class SceneStream:
+    """Aligned scene batches for SG-GAN and SPIGAN: image, semantic map and depth, cropped alike.
+
+    ``next_batch()`` gives ``{"image": (B, 3, h, w) float32 in [-1, 1], "seg": (B, h, w) int64
+    ids of ``ontology`` (255 = ignore), "depth": (B, 1, h, w) float32 in [0, 1] (depth /
+    ``depth_max``; absent without depth.png), "depth_valid": (B, 1, h, w) bool}``, and with
+    ``fine_ontology`` also ``"seg_fine"`` (B, h, w) in those ids. Labels in
+    ``cityscapes-19`` train ids (the street simulator, ingest's default) are converted to
+    ``ontology``; other label spaces must already be ``ontology``. Depth 0 (no measurement) and
+    65535 (sky in the street simulator) are invalid. With ``crop=(h, w)`` every sample is cut at
+    one random offset for its image, seg and depth, drawn from torch's global generator, which
+    the checkpoints save, so a resumed run cuts the same crops.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        batch_size: int,
+        seed: int,
+        ontology: str = "cityscapes-19",
+        fine_ontology: str | None = None,
+        crop: tuple[int, int] | None = None,
+        depth_max: float = 10000.0,
+        shuffle_buffer: int = 2000,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.images = ImageStream(
+            urls,
+            domain="scene",
+            batch_size=batch_size,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            rank=rank,
+            world_size=world_size,
+        )
+        self.ontology, self.crop, self.depth_max = ontology, crop, depth_max
+        self.fine_ontology = fine_ontology  # a second map, e.g. classes finer than the groups
+
+    @property
+    def shards(self) -> list[str]:
+        return self.images.shards
+
+    @property
+    def epoch(self) -> int:
+        return self.images.epoch
+
+    def _seg(self, sample: dict) -> np.ndarray:
+        return scene_labels(sample, self.ontology)
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        images, samples = self.images.next_batch()  # (B, 3, H, W)
+        seg = torch.from_numpy(np.stack([self._seg(s) for s in samples]).astype(np.int64))
+        batch = {"image": images, "seg": seg}
+        if self.fine_ontology is not None:
+            fine = [scene_labels(s, self.fine_ontology) for s in samples]
+            batch["seg_fine"] = torch.from_numpy(np.stack(fine).astype(np.int64))
+        if all("depth.png" in s for s in samples):
+            raw = np.stack([s["depth.png"] for s in samples])[:, None].astype(np.float32)
+            batch["depth_valid"] = torch.from_numpy((raw > 0) & (raw < 65535))
+            batch["depth"] = torch.from_numpy(np.clip(raw / self.depth_max, 0.0, 1.0))
+        if self.crop is not None:
+            batch = self._cropped(batch)
+        return batch
+
+    def _cropped(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        height, width = batch["image"].shape[-2:]
+        ch, cw = self.crop
+        if ch > height or cw > width:
+            raise ValueError(f"crop {self.crop} is larger than the images ({height}, {width})")
+        out: dict[str, list[torch.Tensor]] = {k: [] for k in batch}
+        for i in range(len(batch["image"])):
+            top = int(torch.randint(0, height - ch + 1, ()))
+            left = int(torch.randint(0, width - cw + 1, ()))
+            for key, value in batch.items():
+                out[key].append(value[i, ..., top : top + ch, left : left + cw])
+        return {k: torch.stack(v) for k, v in out.items()}
+
+    def state_dict(self) -> dict[str, int]:
+        return self.images.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.images.load_state_dict(state)

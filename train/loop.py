@@ -221,6 +221,12 @@ def _stop_requests() -> Iterator[dict[str, int]]:
             signal.signal(s, h)
 
 
+def _wants_to_stop(method: Method, values: dict[str, float]) -> bool:
+    """A method may end training early (SPIGAN's rule) by defining ``should_stop(values)``."""
+    should_stop = getattr(method, "should_stop", None)
+    return bool(should_stop(values)) if callable(should_stop) else False
+
+
 def train_loop(
     method: Method,
     schedule: Schedule,
@@ -274,7 +280,7 @@ def train_loop(
                 run.save_sheet(done, method.sample_sheet())
             if is_main and done % checkpoint_every == 0 and done != end:
                 run.save(method, done, config)
-            if stop["signal"]:
+            if stop["signal"] or _wants_to_stop(method, values):
                 end = done  # checkpoint below and return; --resume continues from here
                 break
     if is_main and end > start:

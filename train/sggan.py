@@ -1,0 +1,373 @@
+"""SG-GAN (Li et al., "Semantic-aware Grad-GAN for Virtual-to-Real Urban Scene Adaption",
+BMVC 2018) on the shared loop of ``train.loop``.
+
+Code (paper): ``generator_ab`` (G: virtual → real), ``generator_ba`` (F: real → virtual),
+``discriminator_b`` (D_real, judges images of the real domain), ``discriminator_a`` (D_virtual);
+``semantic_select`` is the semantic-aware discriminator's per-pixel channel choice (§3.3);
+``gradient_sensitive_loss`` is the soft gradient-sensitive objective (§3.2, eq. 9-11) with
+weight λ_g; ``cycle_loss`` the cycle consistency with λ_c (§3.1); adversarial terms are least
+squares. A translated image is judged with its *source* image's semantic map; real images with
+their own. The discriminators' maps are SG-GAN's 8 groups (``sggan-8``) for both domains; the
+gradient loss's boundaries come from the finer class map (``boundary_ontology``); the α, β of the
+boundary weight follow the synthetic stream's epoch (``gradient_weights``). The image pools are
+CycleGAN's (``HistoryBuffer(policy="swap")``), storing each translated image with its map.
+
+One generator step updates both generators on one synthetic and one real batch; one
+discriminator step updates both discriminators on the same batches' translations, drawn
+through the pools. The generator that ``refinery export`` deploys is ``generator_ab``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from refinery import sheets
+from refinery.history import HistoryBuffer
+from refinery.losses_scene import (
+    cycle_loss,
+    gradient_sensitive_loss,
+    gradient_weights,
+    lsgan_discriminator_loss,
+    lsgan_generator_loss,
+)
+from refinery.nets.sggan import semantic_select
+from refinery.registry import build_network, network_info
+from train.config import OptimiserConfig, from_dict, load_yaml, resolve, write_yaml
+from train.data import SceneStream
+from train.loop import RunDir, Schedule, bare, train_loop
+
+
+def _adam() -> OptimiserConfig:
+    return OptimiserConfig(name="adam", lr=2e-4, betas=(0.5, 0.999))
+
+
+@dataclass(frozen=True)
+class SGGANConfig:
+    domain: str = "scene"
+    generator: str = "sggan-generator"
+    discriminator: str = "sggan-discriminator"
+    ontology: str = "sggan-8"  # the discriminators' semantic groups
+    boundary_ontology: str = "cityscapes-19"  # the classes whose edges the gradient loss weighs
+    groups: int = 8
+    batch_size: int = 1
+    crop: tuple[int, int] | None = None  # paper: whole 256×512 frames (ingest with --size)
+    steps: int = 100000
+    k_g: int = 1
+    k_d: int = 1
+    cycle_weight: float = 10.0  # λ_c
+    gradient_weight: float = 5.0  # λ_g
+    pool_size: int = 50
+    generator_optimiser: OptimiserConfig = field(default_factory=_adam)
+    discriminator_optimiser: OptimiserConfig = field(default_factory=_adam)
+    shuffle_buffer: int = 200
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    sample_every: int = 500
+    seed: int = 0
+    amp: bool = True  # float16 autocast on CUDA only
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(
+            pretrain_generator=0,
+            pretrain_discriminator=0,
+            steps=self.steps,
+            k_g=self.k_g,
+            k_d=self.k_d,
+        )
+
+
+def _optimiser(params, config: OptimiserConfig) -> torch.optim.Optimizer:
+    from train.simgan import make_optimiser
+
+    return make_optimiser(params, config)
+
+
+class SGGAN:
+    """Networks, optimisers, streams and pools of one SG-GAN run."""
+
+    def __init__(
+        self,
+        config: SGGANConfig,
+        *,
+        synthetic: str | list[str],
+        real: str | list[str],
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.config, self.device = config, device
+        torch.manual_seed(config.seed)
+        generators = [build_network(config.generator, channels=3).to(device) for _ in range(2)]
+        discriminators = [
+            build_network(config.discriminator, channels=3, groups=config.groups).to(device)
+            for _ in range(2)
+        ]
+        self.modules = {
+            "generator_ab": generators[0],
+            "generator_ba": generators[1],
+            "discriminator_a": discriminators[0],
+            "discriminator_b": discriminators[1],
+        }
+        self.optimisers = {
+            "generators": _optimiser(
+                itertools.chain(*(g.parameters() for g in generators)), config.generator_optimiser
+            ),
+            "discriminators": _optimiser(
+                itertools.chain(*(d.parameters() for d in discriminators)),
+                config.discriminator_optimiser,
+            ),
+        }
+        amp = config.amp and device.type == "cuda"
+        self.autocast = torch.autocast(device.type, dtype=torch.float16, enabled=amp)
+        self.scalers = {k: torch.amp.GradScaler(device.type, enabled=amp) for k in self.optimisers}
+        self.pool_ab = HistoryBuffer(capacity=config.pool_size, seed=config.seed + 1, policy="swap")
+        self.pool_ba = HistoryBuffer(capacity=config.pool_size, seed=config.seed + 2, policy="swap")
+        stream = dict(
+            batch_size=config.batch_size,
+            ontology=config.ontology,
+            fine_ontology=config.boundary_ontology,
+            crop=config.crop,
+            shuffle_buffer=config.shuffle_buffer,
+            rank=rank,
+            world_size=world_size,
+        )
+        self.synthetic = SceneStream(synthetic, seed=config.seed * 2 + 1, **stream)
+        self.real = SceneStream(real, seed=config.seed * 2 + 2, **stream)
+        self._last: dict[str, torch.Tensor] | None = None
+        self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _batch(self, stream: SceneStream) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image, the discriminator's group map, and the map whose edges are boundaries."""
+        batch = stream.next_batch()
+        device = self.device
+        return (batch["image"].to(device), batch["seg"].to(device), batch["seg_fine"].to(device))
+
+    def generator_step(self, *, pretrain: bool) -> dict[str, torch.Tensor]:
+        """Both generators: LSGAN + λ_c cycle + λ_g gradient-sensitive terms (eq. 12)."""
+        config = self.config
+        a, seg_a, edges_a = self._batch(self.synthetic)  # (B, 3, H, W), (B, H, W), (B, H, W)
+        b, seg_b, edges_b = self._batch(self.real)
+        alpha, beta = gradient_weights(self.synthetic.epoch)
+        g_ab, g_ba = self.modules["generator_ab"], self.modules["generator_ba"]
+        d_a, d_b = bare(self.modules["discriminator_a"]), bare(self.modules["discriminator_b"])
+        with self.autocast:
+            fake_b, fake_a = g_ab(a), g_ba(b)  # translations
+            rec_a, rec_b = g_ba(fake_b), g_ab(fake_a)  # cycles
+            for d in (d_a, d_b):
+                d.requires_grad_(False)
+            # a translated image is judged with its source's semantic map
+            adv_ab = lsgan_generator_loss(semantic_select(d_b(fake_b), seg_a))
+            adv_ba = lsgan_generator_loss(semantic_select(d_a(fake_a), seg_b))
+            for d in (d_a, d_b):
+                d.requires_grad_(True)
+            cycle = config.cycle_weight * (cycle_loss(rec_a, a) + cycle_loss(rec_b, b))
+            # boundaries from the class map (SG-GAN filters its colour label images, where every
+            # Cityscapes class has its own colour), not from the 8 groups
+            grad = config.gradient_weight * (
+                gradient_sensitive_loss(a, fake_b, edges_a, alpha=alpha, beta=beta, num_groups=None)
+                + gradient_sensitive_loss(
+                    b, fake_a, edges_b, alpha=alpha, beta=beta, num_groups=None
+                )
+            )
+            total = adv_ab + adv_ba + cycle + grad
+        optimiser, scaler = self.optimisers["generators"], self.scalers["generators"]
+        optimiser.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.step(optimiser)
+        scaler.update()
+        self._last = {
+            "a": a, "seg_a": seg_a, "b": b, "seg_b": seg_b,
+            "fake_b": fake_b.detach().float(), "fake_a": fake_a.detach().float(),
+        }  # fmt: skip
+        return {
+            "generator/adversarial_ab": adv_ab.detach(),
+            "generator/adversarial_ba": adv_ba.detach(),
+            "generator/cycle": cycle.detach(),
+            "generator/gradient": grad.detach(),
+            "generator/total": total.detach(),
+            "generator/alpha": torch.tensor(alpha),
+        }
+
+    def discriminator_step(self) -> dict[str, torch.Tensor]:
+        """Both discriminators: real with its own map vs pooled translations with their
+        sources' maps (least squares)."""
+        last = self._last
+        if last is None:  # no generator step yet (a discriminator-first schedule)
+            a, seg_a, _ = self._batch(self.synthetic)
+            b, seg_b, _ = self._batch(self.real)
+            with torch.no_grad(), self.autocast:
+                fake_b = self.modules["generator_ab"](a).float()
+                fake_a = self.modules["generator_ba"](b).float()
+            last = {
+                "a": a,
+                "seg_a": seg_a,
+                "b": b,
+                "seg_b": seg_b,
+                "fake_b": fake_b,
+                "fake_a": fake_a,
+            }
+        fake_b, fake_b_seg = self.pool_ab.mix(last["fake_b"], last["seg_a"])
+        fake_a, fake_a_seg = self.pool_ba.mix(last["fake_a"], last["seg_b"])
+        d_a, d_b = self.modules["discriminator_a"], self.modules["discriminator_b"]
+        with self.autocast:
+            loss_b = lsgan_discriminator_loss(
+                semantic_select(d_b(last["b"]), last["seg_b"]),
+                semantic_select(d_b(fake_b), fake_b_seg),
+            )
+            loss_a = lsgan_discriminator_loss(
+                semantic_select(d_a(last["a"]), last["seg_a"]),
+                semantic_select(d_a(fake_a), fake_a_seg),
+            )
+            total = loss_a + loss_b
+        optimiser, scaler = self.optimisers["discriminators"], self.scalers["discriminators"]
+        optimiser.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.step(optimiser)
+        scaler.update()
+        self._last = None
+        return {
+            "discriminator/real_domain": loss_b.detach(),
+            "discriminator/virtual_domain": loss_a.detach(),
+            "discriminator/total": total.detach(),
+        }
+
+    def images_per_iteration(self, phase: str) -> int:
+        b = self.config.batch_size
+        return (self.config.k_g + self.config.k_d) * 2 * b
+
+    def sample_sheet(self, count: int = 4) -> np.ndarray:
+        """Rows: synthetic, translated to real, real, translated to virtual."""
+        if self._fixed is None:
+            streams = [
+                SceneStream(s.shards, batch_size=count, seed=0, ontology=self.config.ontology,
+                            crop=self.config.crop, shuffle_buffer=1)
+                for s in (self.synthetic, self.real)
+            ]  # fmt: skip
+            rng = torch.get_rng_state()  # crops must not move the training generator
+            self._fixed = tuple(s.next_batch()["image"] for s in streams)
+            torch.set_rng_state(rng)
+        a, b = self._fixed
+        rows = [a]
+        with torch.no_grad():
+            for name, x in (("generator_ab", a), ("generator_ba", b)):
+                g = bare(self.modules[name])
+                was = g.training
+                g.eval()
+                rows.append(g(x.to(self.device)).float().cpu())
+                g.train(was)
+        rows = [rows[0], rows[1], b, rows[2]]
+        tiles = [[_tile(img) for img in row] for row in rows]
+        return sheets.grid(tiles, titles=["synthetic", "to real", "real", "to virtual"])
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors: dict[str, torch.Tensor] = {}
+        pools = {}
+        for name, pool in (("pool_ab", self.pool_ab), ("pool_ba", self.pool_ba)):
+            state = pool.state_dict()
+            tensors.update({f"{name}.{k}": v for k, v in state["tensors"].items()})
+            pools[name] = state["meta"]
+        meta = {
+            "pools": pools,
+            "synthetic": self.synthetic.state_dict(),
+            "real": self.real.state_dict(),
+            "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
+        }
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        for name, pool in (("pool_ab", self.pool_ab), ("pool_ba", self.pool_ba)):
+            prefix = f"{name}."
+            own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            pool.load_state_dict({"tensors": own, "meta": meta["pools"][name]})
+        self.synthetic.load_state_dict(meta["synthetic"])
+        self.real.load_state_dict(meta["real"])
+        for key, state in meta.get("scalers", {}).items():
+            if state:
+                self.scalers[key].load_state_dict(state)
+
+    def generator_info(self) -> dict[str, Any]:
+        generator = bare(self.modules["generator_ab"])
+        return {
+            "method": "sggan",
+            "module": "generator_ab",
+            "network": self.config.generator,
+            "kwargs": {"channels": 3},
+            "domain": "scene",
+            "image_component": "png",
+            "pixel_kind": "rgb8",
+            "channels": 3,
+            "pixel_range": [0.0, 255.0],
+            "input_size": list(network_info(self.config.generator).input_size),
+            "size_multiple": int(getattr(generator, "size_multiple", 1)),
+        }
+
+
+def _tile(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
+    return np.rint((image.clamp(-1, 1).permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)
+
+
+def load_config(
+    *,
+    preset: str = "small",
+    config_file: str | None = None,
+    resume_from: str | Path | None = None,
+    **overrides: Any,
+) -> SGGANConfig:
+    """Recipe ``sggan-<preset>`` + user YAML + overrides; resuming, the run's own config."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    saved = Path(resume_from or "") / "config.yaml"
+    if resume_from is not None and saved.exists():
+        config = from_dict(SGGANConfig, load_yaml(saved), where=str(saved))
+        return replace(config, steps=overrides["steps"]) if "steps" in overrides else config
+    return resolve(
+        SGGANConfig, recipe=f"sggan-{preset}", config_file=config_file, overrides=overrides
+    )
+
+
+def train(
+    config: SGGANConfig,
+    *,
+    synthetic: str | list[str],
+    real: str | list[str],
+    out: str | Path,
+    resume: bool = False,
+    stop_after: int | None = None,
+    device: str | None = None,
+    progress=None,
+) -> Path:
+    """Train SG-GAN into the run directory ``out``; returns the newest checkpoint's path."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run = RunDir(out)
+    run.path.mkdir(parents=True, exist_ok=True)
+    latest = run.latest()
+    if latest is not None and not resume:
+        raise FileExistsError(
+            f"{out} already holds a run (checkpoint {latest.name}); pass --resume"
+        )
+    method = SGGAN(config, synthetic=synthetic, real=real, device=dev)
+    start = run.load(method, latest) if resume and latest is not None else 0
+    write_yaml(run.path / "config.yaml", config)
+    try:
+        train_loop(
+            method,
+            config.schedule,
+            run,
+            config=config,
+            start=start,
+            stop_after=stop_after,
+            checkpoint_every=config.checkpoint_every,
+            log_every=config.log_every,
+            sample_every=config.sample_every,
+            progress=progress,
+        )
+    finally:
+        run.close()
+    return run.latest()

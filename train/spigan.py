@@ -1,0 +1,442 @@
+"""SPIGAN (Lee et al., "SPIGAN: Privileged Adversarial Learning from Simulation", ICLR 2019) on
+the shared loop of ``train.loop``.
+
+Code (paper): ``generator`` (G), ``discriminator`` (D), ``task`` (T, semantic segmentation),
+``privileged`` (P, depth: the privileged information the simulator gives for free), frozen
+VGG19 features (the perceptual regulariser). The objective (§3, eq. 1-5) is
+
+    min_{G,T,P} max_D  α·L_GAN + β·L_T + γ·L_P + δ·L_perc,   (α, β, γ, δ) = (1, 0.5, 0.1, 0.33)
+
+with L_T the cross-entropy of T on the synthetic *and* the generated image against the
+synthetic label, L_P the L1 of P on both against the synthetic depth, L_perc the L1 between
+VGG19 conv{1..5}_2 features of the synthetic and the generated image, L_GAN least squares
+(``refinery.losses_scene.spigan_generator_objective``).
+
+Updates. The paper alternates updates with five generator steps per step of the others; here
+a *generator step* updates G on the whole objective, and a *discriminator step* updates D and
+then T and P (on the synthetic and the freshly generated image). ``k_g`` / ``k_d`` set the
+ratio (recipe: 5 / 1). γ = 0 builds no P at all (the "no privileged information" ablation).
+
+Early stopping (optional, ``early_stop``): the paper stops once the discriminator loss is
+significantly and consistently below the generator's adversarial loss; here: once the running
+means satisfy D < ``early_stop_ratio`` · G_adv for ``early_stop_patience`` iterations in a row
+(after ``early_stop_warmup``). ``refinery export`` deploys G; T is the downstream
+segmentation model (``evaluate_task`` reports its mIoU).
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from refinery import ontology as ontologies
+from refinery import sheets
+from refinery.losses_scene import spigan_discriminator_loss, spigan_generator_objective
+from refinery.registry import build_network, network_info
+from train.config import OptimiserConfig, from_dict, load_yaml, resolve, write_yaml
+from train.data import SceneStream, scene_labels
+from train.loop import RunDir, Schedule, bare, train_loop
+
+
+def _adam() -> OptimiserConfig:
+    return OptimiserConfig(name="adam", lr=2e-4, betas=(0.5, 0.999))
+
+
+@dataclass(frozen=True)
+class SPIGANConfig:
+    domain: str = "scene"
+    generator: str = "spigan-generator"
+    discriminator: str = "spigan-discriminator"
+    task: str = "fcn8s-vgg16"
+    privileged: str = "fcn8s-vgg16-depth"
+    ontology: str = "cityscapes-19"
+    batch_size: int = 2
+    crop: tuple[int, int] | None = (320, 320)  # from 320×640 frames at paper settings
+    steps: int = 50000
+    k_g: int = 5  # generator steps per step of the others (paper)
+    k_d: int = 1
+    alpha: float = 1.0  # L_GAN
+    beta: float = 0.5  # L_T
+    gamma: float = 0.1  # L_P (0: no privileged network)
+    delta: float = 0.33  # L_perc
+    depth_max: float = 10000.0  # depth.png units (cm for SYNTHIA and the street simulator)
+    vgg_weights: str | None = None  # local torchvision-format VGG19 weights for L_perc
+    perceptual_width: int = 64
+    backbone_weights: str | None = (
+        None  # local torchvision-format VGG16 weights for T and P  # VGG19's maps in block 1; 64 is VGG19 (pretrained files need it)
+    )
+    early_stop: bool = False
+    early_stop_ratio: float = 0.5
+    early_stop_patience: int = 200
+    early_stop_warmup: int = 1000
+    generator_optimiser: OptimiserConfig = field(default_factory=_adam)
+    discriminator_optimiser: OptimiserConfig = field(default_factory=_adam)
+    task_optimiser: OptimiserConfig = field(default_factory=_adam)
+    shuffle_buffer: int = 200
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    sample_every: int = 500
+    seed: int = 0
+    amp: bool = True
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(
+            pretrain_generator=0,
+            pretrain_discriminator=0,
+            steps=self.steps,
+            k_g=self.k_g,
+            k_d=self.k_d,
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(ontologies.get(self.ontology).classes)
+
+
+def _optimiser(params, config: OptimiserConfig) -> torch.optim.Optimizer:
+    from train.simgan import make_optimiser
+
+    return make_optimiser(params, config)
+
+
+class SPIGAN:
+    """Networks, optimisers and streams of one SPIGAN run."""
+
+    def __init__(
+        self,
+        config: SPIGANConfig,
+        *,
+        synthetic: str | list[str],
+        real: str | list[str],
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        from refinery.nets.vgg import VGGConfig, VGGFeatures, load_vgg_weights
+
+        self.config, self.device = config, device
+        torch.manual_seed(config.seed)
+        self.modules = {
+            "generator": build_network(config.generator, channels=3).to(device),
+            "discriminator": build_network(config.discriminator, channels=3).to(device),
+            "task": build_network(config.task, num_classes=config.num_classes).to(device),
+        }
+        if config.gamma > 0:
+            self.modules["privileged"] = build_network(config.privileged).to(device)
+        for key in ("task", "privileged"):  # FCN8s starts from ImageNet VGG16 when given one
+            if key in self.modules:
+                load_vgg_weights(self.modules[key], config.backbone_weights)
+        self.perceptual = None
+        if config.delta > 0:
+            with warnings.catch_warnings(record=not config.vgg_weights) as caught:
+                vgg = VGGConfig(depth=19, width=config.perceptual_width)  # conv{1..5}_2
+                self.perceptual = VGGFeatures(vgg, weights=config.vgg_weights).to(device).eval()
+            if caught:
+                warnings.warn(str(caught[0].message), stacklevel=2)
+            self.perceptual.requires_grad_(False)
+        others = [self.modules["task"].parameters()]
+        if "privileged" in self.modules:
+            others.append(self.modules["privileged"].parameters())
+        self.optimisers = {
+            "generator": _optimiser(
+                self.modules["generator"].parameters(), config.generator_optimiser
+            ),
+            "discriminator": _optimiser(
+                self.modules["discriminator"].parameters(), config.discriminator_optimiser
+            ),
+            "task": _optimiser(itertools.chain(*others), config.task_optimiser),
+        }
+        amp = config.amp and device.type == "cuda"
+        self.autocast = torch.autocast(device.type, dtype=torch.float16, enabled=amp)
+        self.scalers = {k: torch.amp.GradScaler(device.type, enabled=amp) for k in self.optimisers}
+        stream = dict(
+            batch_size=config.batch_size,
+            ontology=config.ontology,
+            crop=config.crop,
+            depth_max=config.depth_max,
+            shuffle_buffer=config.shuffle_buffer,
+            rank=rank,
+            world_size=world_size,
+        )
+        self.synthetic = SceneStream(synthetic, seed=config.seed * 2 + 1, **stream)
+        self.real = SceneStream(real, seed=config.seed * 2 + 2, **stream)
+        self._running: dict[str, float] = {}
+        self._below = 0
+        self._iterations = 0
+        self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _synthetic(self) -> dict[str, torch.Tensor]:
+        batch = self.synthetic.next_batch()
+        if self.config.gamma > 0 and "depth" not in batch:
+            raise ValueError("SPIGAN with gamma > 0 needs depth.png in the synthetic shards")
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _step(self, name: str, loss: torch.Tensor) -> None:
+        optimiser, scaler = self.optimisers[name], self.scalers[name]
+        optimiser.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
+
+    def _objective(self, batch: dict[str, torch.Tensor], generated: torch.Tensor, *, d_fake=None):
+        config = self.config
+        task = self.modules["task"]
+        privileged = self.modules.get("privileged")
+        x = batch["image"]
+        features_s = features_g = None
+        if d_fake is not None and self.perceptual is not None:
+            features_s, features_g = self.perceptual(x), self.perceptual(generated)
+        return spigan_generator_objective(
+            d_fake_logits=d_fake,
+            task_logits_synthetic=task(x),
+            task_logits_generated=task(generated),
+            labels=batch["seg"],
+            depth_pred_synthetic=privileged(x) if privileged is not None else None,
+            depth_pred_generated=privileged(generated) if privileged is not None else None,
+            depth=batch.get("depth"),
+            depth_valid=batch.get("depth_valid"),
+            features_synthetic=features_s,
+            features_generated=features_g,
+            alpha=config.alpha if d_fake is not None else 0.0,
+            beta=config.beta,
+            gamma=config.gamma,
+            delta=config.delta if d_fake is not None else 0.0,
+            ignore_index=ontologies.IGNORE,
+        )
+
+    def generator_step(self, *, pretrain: bool) -> dict[str, torch.Tensor]:
+        """G on α·L_GAN + β·L_T + γ·L_P + δ·L_perc (T, P, D fixed for this update)."""
+        batch = self._synthetic()
+        fixed = [
+            bare(self.modules[k])
+            for k in ("discriminator", "task", "privileged")
+            if k in self.modules
+        ]
+        for module in fixed:
+            module.requires_grad_(False)
+        with self.autocast:
+            generated = self.modules["generator"](batch["image"])
+            terms = self._objective(batch, generated, d_fake=fixed[0](generated))
+        for module in fixed:
+            module.requires_grad_(True)
+        self._step("generator", terms["total"])
+        return {f"generator/{k}": v.detach() for k, v in terms.items()}
+
+    def discriminator_step(self) -> dict[str, torch.Tensor]:
+        """D (least squares, real vs generated), then T and P on synthetic + generated."""
+        batch = self._synthetic()
+        real = self.real.next_batch()["image"].to(self.device)
+        with torch.no_grad(), self.autocast:
+            generated = self.modules["generator"](batch["image"]).float()
+        with self.autocast:
+            d = self.modules["discriminator"]
+            d_loss = spigan_discriminator_loss(d(real), d(generated))
+        self._step("discriminator", d_loss)
+        with self.autocast:
+            terms = self._objective(batch, generated)
+        self._step("task", terms["total"])
+        out = {"discriminator/total": d_loss.detach()}
+        out.update({f"task/{k}": v.detach() for k, v in terms.items() if k != "gan"})
+        return out
+
+    def should_stop(self, values: dict[str, float]) -> bool:
+        """The paper's early-stopping rule, when ``early_stop`` is set (see module docstring)."""
+        self._iterations += 1
+        if not self.config.early_stop:
+            return False
+        for key in ("discriminator/total", "generator/gan"):
+            if key in values:
+                old = self._running.get(key, values[key])
+                self._running[key] = 0.98 * old + 0.02 * values[key]
+        if self._iterations < self.config.early_stop_warmup or len(self._running) < 2:
+            return False
+        below = self._running["discriminator/total"] < (
+            self.config.early_stop_ratio * self._running["generator/gan"]
+        )
+        self._below = self._below + 1 if below else 0
+        return self._below >= self.config.early_stop_patience
+
+    def images_per_iteration(self, phase: str) -> int:
+        b = self.config.batch_size
+        return self.config.k_g * b + self.config.k_d * 2 * b
+
+    def sample_sheet(self, count: int = 4) -> np.ndarray:
+        """Rows: synthetic, generated, real, and T's segmentation of the generated images."""
+        if self._fixed is None:
+            streams = [
+                SceneStream(s.shards, batch_size=count, seed=0, ontology=self.config.ontology,
+                            crop=self.config.crop, shuffle_buffer=1)
+                for s in (self.synthetic, self.real)
+            ]  # fmt: skip
+            rng = torch.get_rng_state()  # crops must not move the training generator
+            self._fixed = tuple(s.next_batch()["image"] for s in streams)
+            torch.set_rng_state(rng)
+        synthetic, real = self._fixed
+        g, t = bare(self.modules["generator"]), bare(self.modules["task"])
+        modes = (g.training, t.training)
+        g.eval()
+        t.eval()
+        with torch.no_grad():
+            generated = g(synthetic.to(self.device)).float()
+            seg = t(generated).argmax(1).to(torch.uint8).cpu().numpy()
+        g.train(modes[0])
+        t.train(modes[1])
+        palette = sheets.seg_palette()
+        rows = [[_tile(x) for x in synthetic], [_tile(x) for x in generated.cpu()]]
+        rows += [[_tile(x) for x in real], [palette[s] for s in seg]]
+        return sheets.grid(rows, titles=["synthetic", "generated", "real", "T(generated)"])
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        meta = {
+            "synthetic": self.synthetic.state_dict(),
+            "real": self.real.state_dict(),
+            "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
+            "early_stop": {
+                "running": self._running,
+                "below": self._below,
+                "iterations": self._iterations,
+            },
+        }
+        return {}, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.synthetic.load_state_dict(meta["synthetic"])
+        self.real.load_state_dict(meta["real"])
+        for key, state in meta.get("scalers", {}).items():
+            if state:
+                self.scalers[key].load_state_dict(state)
+        early = meta.get("early_stop", {})
+        self._running = dict(early.get("running", {}))
+        self._below = int(early.get("below", 0))
+        self._iterations = int(early.get("iterations", 0))
+
+    def generator_info(self) -> dict[str, Any]:
+        generator = bare(self.modules["generator"])
+        return {
+            "method": "spigan",
+            "module": "generator",
+            "network": self.config.generator,
+            "kwargs": {"channels": 3},
+            "domain": "scene",
+            "image_component": "png",
+            "pixel_kind": "rgb8",
+            "channels": 3,
+            "pixel_range": [0.0, 255.0],
+            "input_size": list(self.config.crop or network_info(self.config.generator).input_size),
+            "size_multiple": int(getattr(generator, "size_multiple", 1)),
+        }
+
+
+def _tile(image: torch.Tensor) -> np.ndarray:
+    return np.rint((image.clamp(-1, 1).permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)
+
+
+# -- evaluation -------------------------------------------------------------------------------
+
+
+def confusion(
+    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore: int = 255
+) -> np.ndarray:
+    """(num_classes, num_classes) counts, rows = target class, columns = predicted class."""
+    keep = target != ignore
+    index = target[keep].astype(np.int64) * num_classes + pred[keep].astype(np.int64)
+    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def iou_from_confusion(matrix: np.ndarray) -> tuple[float, list[float | None]]:
+    """Mean IoU over classes present in the targets or predictions, and per-class IoU
+    (None for a class absent from both)."""
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    per_class = [float(t / u) if u > 0 else None for t, u in zip(tp, union, strict=True)]
+    present = [v for v in per_class if v is not None]
+    return (float(np.mean(present)) if present else 0.0), per_class
+
+
+@torch.no_grad()
+def evaluate_task(task: torch.nn.Module, urls, *, ontology: str, device=None) -> dict[str, Any]:
+    """mIoU (and per-class IoU) of a segmentation network on labeled scene shards, one pass."""
+    from refinery.shards import read
+
+    device = device or next(task.parameters()).device
+    num_classes = len(ontologies.get(ontology).classes)
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    was = task.training
+    task.eval()
+    images = 0
+    for sample in read(urls, "scene"):
+        target = scene_labels(sample, ontology)
+        x = torch.from_numpy(sample["png"] if "png" in sample else sample["jpg"])
+        x = x.permute(2, 0, 1)[None].float().div(127.5).sub(1).to(device)  # (1, 3, H, W)
+        pred = task(x).argmax(1)[0].cpu().numpy()
+        matrix += confusion(pred, target, num_classes, ontologies.IGNORE)
+        images += 1
+    task.train(was)
+    miou, per_class = iou_from_confusion(matrix)
+    return {"miou": miou, "per_class": per_class, "images": images}
+
+
+def load_config(
+    *,
+    preset: str = "small",
+    config_file: str | None = None,
+    resume_from: str | Path | None = None,
+    **overrides: Any,
+) -> SPIGANConfig:
+    """Recipe ``spigan-<preset>`` + user YAML + overrides; resuming, the run's own config."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    saved = Path(resume_from or "") / "config.yaml"
+    if resume_from is not None and saved.exists():
+        config = from_dict(SPIGANConfig, load_yaml(saved), where=str(saved))
+        return replace(config, steps=overrides["steps"]) if "steps" in overrides else config
+    return resolve(
+        SPIGANConfig, recipe=f"spigan-{preset}", config_file=config_file, overrides=overrides
+    )
+
+
+def train(
+    config: SPIGANConfig,
+    *,
+    synthetic: str | list[str],
+    real: str | list[str],
+    out: str | Path,
+    resume: bool = False,
+    stop_after: int | None = None,
+    device: str | None = None,
+    progress=None,
+) -> Path:
+    """Train SPIGAN into the run directory ``out``; returns the newest checkpoint's path."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run = RunDir(out)
+    run.path.mkdir(parents=True, exist_ok=True)
+    latest = run.latest()
+    if latest is not None and not resume:
+        raise FileExistsError(
+            f"{out} already holds a run (checkpoint {latest.name}); pass --resume"
+        )
+    method = SPIGAN(config, synthetic=synthetic, real=real, device=dev)
+    start = run.load(method, latest) if resume and latest is not None else 0
+    write_yaml(run.path / "config.yaml", config)
+    try:
+        train_loop(
+            method,
+            config.schedule,
+            run,
+            config=config,
+            start=start,
+            stop_after=stop_after,
+            checkpoint_every=config.checkpoint_every,
+            log_every=config.log_every,
+            sample_every=config.sample_every,
+            progress=progress,
+        )
+    finally:
+        run.close()
+    return run.latest()
