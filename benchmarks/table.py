@@ -174,6 +174,36 @@ def _refine(record: dict) -> list[str]:
     return lines
 
 
+def _scene_uda(record: dict) -> list[str]:
+    f, settings = record["figures"], record["settings"]
+    rows = [
+        ("synthetic_only", "T trained on synthetic frames only"),
+        ("spigan_no_pi", "SPIGAN without privileged information (γ = 0): its T"),
+        ("spigan", "SPIGAN (γ = 0.1): its T"),
+        ("sggan_refined", "the same network trained on SG-GAN-refined synthetic frames"),
+    ]
+    lines = [
+        "| segmentation network | mIoU on real test frames | vs synthetic only |",
+        "|---|---|---|",
+    ]
+    for key, label in rows:
+        gain = f["gain_over_synthetic_only"].get(key)
+        lines.append(
+            f"| {label} | {_fmt(f[key]['miou'])} | {'' if gain is None else f'{gain:+.3f}'} |"
+        )
+    steps = settings["steps"]
+    lines += [
+        "",
+        f"{settings['domain'].capitalize()}: {settings['frames']['synthetic']} synthetic "
+        f"and {settings['frames']['real_unlabeled_use']} real training frames, "
+        f"{settings['frames']['real_test']} real test frames; `{settings['segmentation_network']}` "
+        f"on {settings['crop'][0]}×{settings['crop'][1]} crops; SPIGAN {steps['spigan']} and "
+        f"SG-GAN {steps['sggan']} iterations (small presets), segmentation {steps['segmentation']} "
+        f"steps; one seed; VGG19 {settings['vgg19']}.",
+    ]
+    return lines
+
+
 def _generic(record: dict) -> list[str]:
     lines = ["| figure | value |", "|---|---|"]
     lines += [f"| {key} | {_fmt(value)} |" for key, value in _flatten("", record["figures"])]
@@ -187,6 +217,7 @@ RENDERERS = {
     "engines": _engines,
     "ingest": _ingest,
     "refine": _refine,
+    "scene_uda": _scene_uda,
 }
 
 

@@ -60,3 +60,16 @@ def test_refine_quick_run_records_all_three_comparisons(tmp_path):
         t["job_samples_per_s"] / t["engine_only_samples_per_s"]
     )
     assert t["naive_loop_samples_per_s"] > 0 and set(figures["memory"]) == {"300", "600", "growth"}
+
+
+@pytest.mark.slow
+def test_scene_uda_quick_run_scores_every_arm(tmp_path):
+    from benchmarks import scene_uda
+
+    scene_uda.main(["--quick", "--out", str(tmp_path)])
+    figures = json.loads((tmp_path / "scene_uda.json").read_text())["figures"]
+    for arm in ("synthetic_only", "spigan_no_pi", "spigan", "sggan_refined"):
+        assert 0.0 <= figures[arm]["miou"] <= 1.0
+    assert figures["gain_over_synthetic_only"]["spigan"] == pytest.approx(
+        figures["spigan"]["miou"] - figures["synthetic_only"]["miou"]
+    )

@@ -173,3 +173,15 @@ def test_colours_to_ids_exact_match_first_in_table():
     assert ids[0].tolist() == [0] * 5 + [*range(5, 18), 17, *range(19, 34), 26]
     with pytest.raises(ValueError, match="RGB"):
         ont.cityscapes_ids_from_colours(np.zeros((2, 2, 4), np.uint8))
+
+
+def test_train_ids_convert_to_other_ontologies_through_their_label_ids():
+    train_ids = np.array([[0, 1, 11, 13, 18, 255]], np.uint8)  # road sidewalk person car bicycle -
+    assert np.array_equal(ont.from_train_ids(train_ids, "cityscapes-19"), train_ids)
+    groups = ont.from_train_ids(train_ids, "sggan-8")
+    names = [ont.SGGAN_GROUPS[g] for g in groups[0]]
+    assert names == ["road", "road", "pedestrian", "vehicle", "cyclist", "other"]
+    categories = ont.from_train_ids(train_ids, "cityscapes-7")
+    assert [ont.CATEGORIES[c] if c != ont.IGNORE else None for c in categories[0]] == [
+        "flat", "flat", "human", "vehicle", "vehicle", None,
+    ]  # fmt: skip

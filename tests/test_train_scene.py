@@ -155,3 +155,20 @@ def test_paper_run_directory_layout_is_simgans(streets, tmp_path):
     run = RunDir(tmp_path / "run")
     assert run.latest().name == "iter-00000001"
     assert (tmp_path / "run" / "config.yaml").exists() and (tmp_path / "run" / "tb").is_dir()
+
+
+def test_cli_trains_both_scene_methods(streets, tmp_path, capsys):
+    from refinery.cli import main
+
+    small = tmp_path / "small.yaml"
+    small.write_text("batch_size: 2\ncheckpoint_every: 1\nlog_every: 1\nsample_every: 1\n")
+    for method in ("sggan", "spigan"):
+        args = ["train", method, "--synthetic", streets[0], "--real", streets[1]]
+        args += ["--out", str(tmp_path / method), "--preset", "small", "--steps", "1"]
+        assert main([*args, "--config", str(small)]) == 0, method
+        assert (tmp_path / method / "checkpoints" / "latest").exists()
+    assert "TensorBoard" in capsys.readouterr().out
+    missing = ["train", "spigan", "--synthetic", streets[0], "--real", streets[1], "--preset",
+               "small", "--out", str(tmp_path / "w"), "--vgg-weights", str(tmp_path / "no.pth")]  # fmt: skip
+    assert main(missing) == 1
+    assert "no.pth" in capsys.readouterr().err
