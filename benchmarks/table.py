@@ -176,22 +176,31 @@ def _refine(record: dict) -> list[str]:
 
 def _scene_uda(record: dict) -> list[str]:
     f, settings = record["figures"], record["settings"]
+    steps = settings["steps"]
     rows = [
-        ("synthetic_only", "T trained on synthetic frames only"),
-        ("spigan_no_pi", "SPIGAN without privileged information (γ = 0): its T"),
-        ("spigan", "SPIGAN (γ = 0.1): its T"),
-        ("sggan_refined", "the same network trained on SG-GAN-refined synthetic frames"),
+        (
+            "synthetic_only_matched",
+            f"T trained on synthetic frames only ({steps['spigan']} updates)",
+        ),
+        (
+            "spigan_no_pi",
+            f"SPIGAN without privileged information (γ = 0): its T ({steps['spigan']})",
+        ),
+        ("spigan", f"SPIGAN (γ = 0.1): its T ({steps['spigan']})"),
+        ("synthetic_only", f"segmenter trained on synthetic frames ({steps['segmentation']})"),
+        ("sggan_refined", f"segmenter trained on SG-GAN-refined frames ({steps['segmentation']})"),
     ]
     lines = [
-        "| segmentation network | mIoU on real test frames | vs synthetic only |",
+        "| segmentation network (updates) | mIoU on real test frames | vs synthetic only |",
         "|---|---|---|",
     ]
     for key, label in rows:
+        if key not in f:
+            continue
         gain = f["gain_over_synthetic_only"].get(key)
         lines.append(
             f"| {label} | {_fmt(f[key]['miou'])} | {'' if gain is None else f'{gain:+.3f}'} |"
         )
-    steps = settings["steps"]
     lines += [
         "",
         f"{settings['domain'].capitalize()}: {settings['frames']['synthetic']} synthetic "

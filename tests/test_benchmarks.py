@@ -68,8 +68,13 @@ def test_scene_uda_quick_run_scores_every_arm(tmp_path):
 
     scene_uda.main(["--quick", "--out", str(tmp_path)])
     figures = json.loads((tmp_path / "scene_uda.json").read_text())["figures"]
-    for arm in ("synthetic_only", "spigan_no_pi", "spigan", "sggan_refined"):
+    arms = ("synthetic_only", "synthetic_only_matched", "spigan_no_pi", "spigan", "sggan_refined")
+    for arm in arms:
         assert 0.0 <= figures[arm]["miou"] <= 1.0
-    assert figures["gain_over_synthetic_only"]["spigan"] == pytest.approx(
-        figures["spigan"]["miou"] - figures["synthetic_only"]["miou"]
+    gains = figures["gain_over_synthetic_only"]
+    assert gains["spigan"] == pytest.approx(
+        figures["spigan"]["miou"] - figures["synthetic_only_matched"]["miou"]
+    )
+    assert gains["sggan_refined"] == pytest.approx(
+        figures["sggan_refined"]["miou"] - figures["synthetic_only"]["miou"]
     )
