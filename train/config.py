@@ -124,5 +124,37 @@ def resolve(
     return from_dict(cls, data, where=f"recipe {recipe}")
 
 
+def load_run_config(
+    cls: type[T],
+    *,
+    recipe: str,
+    config_file: str | Path | None = None,
+    resume_from: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> T:
+    """``resolve``; or, resuming a run that has its ``config.yaml``, that config, so a resume
+    never silently changes what is trained (only ``steps`` may be raised to train longer)."""
+    saved = Path(resume_from or "") / "config.yaml"
+    if resume_from is not None and saved.exists():
+        config = from_dict(cls, load_yaml(saved), where=str(saved))
+        steps = (overrides or {}).get("steps")
+        return config if steps is None else dataclasses.replace(config, steps=steps)
+    return resolve(cls, recipe=recipe, config_file=config_file, overrides=overrides)
+
+
+def make_optimiser(params, config: OptimiserConfig):
+    import torch
+
+    if config.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    if config.name == "adam":
+        return torch.optim.Adam(
+            params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+    raise ValueError(f"unknown optimiser {config.name!r}; expected 'sgd' or 'adam'")
+
+
 def write_yaml(path: str | Path, config: Any) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

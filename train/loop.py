@@ -287,3 +287,57 @@ def train_loop(
         run.save(method, end, config)
         run.save_sheet(end, method.sample_sheet())
     return max(end, start)
+
+
+def image_tile(image: torch.Tensor, *, height: int | None = 96) -> np.ndarray:
+    """(C, H, W) in [-1, 1] -> an RGB uint8 tile for sample sheets (one channel as grey),
+    enlarged by a whole factor to about ``height`` px so small crops stay visible (None: as is)."""
+    unit = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+    if unit.shape[0] == 1:
+        rgb = np.repeat(unit[0][..., None], 3, axis=2)
+    else:
+        rgb = unit[:3].transpose(1, 2, 0)
+    scale = max(1, height // rgb.shape[0]) if height else 1
+    return np.ascontiguousarray(rgb.repeat(scale, 0).repeat(scale, 1))
+
+
+def fit(
+    make_method: Callable[[torch.device], Method],
+    config: Any,
+    *,
+    out: str | Path,
+    resume: bool = False,
+    stop_after: int | None = None,
+    device: str | None = None,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> Path:
+    """Train a method (single process) into the run directory ``out``: refuse to overwrite a
+    run unless resuming, restore the newest checkpoint, write the resolved config, run the
+    loop. Returns the newest checkpoint's path."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run = RunDir(out)
+    run.path.mkdir(parents=True, exist_ok=True)
+    latest = run.latest()
+    if latest is not None and not resume:
+        raise FileExistsError(
+            f"{out} already holds a run (checkpoint {latest.name}); pass --resume"
+        )
+    method = make_method(dev)
+    start = run.load(method, latest) if resume and latest is not None else 0
+    write_yaml(run.path / "config.yaml", config)
+    try:
+        train_loop(
+            method,
+            config.schedule,
+            run,
+            config=config,
+            start=start,
+            stop_after=stop_after,
+            checkpoint_every=config.checkpoint_every,
+            log_every=config.log_every,
+            sample_every=config.sample_every,
+            progress=progress,
+        )
+    finally:
+        run.close()
+    return run.latest()

@@ -20,7 +20,7 @@ through the pools. The generator that ``refinery export`` deploys is ``generator
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,9 @@ from refinery.losses_scene import (
 )
 from refinery.nets.sggan import semantic_select
 from refinery.registry import build_network, network_info
-from train.config import OptimiserConfig, from_dict, load_yaml, resolve, write_yaml
+from train.config import OptimiserConfig, load_run_config, make_optimiser
 from train.data import SceneStream
-from train.loop import RunDir, Schedule, bare, train_loop
+from train.loop import Schedule, bare, fit, image_tile
 
 
 def _adam() -> OptimiserConfig:
@@ -83,12 +83,6 @@ class SGGANConfig:
         )
 
 
-def _optimiser(params, config: OptimiserConfig) -> torch.optim.Optimizer:
-    from train.simgan import make_optimiser
-
-    return make_optimiser(params, config)
-
-
 class SGGAN:
     """Networks, optimisers, streams and pools of one SG-GAN run."""
 
@@ -116,10 +110,10 @@ class SGGAN:
             "discriminator_b": discriminators[1],
         }
         self.optimisers = {
-            "generators": _optimiser(
+            "generators": make_optimiser(
                 itertools.chain(*(g.parameters() for g in generators)), config.generator_optimiser
             ),
-            "discriminators": _optimiser(
+            "discriminators": make_optimiser(
                 itertools.chain(*(d.parameters() for d in discriminators)),
                 config.discriminator_optimiser,
             ),
@@ -263,7 +257,7 @@ class SGGAN:
                 rows.append(g(x.to(self.device)).float().cpu())
                 g.train(was)
         rows = [rows[0], rows[1], b, rows[2]]
-        tiles = [[_tile(img) for img in row] for row in rows]
+        tiles = [[image_tile(img, height=None) for img in row] for row in rows]
         return sheets.grid(tiles, titles=["synthetic", "to real", "real", "to virtual"])
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -309,11 +303,6 @@ class SGGAN:
         }
 
 
-def _tile(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    return np.rint((image.clamp(-1, 1).permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)
-
-
 def load_config(
     *,
     preset: str = "small",
@@ -322,13 +311,12 @@ def load_config(
     **overrides: Any,
 ) -> SGGANConfig:
     """Recipe ``sggan-<preset>`` + user YAML + overrides; resuming, the run's own config."""
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    saved = Path(resume_from or "") / "config.yaml"
-    if resume_from is not None and saved.exists():
-        config = from_dict(SGGANConfig, load_yaml(saved), where=str(saved))
-        return replace(config, steps=overrides["steps"]) if "steps" in overrides else config
-    return resolve(
-        SGGANConfig, recipe=f"sggan-{preset}", config_file=config_file, overrides=overrides
+    return load_run_config(
+        SGGANConfig,
+        recipe=f"sggan-{preset}",
+        config_file=config_file,
+        resume_from=resume_from,
+        overrides=overrides,
     )
 
 
@@ -344,30 +332,16 @@ def train(
     progress=None,
 ) -> Path:
     """Train SG-GAN into the run directory ``out``; returns the newest checkpoint's path."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    run = RunDir(out)
-    run.path.mkdir(parents=True, exist_ok=True)
-    latest = run.latest()
-    if latest is not None and not resume:
-        raise FileExistsError(
-            f"{out} already holds a run (checkpoint {latest.name}); pass --resume"
-        )
-    method = SGGAN(config, synthetic=synthetic, real=real, device=dev)
-    start = run.load(method, latest) if resume and latest is not None else 0
-    write_yaml(run.path / "config.yaml", config)
-    try:
-        train_loop(
-            method,
-            config.schedule,
-            run,
-            config=config,
-            start=start,
-            stop_after=stop_after,
-            checkpoint_every=config.checkpoint_every,
-            log_every=config.log_every,
-            sample_every=config.sample_every,
-            progress=progress,
-        )
-    finally:
-        run.close()
-    return run.latest()
+
+    def make(device: torch.device) -> SGGAN:
+        return SGGAN(config, synthetic=synthetic, real=real, device=device)
+
+    return fit(
+        make,
+        config,
+        out=out,
+        resume=resume,
+        stop_after=stop_after,
+        device=device,
+        progress=progress,
+    )

@@ -13,7 +13,7 @@ The values per preset are in ``train/recipes/simgan-*.yaml`` with their sources.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,9 @@ from refinery.losses import (
 )
 from refinery.registry import build_network, network_info
 from refinery.samples import spec
-from train.config import OptimiserConfig, from_dict, load_yaml, resolve, write_yaml
+from train.config import OptimiserConfig, load_run_config, make_optimiser, write_yaml
 from train.data import ImageStream, scaling_for
-from train.loop import RunDir, Schedule, bare, train_loop
+from train.loop import RunDir, Schedule, bare, image_tile, train_loop
 
 
 @dataclass(frozen=True)
@@ -73,18 +73,6 @@ class SimGANConfig:
             k_g=self.k_g,
             k_d=self.k_d,
         )
-
-
-def make_optimiser(params, config: OptimiserConfig) -> torch.optim.Optimizer:
-    if config.name == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    if config.name == "adam":
-        return torch.optim.Adam(
-            params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
-        )
-    raise ValueError(f"unknown optimiser {config.name!r}; expected 'sgd' or 'adam'")
 
 
 # -- the two steps of Algorithm 1 -------------------------------------------------------------
@@ -272,7 +260,7 @@ class SimGAN:
             refined = refiner(self._fixed.to(self.device)).float().cpu()
         refiner.train(was_training)
         rows = [self._fixed, refined, self._fixed_real]
-        tiles = [[_tile(img) for img in row] for row in rows]
+        tiles = [[image_tile(img) for img in row] for row in rows]
         return sheets.grid(tiles, titles=["synthetic", "refined", "real"])
 
     def generator_info(self) -> dict[str, Any]:
@@ -318,17 +306,6 @@ class SimGAN:
                 self.scalers[key].load_state_dict(state)
 
 
-def _tile(image: torch.Tensor) -> np.ndarray:
-    """(C, H, W) in [-1, 1] -> an RGB tile (depth shown with a colour map)."""
-    unit = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
-    if unit.shape[0] == 1:
-        rgb = np.repeat(unit[0][..., None], 3, axis=2)
-    else:
-        rgb = unit[:3].transpose(1, 2, 0)
-    scale = max(1, 96 // rgb.shape[0])
-    return np.ascontiguousarray(rgb.repeat(scale, 0).repeat(scale, 1))
-
-
 # -- entry point ------------------------------------------------------------------------------
 
 
@@ -353,13 +330,12 @@ def load_config(
     A resumed run keeps the config it was started with (only ``steps`` may be raised to train
     longer), so a resume can never silently change what is being trained.
     """
-    saved = Path(resume_from or "") / "config.yaml"
-    if resume_from is not None and saved.exists():
-        config = from_dict(SimGANConfig, load_yaml(saved), where=str(saved))
-        steps = overrides.get("steps")
-        return config if steps is None else replace(config, steps=steps)
-    return resolve(
-        SimGANConfig, recipe=f"simgan-{preset}", config_file=config_file, overrides=overrides
+    return load_run_config(
+        SimGANConfig,
+        recipe=f"simgan-{preset}",
+        config_file=config_file,
+        resume_from=resume_from,
+        overrides=overrides,
     )
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,9 @@ from refinery import ontology as ontologies
 from refinery import sheets
 from refinery.losses_scene import spigan_discriminator_loss, spigan_generator_objective
 from refinery.registry import build_network, network_info
-from train.config import OptimiserConfig, from_dict, load_yaml, resolve, write_yaml
+from train.config import OptimiserConfig, load_run_config, make_optimiser
 from train.data import SceneStream, scene_labels
-from train.loop import RunDir, Schedule, bare, train_loop
+from train.loop import Schedule, bare, fit, image_tile
 
 
 def _adam() -> OptimiserConfig:
@@ -100,12 +100,6 @@ class SPIGANConfig:
         return len(ontologies.get(self.ontology).classes)
 
 
-def _optimiser(params, config: OptimiserConfig) -> torch.optim.Optimizer:
-    from train.simgan import make_optimiser
-
-    return make_optimiser(params, config)
-
-
 class SPIGAN:
     """Networks, optimisers and streams of one SPIGAN run."""
 
@@ -145,13 +139,13 @@ class SPIGAN:
         if "privileged" in self.modules:
             others.append(self.modules["privileged"].parameters())
         self.optimisers = {
-            "generator": _optimiser(
+            "generator": make_optimiser(
                 self.modules["generator"].parameters(), config.generator_optimiser
             ),
-            "discriminator": _optimiser(
+            "discriminator": make_optimiser(
                 self.modules["discriminator"].parameters(), config.discriminator_optimiser
             ),
-            "task": _optimiser(itertools.chain(*others), config.task_optimiser),
+            "task": make_optimiser(itertools.chain(*others), config.task_optimiser),
         }
         amp = config.amp and device.type == "cuda"
         self.autocast = torch.autocast(device.type, dtype=torch.float16, enabled=amp)
@@ -289,8 +283,11 @@ class SPIGAN:
         g.train(modes[0])
         t.train(modes[1])
         palette = sheets.seg_palette()
-        rows = [[_tile(x) for x in synthetic], [_tile(x) for x in generated.cpu()]]
-        rows += [[_tile(x) for x in real], [palette[s] for s in seg]]
+        rows = [
+            [image_tile(x, height=None) for x in synthetic],
+            [image_tile(x, height=None) for x in generated.cpu()],
+        ]
+        rows += [[image_tile(x, height=None) for x in real], [palette[s] for s in seg]]
         return sheets.grid(rows, titles=["synthetic", "generated", "real", "T(generated)"])
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -332,10 +329,6 @@ class SPIGAN:
             "input_size": list(self.config.crop or network_info(self.config.generator).input_size),
             "size_multiple": int(getattr(generator, "size_multiple", 1)),
         }
-
-
-def _tile(image: torch.Tensor) -> np.ndarray:
-    return np.rint((image.clamp(-1, 1).permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8)
 
 
 # -- evaluation -------------------------------------------------------------------------------
@@ -391,13 +384,12 @@ def load_config(
     **overrides: Any,
 ) -> SPIGANConfig:
     """Recipe ``spigan-<preset>`` + user YAML + overrides; resuming, the run's own config."""
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    saved = Path(resume_from or "") / "config.yaml"
-    if resume_from is not None and saved.exists():
-        config = from_dict(SPIGANConfig, load_yaml(saved), where=str(saved))
-        return replace(config, steps=overrides["steps"]) if "steps" in overrides else config
-    return resolve(
-        SPIGANConfig, recipe=f"spigan-{preset}", config_file=config_file, overrides=overrides
+    return load_run_config(
+        SPIGANConfig,
+        recipe=f"spigan-{preset}",
+        config_file=config_file,
+        resume_from=resume_from,
+        overrides=overrides,
     )
 
 
@@ -413,30 +405,16 @@ def train(
     progress=None,
 ) -> Path:
     """Train SPIGAN into the run directory ``out``; returns the newest checkpoint's path."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    run = RunDir(out)
-    run.path.mkdir(parents=True, exist_ok=True)
-    latest = run.latest()
-    if latest is not None and not resume:
-        raise FileExistsError(
-            f"{out} already holds a run (checkpoint {latest.name}); pass --resume"
-        )
-    method = SPIGAN(config, synthetic=synthetic, real=real, device=dev)
-    start = run.load(method, latest) if resume and latest is not None else 0
-    write_yaml(run.path / "config.yaml", config)
-    try:
-        train_loop(
-            method,
-            config.schedule,
-            run,
-            config=config,
-            start=start,
-            stop_after=stop_after,
-            checkpoint_every=config.checkpoint_every,
-            log_every=config.log_every,
-            sample_every=config.sample_every,
-            progress=progress,
-        )
-    finally:
-        run.close()
-    return run.latest()
+
+    def make(device: torch.device) -> SPIGAN:
+        return SPIGAN(config, synthetic=synthetic, real=real, device=device)
+
+    return fit(
+        make,
+        config,
+        out=out,
+        resume=resume,
+        stop_after=stop_after,
+        device=device,
+        progress=progress,
+    )
