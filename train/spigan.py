@@ -38,6 +38,7 @@ import torch
 from refinery import ontology as ontologies
 from refinery import sheets
 from refinery.losses_scene import spigan_discriminator_loss, spigan_generator_objective
+from refinery.metrics import confusion, iou_from_confusion
 from refinery.registry import build_network, network_info
 from train.config import OptimiserConfig, load_run_config, make_optimiser
 from train.data import SceneStream, scene_labels
@@ -332,25 +333,6 @@ class SPIGAN:
 
 
 # -- evaluation -------------------------------------------------------------------------------
-
-
-def confusion(
-    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore: int = 255
-) -> np.ndarray:
-    """(num_classes, num_classes) counts, rows = target class, columns = predicted class."""
-    keep = target != ignore
-    index = target[keep].astype(np.int64) * num_classes + pred[keep].astype(np.int64)
-    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def iou_from_confusion(matrix: np.ndarray) -> tuple[float, list[float | None]]:
-    """Mean IoU over classes present in the targets or predictions, and per-class IoU
-    (None for a class absent from both)."""
-    tp = np.diag(matrix).astype(np.float64)
-    union = matrix.sum(0) + matrix.sum(1) - tp
-    per_class = [float(t / u) if u > 0 else None for t, u in zip(tp, union, strict=True)]
-    present = [v for v in per_class if v is not None]
-    return (float(np.mean(present)) if present else 0.0), per_class
 
 
 @torch.no_grad()
