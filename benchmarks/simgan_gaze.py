@@ -69,10 +69,10 @@ class RunConfig:
     real_train: int = 8000
     real_test: int = 2000
     estimator_epochs: int = 4
-    estimator_batch: int = downstream.BATCH_SIZE
-    estimator_lr: float = downstream.LR
+    estimator_batch: int = 64
+    estimator_lr: float = downstream.GazeTask.lr
     estimator_seeds: tuple[int, ...] = (0, 1)
-    network: str = downstream.NETWORK
+    network: str = downstream.GazeTask.network
     simgan_preset: str = "small"
     simgan_overrides: dict[str, Any] = field(default_factory=dict)  # on top of the recipe
 
@@ -201,22 +201,21 @@ def run(config: RunConfig, workdir: Path, results: Path) -> tuple[dict[str, Any]
 
     # -- refine the synthetic training set ----------------------------------------------------
     start = time.perf_counter()
-    data = {name: downstream.load_gaze(url) for name, url in urls.items()}
+    task = downstream.get_task("gaze")
+    data = {name: task.load(url) for name, url in urls.items()}
     refiner = load_refiner(checkpoint, gan_config)
-    synthetic_images, synthetic_vectors = data["synthetic_train"]
+    synthetic = data["synthetic_train"]
+    synthetic_images = synthetic.inputs
     refined_images = refine(refiner, synthetic_images)
     seconds["load_and_refine"] = time.perf_counter() - start
     pixel_change = (refined_images - synthetic_images).abs().mean().item() * 127.5
-    sheet = contact_sheet(synthetic_images, refined_images, data["real_unlabeled"][0])
+    sheet = contact_sheet(synthetic_images, refined_images, data["real_unlabeled"].inputs)
     sheet_path = sheets.save_png(results / f"{NAME}.png", sheet)
 
     # -- the gaze estimator on each training set, tested on real ------------------------------
-    training_sets = {
-        "synthetic": (synthetic_images, synthetic_vectors),
-        "refined": (refined_images, synthetic_vectors),  # labels of the synthetic images
-        "real": data["real_train"],
-    }
-    test_images, test_vectors = data["real_test"]
+    refined = synthetic.with_inputs(refined_images)  # labels of the synthetic images
+    training_sets = {"synthetic": synthetic, "refined": refined, "real": data["real_train"]}
+    test = data["real_test"]
     errors: dict[str, list[float]] = {name: [] for name in training_sets}
     medians: dict[str, list[float]] = {name: [] for name in training_sets}
     drift: list[float] = []
@@ -224,34 +223,28 @@ def run(config: RunConfig, workdir: Path, results: Path) -> tuple[dict[str, Any]
     judged: dict[str, list[float]] = {"synthetic": [], "refined": []}
     start = time.perf_counter()
     for seed in config.estimator_seeds:
-        for name, (images, vectors) in training_sets.items():
+        for name, training in training_sets.items():
             began_fit = time.perf_counter()
-            model = downstream.fit_gaze(
-                images,
-                vectors,
+            estimator = downstream.TaskConfig(
+                domain="gaze",
                 network=config.network,
                 epochs=config.estimator_epochs,
                 batch_size=config.estimator_batch,
                 lr=config.estimator_lr,
                 seed=seed,
-                device="cpu",
             )
-            metrics = downstream.evaluate_gaze(model, test_images, test_vectors)
+            model = downstream.fit(task, training, estimator, device="cpu")
+            metrics = downstream.evaluate(task, model, test)
             errors[name].append(metrics["mean_angular_error_deg"])
             medians[name].append(metrics["median_angular_error_deg"])
             if name == "synthetic":
-                on_synthetic = downstream.predict_gaze(model, synthetic_images)
-                on_refined = downstream.predict_gaze(model, refined_images)
+                on_synthetic = task.predict(model, synthetic)
+                on_refined = task.predict(model, refined)
                 drift.append(float(angular_error_deg(on_synthetic, on_refined).mean()))
             if name == "real":
-                for judged_set, judged_images in (
-                    ("synthetic", synthetic_images),
-                    ("refined", refined_images),
-                ):
+                for judged_set, judged_data in (("synthetic", synthetic), ("refined", refined)):
                     judged[judged_set].append(
-                        downstream.evaluate_gaze(model, judged_images, synthetic_vectors)[
-                            "mean_angular_error_deg"
-                        ]
+                        downstream.evaluate(task, model, judged_data)["mean_angular_error_deg"]
                     )
             print(
                 f"estimator seed {seed} on {name}: real test error "

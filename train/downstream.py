@@ -1,126 +1,564 @@
 """Downstream task networks: what refinement is worth, measured on the task it is for.
 
-SimGAN's claim (Shrivastava et al., CVPR 2017, §3.1, Table 2) is that a gaze estimator trained
-on refined synthetic eye crops does better on real crops than one trained on the unrefined
-synthetic crops. This module trains and tests that estimator from shards; the benchmark
-``benchmarks/simgan_gaze.py`` composes it with a SimGAN run.
+Refined data exists to train networks that then run on real data. Each domain has one task,
+trained and tested from shards the same way:
 
-The pieces, each usable alone::
+| domain  | task network (default, CPU-sized)        | target                         | primary metric                  |
+|---------|------------------------------------------|--------------------------------|---------------------------------|
+| `gaze`  | `gaze-estimator-small` (SimGAN §3.1)     | unit 3-D look vector           | mean angular error, degrees     |
+| `hand`  | `hand-hourglass-small` (SimGAN §3.3, Newell et al. 2016) | 14 joint heatmaps | mean joint error, crop pixels; PCK |
+| `scene` | `fcn8s-small` (FCN8s, SPIGAN's T)        | class id per pixel             | mIoU over the shards' ontology  |
 
-    images, vectors = load_gaze(urls)          # (N, 1, H, W) float32 in [-1, 1], (N, 3) unit
-    model = fit_gaze(images, vectors, epochs=8, seed=0)
-    predicted = predict_gaze(model, images)     # (N, 3) unit look vectors
-    metrics = evaluate_gaze(model, images, vectors)  # mean / median angular error, degrees
+The paper presets (`gaze-estimator`, `hand-hourglass`, `fcn8s-vgg16`) are one ``network=``
+away. Each domain is a ``Task``: how samples become network inputs and targets, the loss, how
+outputs become predictions in label space (look vectors, joint pixels, class maps), the
+metrics, and the disagreement between two predictions of the same sample (label drift). The
+pieces, each usable alone::
 
-and ``train_task("gaze", train=URLS, eval=URLS, out=DIR)`` runs them in order and writes
+    task = get_task("hand")
+    data = task.load(urls)                      # a LabeledSet: inputs (N, C, H, W), targets, keys
+    model = fit(task, data, epochs=8, seed=0)
+    predicted = task.predict(model, data)       # hand: (N, 14, 2) joint (u, v) in crop pixels
+    metrics, per_sample = task.score(predicted, data)
+
+and ``train_task(domain, train=URLS, eval=URLS, out=DIR)`` runs them in order and writes
 ``model.safetensors``, ``config.json`` and ``metrics.json`` into ``out``.
 
-Inputs use the refiner's scaling (``train.data.scaling_for``: 8-bit pixels / 127.5 - 1), so a
-refiner's output can be fed to the estimator without a second copy of that constant; the
-scaling is written into ``config.json`` next to the weights (STYLE 4). Targets are the labels'
-3-D look vectors (``json.look_vec``, normalised), the loss is the paper's Euclidean loss
-(``refinery.nets.gaze.euclidean_loss``), the metric the angle between predicted and true look
-vectors. No augmentation: the point is the domain gap, not the best estimator.
+Inputs (STYLE 4: written into ``config.json`` beside the weights):
 
-Repeatability: the network's initial weights and the batch order come from ``seed`` alone
-(the global torch RNG is left as it was), so the same seed on the same machine and thread count
-gives the same weights and metrics on CPU.
+- gaze: 8-bit crops with the refiner's scaling (``train.data.scaling_for``: /127.5 - 1);
+- hand: the 16-bit depth crop resized (nearest) to ``input_size`` (64); the 300 mm behind the
+  nearest surface (the hand's front; 2nd percentile of the measured depths) map to [-1, 1],
+  farther surfaces and no measurement (0) read as +1, like DeepPrior's cube crops; no label is
+  used, so real crops are normalised like synthetic ones.
+  Joints (``json.joints_uvd``; the NYU 14-joint subset ``EVAL14`` when a label has all 36)
+  become Gaussian heatmaps (σ = 1 heatmap pixel) at a quarter of the input size, and
+  predictions are mapped back to pixels of the stored crop, so errors are in crop pixels;
+- scene: RGB scaled to [-1, 1], labels in the ontology named by the first sample's
+  ``json.ontology`` (cityscapes-19 frames convert to a coarser ontology when one is asked
+  for); frames whose sides are not multiples of 32 (FCN8s' five pools) are resized down to
+  the nearest multiples (area for images, nearest for labels).
+
+Training: Adam with a one-cycle schedule peaking at ``lr``, every epoch a permutation drawn
+from ``seed``. No augmentation: the point is the domain gap, not the best estimator.
+Repeatability: the initial weights, dropout and batch order come from ``seed`` alone (inside
+``torch.random.fork_rng``, so the caller's global RNG is left as it was); the same seed on the
+same machine and thread count gives the same weights and metrics on CPU.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from refinery.nets.gaze import angular_error_deg, euclidean_loss
+from refinery import metrics as M
+from refinery import ontology as ontologies
+from refinery.nets import hourglass
+from refinery.nets.gaze import euclidean_loss
 from refinery.registry import build_network, network_info
 from refinery.samples import image_component
 from refinery.shards import Handler, read, reraise
-from train.data import scaling_for
+from train.data import scaling_for, scene_labels
 
-TASKS = ("gaze",)  # hand and scene task networks come with a later issue
-
-# Defaults sized for a 2-core CPU: about a minute for 10k eye crops with the small estimator.
-NETWORK = "gaze-estimator-small"
-EPOCHS = 8
-BATCH_SIZE = 64
-LR = 1e-3
+TASKS = ("gaze", "hand", "scene")
 
 Progress = Callable[[int, dict[str, float]], None]
 
 
-@dataclass(frozen=True, kw_only=True)
-class GazeTaskConfig:
-    """What a trained estimator was trained with; written to ``config.json`` beside it."""
+@dataclass(frozen=True)
+class Metric:
+    """The primary metric of a task, as a report shows it."""
 
-    domain: str = "gaze"
-    network: str = NETWORK
-    epochs: int = EPOCHS
-    batch_size: int = BATCH_SIZE
-    lr: float = LR  # Adam, one-cycle schedule peaking at lr
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool = False
+
+
+@dataclass
+class LabeledSet:
+    """A labeled set in memory, ready for a task network.
+
+    ``inputs`` (N, C, H, W) float32; ``targets``: gaze (N, 3) unit look vectors, hand (N, J, 2)
+    joint (u, v) in pixels of the stored crop, scene (N, H, W) uint8 class ids (255 = ignore).
+    ``fingerprints`` hash each sample's labels (label components as decoded), so two sets can
+    be checked for labels kept per key. ``info`` holds what the task needs to read its
+    targets back (crop size, ontology and class names) and is written into ``config.json``.
+    """
+
+    domain: str
+    keys: list[str]
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    fingerprints: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def take(self, index: Sequence[int]) -> LabeledSet:
+        """The samples at ``index``, in that order."""
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        return replace(
+            self,
+            keys=[self.keys[i] for i in idx.tolist()],
+            inputs=self.inputs[idx],
+            targets=self.targets[idx],
+            fingerprints=[self.fingerprints[i] for i in idx.tolist()],
+        )
+
+    def with_inputs(self, inputs: torch.Tensor) -> LabeledSet:
+        """The same labels with other images (e.g. refined ones), same shape."""
+        if inputs.shape != self.inputs.shape:
+            raise ValueError(f"inputs {tuple(inputs.shape)} != {tuple(self.inputs.shape)}")
+        return replace(self, inputs=inputs)
+
+
+def _fingerprint(sample: dict[str, Any], image: str) -> str:
+    """sha256 over every component but the image and refinery.json (labels, as decoded)."""
+    digest = hashlib.sha256()
+    for name in sorted(k for k in sample if not k.startswith("__")):
+        if name in (image, "refinery.json") or name.startswith("orig."):
+            continue
+        value = sample[name]
+        digest.update(name.encode())
+        if isinstance(value, np.ndarray):
+            digest.update(str((value.dtype, value.shape)).encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        elif isinstance(value, bytes):
+            digest.update(value)
+        else:
+            digest.update(json.dumps(value, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _one_size(sample: dict, image: np.ndarray, first: tuple[int, ...] | None) -> None:
+    if first is not None and image.shape != first:
+        raise ValueError(
+            f"sample {sample['__key__']!r} ({sample.get('__url__', '?')}) has an image of "
+            f"{image.shape}, the first had {first}; one size per set"
+        )
+
+
+# -- the tasks --------------------------------------------------------------------------------
+
+
+class Task:
+    """What differs between domains; ``fit``, ``train_task`` and ``evaluate`` do the rest."""
+
+    domain: str
+    network: str  # the default, CPU-sized network
+    epochs: int  # the default epochs
+    batch_size: int  # the default batch size
+    lr: float = 1e-3  # the default peak learning rate
+    metric: Metric
+    drift: Metric  # label drift: disagreement between two predictions of one sample
+
+    def load(
+        self, urls: str | Sequence[str], *, handler: Handler = reraise, **options: Any
+    ) -> LabeledSet:
+        raise NotImplementedError
+
+    def options(self, data: LabeledSet) -> dict[str, Any]:
+        """The load options that make another set comparable with ``data`` (same sizes)."""
+        return {}
+
+    def build(self, network: str, data: LabeledSet) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, output: torch.Tensor, targets: torch.Tensor, data: LabeledSet) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, output: torch.Tensor, data: LabeledSet) -> torch.Tensor:
+        """A batch of network outputs -> predictions in label space, on the CPU."""
+        raise NotImplementedError
+
+    def score(self, predicted: torch.Tensor, data: LabeledSet) -> tuple[dict[str, Any], np.ndarray]:
+        """(metrics, per-sample values for a distribution plot) of ``predicted`` on ``data``."""
+        raise NotImplementedError
+
+    def disagreement(self, a: torch.Tensor, b: torch.Tensor, data: LabeledSet) -> float:
+        """Label drift between two predictions of the same samples, in ``drift.unit``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, data: LabeledSet, *, batch_size: int = 256) -> torch.Tensor:
+        """Predictions for every sample, in label space, in eval mode."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        out = [
+            self.decode(model(data.inputs[i : i + batch_size].to(device)), data)
+            for i in range(0, len(data), batch_size)
+        ]
+        model.train(was_training)
+        if not out:
+            raise ValueError("no samples to predict")
+        return torch.cat(out)
+
+
+class GazeTask(Task):
+    domain = "gaze"
+    network = "gaze-estimator-small"
+    epochs = 8
+    batch_size = 64
+    metric = Metric("mean_angular_error_deg", "mean angular error", "deg")
+    drift = Metric("label_drift_deg", "angle between predictions on synthetic and refined", "deg")
+
+    def load(self, urls, *, handler=reraise, **options):
+        if options:
+            raise TypeError(f"gaze takes no load options, got {sorted(options)}")
+        scaling = scaling_for("gaze")
+        keys, images, vectors, prints = [], [], [], []
+        for sample in read(urls, "gaze", handler=handler):
+            name = image_component(sample, "gaze")
+            image = sample[name]  # (H, W) uint8
+            _one_size(sample, image, images[0].shape if images else None)
+            look = np.asarray(sample["json"]["look_vec"], np.float64)
+            if look.shape != (3,) or not np.linalg.norm(look) > 1e-6:
+                raise ValueError(
+                    f"sample {sample['__key__']!r} ({sample.get('__url__', '?')}): json.look_vec "
+                    f"must be a non-zero 3-vector, got {sample['json']['look_vec']!r}"
+                )
+            keys.append(sample["__key__"])
+            images.append(image)
+            vectors.append(look / np.linalg.norm(look))
+            prints.append(_fingerprint(sample, name))
+        _not_empty(keys, urls, "gaze")
+        pixels = scaling.to_unit(np.stack(images))[:, None]  # (N, 1, H, W)
+        return LabeledSet(
+            "gaze",
+            keys,
+            torch.from_numpy(np.ascontiguousarray(pixels)),
+            torch.tensor(np.stack(vectors), dtype=torch.float32),
+            prints,
+            {
+                "channels": 1,
+                "size": list(images[0].shape),
+                "range": [-1.0, 1.0],
+                "scaling": scaling.as_dict(),  # stored pixel range mapped to [-1, 1]
+                "target": "unit look vector (x right, y down, z away from the camera)",
+            },
+        )
+
+    def build(self, network, data):
+        return build_network(network, channels=1, input_size=tuple(data.info["size"]))
+
+    def loss(self, output, targets, data):
+        return euclidean_loss(output, targets)
+
+    def decode(self, output, data):
+        out = output.float().cpu()
+        return out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (B, 3)
+
+    def score(self, predicted, data):
+        errors = M.angular_error_deg(predicted, data.targets).double()
+        return _error_summary(errors.numpy(), "angular_error_deg"), errors.numpy()
+
+    def disagreement(self, a, b, data):
+        return float(M.angular_error_deg(a, b).double().mean())
+
+
+HAND_INPUT = 64  # side of the network input, pixels
+HAND_DEPTH_SCALE_MM = 150.0  # half of the 300 mm range in front of the hand mapped to [-1, 1]
+HEATMAP_SIGMA = 1.0  # heatmap pixels (Newell et al.)
+PCK_THRESHOLDS = tuple(range(0, 21))  # crop pixels, as the SimGAN paper's Fig. 7 x-axis
+
+
+def hand_input(depth: np.ndarray, size: int) -> np.ndarray:
+    """(S, S) uint16 depth in mm -> (size, size) float32 in [-1, 1], the hand's front at -1.
+
+    The hand is the nearest surface in its crop: depths from the 2nd percentile of the measured
+    pixels (robust to a few stray near values) over the next 300 mm map linearly to [-1, 1];
+    farther surfaces and no measurement (0) read as +1. No label is used, so real test crops
+    are normalised exactly like training crops.
+    """
+    small = cv2.resize(depth, (size, size), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+    measured = small[small > 0]
+    if measured.size == 0:
+        return np.ones_like(small)  # nothing measured: all far
+    near = float(np.percentile(measured, 2))
+    scaled = np.clip((small - near) / HAND_DEPTH_SCALE_MM - 1.0, -1.0, 1.0)
+    return np.where(small > 0, scaled, 1.0).astype(np.float32)
+
+
+class HandTask(Task):
+    domain = "hand"
+    network = "hand-hourglass-small"
+    epochs = 12
+    batch_size = 16  # 16 and 3e-3: 7.0 px on real crops where 32 and 1e-3 gave 12.6 (800, CPU)
+    lr = 3e-3
+    metric = Metric("mean_joint_error_px", "mean joint error", "px")
+    drift = Metric(
+        "label_drift_px", "joint displacement between predictions on synthetic and refined", "px"
+    )
+
+    def load(self, urls, *, handler=reraise, input_size: int = HAND_INPUT):
+        from refinery.formats.nyu_hand import EVAL14
+
+        keys, inputs, joints, prints = [], [], [], []
+        crop: tuple[int, ...] | None = None
+        for sample in read(urls, "hand", handler=handler):
+            name = image_component(sample, "hand")
+            depth = sample[name]  # (S, S) uint16 mm
+            _one_size(sample, depth, crop)
+            crop = depth.shape
+            uvd = np.asarray(sample["json"].get("joints_uvd"), np.float64)
+            if uvd.ndim != 2 or uvd.shape[1] < 2 or len(uvd) not in (14, 36):
+                raise ValueError(
+                    f"sample {sample['__key__']!r} ({sample.get('__url__', '?')}): json.joints_uvd "
+                    f"must be 14 or 36 joints of (u, v, d), got shape {uvd.shape}"
+                )
+            if len(uvd) == 36:
+                uvd = uvd[list(EVAL14)]  # NYU's 14-joint evaluation subset
+            keys.append(sample["__key__"])
+            inputs.append(hand_input(depth, input_size))
+            joints.append(uvd[:, :2])
+            prints.append(_fingerprint(sample, name))
+        _not_empty(keys, urls, "hand")
+        assert crop is not None
+        return LabeledSet(
+            "hand",
+            keys,
+            torch.from_numpy(np.stack(inputs)[:, None]),  # (N, 1, R, R)
+            torch.tensor(np.stack(joints), dtype=torch.float32),  # (N, 14, 2) crop pixels
+            prints,
+            {
+                "channels": 1,
+                "size": [input_size, input_size],
+                "crop": list(crop),
+                "depth": (
+                    f"nearest resize to {input_size}; (d - near) / {HAND_DEPTH_SCALE_MM:g} mm - 1 "
+                    "clipped to [-1, 1], near = 2nd percentile of the measured depths, "
+                    "0 (no measurement) -> +1"
+                ),
+                "joints": 14,
+                "heatmap_sigma": HEATMAP_SIGMA,
+                "target": "joint (u, v) in pixels of the stored crop (json.joints_uvd)",
+            },
+        )
+
+    def options(self, data):
+        return {"input_size": data.info["size"][0]}
+
+    def build(self, network, data):
+        return build_network(network, channels=1, joints=data.targets.shape[1])
+
+    def _heat_size(self, output: torch.Tensor) -> tuple[int, int]:
+        return tuple(output.shape[-2:])
+
+    def loss(self, output, targets, data):
+        heat = self._heat_size(output)  # output (B, stacks, J, h, w)
+        uv = hourglass.to_heatmap(targets, tuple(data.info["crop"]), heat)
+        target = hourglass.gaussian_heatmaps(uv, heat, HEATMAP_SIGMA)
+        inside = (uv >= -0.5).all(-1) & (uv[..., 0] < heat[1] - 0.5) & (uv[..., 1] < heat[0] - 0.5)
+        return hourglass.heatmap_loss(output, target.to(output.dtype), inside.to(output.dtype))
+
+    def decode(self, output, data):
+        peaks = hourglass.heatmap_peaks(output[:, -1].float().cpu())  # last stack
+        return hourglass.from_heatmap(peaks, self._heat_size(output), tuple(data.info["crop"]))
+
+    def score(self, predicted, data):
+        errors = M.joint_errors(predicted, data.targets)  # (N, J)
+        summary = {
+            **_error_summary(errors.ravel(), "joint_error_px"),
+            "n_eval": len(errors),
+            "n_joints": int(errors.size),
+        }
+        curve = M.pck(errors, PCK_THRESHOLDS)
+        summary["pck"] = {"thresholds": list(PCK_THRESHOLDS), "share": curve.round(5).tolist()}
+        for d in (5, 10):
+            summary[f"pck_{d}px"] = float(curve[PCK_THRESHOLDS.index(d)])
+        return summary, errors.ravel()
+
+    def disagreement(self, a, b, data):
+        return float(M.joint_errors(a, b).mean())
+
+
+SCENE_MULTIPLE = 32  # FCN8s: five 2x2 pools
+
+
+class SceneTask(Task):
+    domain = "scene"
+    network = "fcn8s-small"
+    epochs = 15
+    batch_size = 8
+    metric = Metric("miou", "mIoU", "IoU", higher_is_better=True)
+    drift = Metric(
+        "label_drift_iou",
+        "1 - mIoU between the segmentations of synthetic and refined frames",
+        "1 - IoU",
+    )
+
+    def load(self, urls, *, handler=reraise, ontology: str | None = None, size=None):
+        scaling = scaling_for("scene")
+        keys, images, segs, prints = [], [], [], []
+        first: tuple[int, ...] | None = None
+        target_size = None if size is None else tuple(size)
+        for sample in read(urls, "scene", handler=handler):
+            name = image_component(sample, "scene")
+            rgb = sample[name]  # (H, W, 3) uint8
+            _one_size(sample, rgb, first)
+            first = rgb.shape
+            if ontology is None:
+                ontology = sample["json"].get("ontology")
+                if ontology not in ontologies.list_ontologies():
+                    raise ValueError(
+                        f"sample {sample['__key__']!r} ({sample.get('__url__', '?')}): "
+                        f"json.ontology {ontology!r} is not one of {ontologies.list_ontologies()}"
+                    )
+            seg = scene_labels(sample, ontology)
+            if target_size is None:
+                h, w = rgb.shape[:2]
+                target_size = (
+                    h // SCENE_MULTIPLE * SCENE_MULTIPLE,
+                    w // SCENE_MULTIPLE * SCENE_MULTIPLE,
+                )
+                if min(target_size) == 0:
+                    raise ValueError(
+                        f"sample {sample['__key__']!r}: {h}×{w} frames are smaller than "
+                        f"{SCENE_MULTIPLE} pixels; FCN8s needs at least one 32-pixel cell"
+                    )
+            if rgb.shape[:2] != target_size:
+                rgb = cv2.resize(rgb, target_size[::-1], interpolation=cv2.INTER_AREA)
+                seg = cv2.resize(seg, target_size[::-1], interpolation=cv2.INTER_NEAREST)
+            keys.append(sample["__key__"])
+            images.append(scaling.to_unit(rgb).transpose(2, 0, 1))
+            segs.append(seg.astype(np.uint8))
+            prints.append(_fingerprint(sample, name))
+        _not_empty(keys, urls, "scene")
+        classes = ontologies.get(ontology).classes
+        return LabeledSet(
+            "scene",
+            keys,
+            torch.from_numpy(np.ascontiguousarray(np.stack(images))),  # (N, 3, H, W)
+            torch.from_numpy(np.stack(segs)),  # (N, H, W) uint8
+            prints,
+            {
+                "channels": 3,
+                "size": list(target_size),
+                "frames": list(first[:2]),
+                "range": [-1.0, 1.0],
+                "scaling": scaling.as_dict(),
+                "ontology": ontology,
+                "classes": list(classes),
+                "ignore": ontologies.IGNORE,
+                "target": "class id per pixel (seg.png), 255 = ignore",
+            },
+        )
+
+    def options(self, data):
+        return {"ontology": data.info["ontology"], "size": tuple(data.info["size"])}
+
+    def build(self, network, data):
+        return build_network(network, channels=3, num_classes=len(data.info["classes"]))
+
+    def loss(self, output, targets, data):
+        return F.cross_entropy(output.float(), targets.long(), ignore_index=ontologies.IGNORE)
+
+    def decode(self, output, data):
+        return output.argmax(1).to(torch.uint8).cpu()  # (B, H, W)
+
+    def score(self, predicted, data):
+        classes = len(data.info["classes"])
+        pred, target = predicted.numpy(), data.targets.numpy()
+        matrix = np.zeros((classes, classes), np.int64)
+        per_image = np.empty(len(pred))
+        for i in range(len(pred)):
+            one = M.confusion(pred[i], target[i], classes)
+            matrix += one
+            per_image[i] = M.iou_from_confusion(one)[0]
+        miou, per_class = M.iou_from_confusion(matrix)
+        labeled = matrix.sum()
+        summary = {
+            "miou": miou,
+            "per_class_iou": dict(zip(data.info["classes"], per_class, strict=True)),
+            "pixel_accuracy": float(np.trace(matrix) / labeled) if labeled else 0.0,
+            "mean_image_miou": float(per_image.mean()),
+            "n_eval": len(pred),
+        }
+        return summary, per_image
+
+    def disagreement(self, a, b, data):
+        classes = len(data.info["classes"])
+        matrix = sum(
+            M.confusion(b[i].numpy(), a[i].numpy(), classes) for i in range(len(a))
+        )  # a's segmentation taken as the reference
+        return 1.0 - M.iou_from_confusion(matrix)[0]
+
+
+_TASKS: dict[str, Task] = {t.domain: t for t in (GazeTask(), HandTask(), SceneTask())}
+
+
+def get_task(domain: str) -> Task:
+    if domain not in _TASKS:
+        raise ValueError(f"no downstream task for domain {domain!r}; supported: {', '.join(TASKS)}")
+    return _TASKS[domain]
+
+
+def _not_empty(keys: list[str], urls, domain: str) -> None:
+    if not keys:
+        raise ValueError(f"no {domain} samples in {urls!r}")
+
+
+def _error_summary(errors: np.ndarray, name: str) -> dict[str, Any]:
+    """Per-sample errors -> mean, median, 90th percentile and count (``mean_<name>`` ...)."""
+    errors = np.asarray(errors, np.float64)
+    return {
+        f"mean_{name}": float(errors.mean()),
+        f"median_{name}": float(np.median(errors)),
+        f"p90_{name}": float(np.quantile(errors, 0.9)),
+        "n_eval": int(errors.size),
+    }
+
+
+# -- training ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskConfig:
+    """How a task network was trained; written to ``config.json`` beside it."""
+
+    domain: str
+    network: str = ""  # "" = the task's default
+    epochs: int = 0  # 0 = the task's default
+    batch_size: int = 0  # 0 = the task's default
+    lr: float = 0.0  # Adam, one-cycle schedule peaking at lr; 0 = the task's default
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.domain not in TASKS:
-            raise ValueError(_unsupported(self.domain))
+        task = get_task(self.domain)
+        if not self.network:
+            object.__setattr__(self, "network", task.network)
+        if self.epochs == 0:
+            object.__setattr__(self, "epochs", task.epochs)
+        if self.batch_size == 0:
+            object.__setattr__(self, "batch_size", task.batch_size)
+        if self.lr == 0:
+            object.__setattr__(self, "lr", task.lr)
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if network_info(self.network).role != "task":
             raise ValueError(f"{self.network!r} is not a task network")
-
-
-def _unsupported(domain: str) -> str:
-    return (
-        f"no downstream task for domain {domain!r}; supported: {', '.join(TASKS)} "
-        "(hand-pose and segmentation task networks are not implemented yet)"
-    )
-
-
-# -- data -------------------------------------------------------------------------------------
-
-
-def load_gaze(
-    urls: str | Sequence[str], *, handler: Handler = reraise
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every sample of ``urls`` in memory: images (N, 1, H, W) float32 in [-1, 1], look
-    vectors (N, 3) float32 of unit length (``json.look_vec``, normalised).
-
-    Bad samples go to ``handler`` (default: raise); all images must share one size.
-    """
-    scaling = scaling_for("gaze")
-    images: list[np.ndarray] = []
-    vectors: list[list[float]] = []
-    for sample in read(urls, "gaze", handler=handler):
-        image = sample[image_component(sample, "gaze")]  # (H, W) uint8
-        if images and image.shape != images[0].shape:
-            raise ValueError(
-                f"sample {sample['__key__']!r} is {image.shape[0]}×{image.shape[1]}, the first "
-                f"was {images[0].shape[0]}×{images[0].shape[1]}; one size per set"
-            )
-        images.append(image)
-        vectors.append(sample["json"]["look_vec"])
-    if not images:
-        raise ValueError(f"no gaze samples in {urls!r}")
-    pixels = scaling.to_unit(np.stack(images))[:, None]  # (N, 1, H, W)
-    look = torch.tensor(vectors, dtype=torch.float32)  # (N, 3)
-    norm = look.norm(dim=1, keepdim=True)
-    if bool((norm < 1e-6).any()):
-        raise ValueError(f"a look_vec in {urls!r} has zero length")
-    return torch.from_numpy(np.ascontiguousarray(pixels)), look / norm
 
 
 def _default_device(device: str | torch.device | None) -> torch.device:
@@ -129,110 +567,62 @@ def _default_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-# -- training, prediction, evaluation ---------------------------------------------------------
-
-
-def build_estimator(
-    network: str = NETWORK, *, input_size: tuple[int, int] = (35, 55), seed: int = 0
-) -> nn.Module:
-    """A freshly initialised estimator; its weights depend on ``seed`` only."""
-    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG alone
-        torch.manual_seed(seed)
-        return build_network(network, channels=1, input_size=tuple(input_size))
-
-
-def fit_gaze(
-    images: torch.Tensor,
-    vectors: torch.Tensor,
+def fit(
+    task: Task,
+    data: LabeledSet,
+    config: TaskConfig | None = None,
     *,
-    network: str = NETWORK,
-    epochs: int = EPOCHS,
-    batch_size: int = BATCH_SIZE,
-    lr: float = LR,
-    seed: int = 0,
     device: str | torch.device | None = None,
     progress: Progress | None = None,
 ) -> nn.Module:
-    """Train ``network`` to map images (N, 1, H, W) in [-1, 1] to look vectors (N, 3).
+    """Train ``config.network`` on every sample of ``data``; the model in eval mode, on ``device``.
 
-    Adam with a one-cycle schedule (peak ``lr``), Euclidean loss on unit look vectors, the
-    order of every epoch drawn from ``seed``. ``progress(epoch, {"loss", "lr", "seconds"})``
-    is called after each epoch. Returns the model in eval mode, on ``device``.
+    ``progress(epoch, {"loss", "lr", "seconds"})`` is called after each epoch.
     """
-    if images.ndim != 4 or images.shape[1] != 1 or vectors.shape != (len(images), 3):
+    config = config or TaskConfig(domain=task.domain)
+    if config.domain != task.domain or data.domain != task.domain:
         raise ValueError(
-            f"expected images (N, 1, H, W) and vectors (N, 3), got {tuple(images.shape)} "
-            f"and {tuple(vectors.shape)}"
+            f"{config.domain!r} config / {data.domain!r} data for the {task.domain} task"
         )
-    config = GazeTaskConfig(network=network, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     dev = _default_device(device)
-    model = build_estimator(network, input_size=tuple(images.shape[-2:]), seed=seed).to(dev)
-    inputs, targets = images.to(dev), vectors.to(dev)  # the whole set: ~7.7 kB per eye crop
-    steps_per_epoch = math.ceil(len(inputs) / config.batch_size)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
-    )
-    order_rng = torch.Generator().manual_seed(seed)
-    model.train()
-    for epoch in range(config.epochs):
-        began = time.perf_counter()
-        order = torch.randperm(len(inputs), generator=order_rng).to(dev)
-        total = torch.zeros((), device=dev)
-        for start in range(0, len(inputs), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            loss = euclidean_loss(model(inputs[batch]), targets[batch])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += loss.detach() * len(batch)
-        if progress is not None:
-            progress(
-                epoch + 1,
-                {
-                    "loss": float(total) / len(inputs),  # CPU-GPU sync, once per epoch
-                    "lr": optimiser.param_groups[0]["lr"],
-                    "seconds": time.perf_counter() - began,
-                },
-            )
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(config.seed)  # weights, dropout: from the seed alone
+        model = task.build(config.network, data).to(dev)
+        inputs, targets = data.inputs.to(dev), data.targets.to(dev)
+        steps_per_epoch = math.ceil(len(data) / config.batch_size)
+        optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimiser, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
+        )
+        order_rng = torch.Generator().manual_seed(config.seed)
+        model.train()
+        for epoch in range(config.epochs):
+            began = time.perf_counter()
+            order = torch.randperm(len(data), generator=order_rng).to(dev)
+            total = torch.zeros((), device=dev)
+            for start in range(0, len(data), config.batch_size):
+                batch = order[start : start + config.batch_size]
+                loss = task.loss(model(inputs[batch]), targets[batch], data)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                schedule.step()
+                total += loss.detach() * len(batch)
+            if progress is not None:
+                progress(
+                    epoch + 1,
+                    {
+                        "loss": float(total) / len(data),  # CPU-GPU sync, once per epoch
+                        "lr": optimiser.param_groups[0]["lr"],
+                        "seconds": time.perf_counter() - began,
+                    },
+                )
     return model.eval()
 
 
-@torch.no_grad()
-def predict_gaze(model: nn.Module, images: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
-    """(N, 1, H, W) in [-1, 1] -> (N, 3) unit look vectors on the CPU, in eval mode."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = [
-        model(images[i : i + batch_size].to(device)).float().cpu()
-        for i in range(0, len(images), batch_size)
-    ]
-    model.train(was_training)
-    predicted = torch.cat(out) if out else torch.zeros(0, 3)
-    return predicted / predicted.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def summarise_errors(errors: torch.Tensor) -> dict[str, float]:
-    """Per-sample angular errors (N,) in degrees -> mean, median, 90th percentile, count."""
-    errors = errors.double()
-    return {
-        "mean_angular_error_deg": float(errors.mean()),
-        "median_angular_error_deg": float(errors.median()),
-        "p90_angular_error_deg": float(torch.quantile(errors, 0.9)),
-        "n_eval": len(errors),
-    }
-
-
-def evaluate_gaze(
-    model: nn.Module, images: torch.Tensor, vectors: torch.Tensor, *, batch_size: int = 512
-) -> dict[str, float]:
-    """Angular error between the model's look vectors and ``vectors`` (N, 3), in degrees."""
-    if len(images) == 0:
-        raise ValueError("no images to evaluate on")
-    predicted = predict_gaze(model, images, batch_size=batch_size)
-    return summarise_errors(angular_error_deg(predicted, vectors))
+def evaluate(task: Task, model: nn.Module, data: LabeledSet) -> dict[str, Any]:
+    """The task's metrics of ``model`` on ``data``."""
+    return task.score(task.predict(model, data), data)[0]
 
 
 # -- the task, from shards to a run directory -------------------------------------------------
@@ -248,46 +638,35 @@ def train_task(
     train: str | list[str],
     eval: str | list[str],
     out: str | Path | None = None,
-    network: str = NETWORK,
-    epochs: int = EPOCHS,
-    batch_size: int = BATCH_SIZE,
-    lr: float = LR,
+    network: str = "",
+    epochs: int = 0,
+    batch_size: int = 0,
+    lr: float = 0.0,
     seed: int = 0,
     device: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Train ``domain``'s task network on every sample of ``train``, test it on ``eval``.
 
-    Returns JSON-able metrics (``mean_angular_error_deg``, ``median_angular_error_deg``,
-    ``n_train``, ``n_eval``, ``epochs``, ``network``, ``seconds``, ...). With ``out``, writes
-    ``out/model.safetensors``, ``out/config.json`` (training settings, input scaling, data)
-    and ``out/metrics.json``; ``load_estimator(out)`` restores the model.
+    Returns JSON-able metrics (the task's, plus ``n_train``, ``epochs``, ``network``,
+    ``seconds``, ...). With ``out``, writes ``out/model.safetensors``, ``out/config.json``
+    (training settings, input preprocessing, data) and ``out/metrics.json``;
+    ``load_task_model(out)`` restores the model.
     """
-    if domain not in TASKS:
-        raise ValueError(_unsupported(domain))
-    config = GazeTaskConfig(
+    task = get_task(domain)
+    config = TaskConfig(
         domain=domain, network=network, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
     )
     began = time.perf_counter()
-    train_images, train_vectors = load_gaze(train)
-    eval_images, eval_vectors = load_gaze(eval)
+    train_set = task.load(train)
+    eval_set = task.load(eval, **task.options(train_set))
     loaded = time.perf_counter()
-    model = fit_gaze(
-        train_images,
-        train_vectors,
-        network=config.network,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        seed=config.seed,
-        device=device,
-        progress=progress,
-    )
+    model = fit(task, train_set, config, device=device, progress=progress)
     fitted = time.perf_counter()
     metrics: dict[str, Any] = {
         "domain": domain,
-        **evaluate_gaze(model, eval_images, eval_vectors),
-        "n_train": len(train_images),
+        **evaluate(task, model, eval_set),
+        "n_train": len(train_set),
         "epochs": config.epochs,
         "network": config.network,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -302,37 +681,51 @@ def train_task(
         "eval": round(ended - fitted, 3),
     }
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(out / "model.safetensors"), metadata={"network": config.network})
-        record = {
-            **asdict(config),
-            "input": {
-                "channels": 1,
-                "size": list(train_images.shape[-2:]),  # (H, W)
-                "range": [-1.0, 1.0],
-                "scaling": scaling_for("gaze").as_dict(),  # stored pixel range mapped to [-1, 1]
-            },
-            "target": "unit look vector (x right, y down, z away from the camera)",
-            "loss": "euclidean",
-            "optimiser": "adam, one-cycle",
-            "train": _urls(train),
-            "eval": _urls(eval),
-        }
-        (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        save_task_model(model, config, train_set, Path(out), train=train, eval=eval)
+        (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
-def load_estimator(run: str | Path, *, device: str | None = None) -> nn.Module:
-    """The estimator ``train_task(..., out=run)`` wrote, in eval mode."""
+def save_task_model(
+    model: nn.Module, config: TaskConfig, data: LabeledSet, out: Path, **sources: Any
+) -> None:
+    """``model.safetensors`` + ``config.json`` (settings, input preprocessing, data sources)."""
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"network": config.network})
+    task = get_task(config.domain)
+    record = {
+        **asdict(config),
+        "input": data.info,
+        "metric": asdict(task.metric),
+        "optimiser": "adam, one-cycle",
+        **{k: _urls(v) for k, v in sources.items()},
+    }
+    (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def load_task_model(
+    run: str | Path, *, device: str | None = None
+) -> tuple[nn.Module, TaskConfig, dict[str, Any]]:
+    """(model in eval mode, its TaskConfig, its input record) from a ``train_task`` run dir;
+    ``get_task(config.domain).load(urls, **load_options(info))`` reads data the same way."""
     run = Path(run)
-    config = json.loads((run / "config.json").read_text())
-    model = build_network(
-        config["network"],
-        channels=config["input"]["channels"],
-        input_size=tuple(config["input"]["size"]),
+    record = json.loads((run / "config.json").read_text())
+    config = TaskConfig(
+        **{k: record[k] for k in ("domain", "network", "epochs", "batch_size", "lr", "seed")}
     )
+    info = record["input"]
+    template = LabeledSet(config.domain, [], torch.zeros(0), _template_targets(info), [], info)
+    model = get_task(config.domain).build(config.network, template)
     model.load_state_dict(load_file(str(run / "model.safetensors")))
-    return model.to(_default_device(device)).eval()
+    return model.to(_default_device(device)).eval(), config, info
+
+
+def _template_targets(info: dict[str, Any]) -> torch.Tensor:
+    return torch.zeros(0, info.get("joints", 0), 2)
+
+
+def load_options(info: dict[str, Any], domain: str) -> dict[str, Any]:
+    """The ``Task.load`` options that reproduce a saved model's input preprocessing."""
+    template = LabeledSet(domain, [], torch.zeros(0), torch.zeros(0), [], info)
+    return get_task(domain).options(template)
