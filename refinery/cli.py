@@ -33,6 +33,17 @@ def _positive(text: str) -> int:
     return value
 
 
+TASK_DOMAINS = ("gaze", "hand", "scene")  # train.downstream.TASKS, without importing torch
+
+
+def _task_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--network", help="registered task network (default: the small one)")
+    parser.add_argument("--epochs", type=_positive, help="default: the task's own")
+    parser.add_argument("--batch-size", type=_positive)
+    parser.add_argument("--lr", type=float, help="peak learning rate (Adam, one-cycle)")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+
 def _synth(args: argparse.Namespace) -> int:
     from refinery import sim
     from refinery.samples import encode_sample
@@ -230,12 +241,67 @@ def _train_task(args: argparse.Namespace) -> int:
     from train.downstream import train_task
 
     options = {
-        k: v for k, v in (("epochs", args.epochs), ("network", args.network)) if v is not None
+        k: v
+        for k, v in (
+            ("epochs", args.epochs),
+            ("network", args.network),
+            ("batch_size", args.batch_size),
+            ("lr", args.lr),
+        )
+        if v is not None
     }
     metrics = train_task(
-        args.domain, train=args.train, eval=args.eval, out=args.out, seed=args.seed, **options
+        args.domain,
+        train=args.train,
+        eval=args.eval,
+        out=args.out,
+        seed=args.seed,
+        device=args.device,
+        **options,
     )
     print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from train.evaluate import evaluate
+
+    options = {
+        k: v
+        for k, v in (
+            ("epochs", args.epochs),
+            ("network", args.network),
+            ("batch_size", args.batch_size),
+            ("lr", args.lr),
+        )
+        if v is not None
+    }
+    report = evaluate(
+        args.domain,
+        synthetic=args.synthetic,
+        refined=args.refined,
+        real_train=args.real_train,
+        real_test=args.real_test,
+        out=args.out,
+        seeds=args.seeds,
+        device=args.device,
+        **options,
+    )
+    metric = report["task"]["metric"]
+    for name, result in report["results"].items():
+        value = result["metrics"][metric["key"]]
+        print(
+            f"trained on {name:9s} {metric['label']} on real test: "
+            f"{value['mean']:.4f} ± {value['std']:.4f} {metric['unit']}"
+        )
+    if report["gap_closed"] is not None and report["gap_closed"]["mean"] is not None:
+        print(f"gap closed by refinement: {100 * report['gap_closed']['mean']:.1f}%")
+    if report["label_drift"] is not None:
+        drift = report["label_drift"]
+        print(f"label drift: {drift['mean']:.4f} {drift['unit']} ({drift['label']})")
+    labels = report["labels"]
+    print(f"labels identical for {labels['identical']} of {labels['paired']} paired keys")
+    print(f"report: {args.out}/report.html")
     return 0
 
 
@@ -540,18 +606,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     task = commands.add_parser(
         "train-task",
-        help="train a downstream task network on shards and evaluate it (gaze)",
-        description="Train the domain's task network (gaze: the SimGAN paper's gaze CNN, small "
-        "preset by default) on --train shards and report its error on --eval shards.",
+        help="train a downstream task network on shards and evaluate it (gaze, hand, scene)",
+        description="Train the domain's task network (gaze: the SimGAN paper's gaze CNN; hand: "
+        "a stacked hourglass on depth crops; scene: FCN8s; small presets by default) on --train "
+        "shards and report its metrics on --eval shards.",
     )
-    task.add_argument("domain", choices=("gaze",))
+    task.add_argument("domain", choices=TASK_DOMAINS)
     task.add_argument("--train", nargs="+", required=True, help="labeled training shard URLs")
     task.add_argument("--eval", nargs="+", required=True, help="labeled evaluation shard URLs")
     task.add_argument("--out", help="write model.safetensors, metrics.json, config.json here")
-    task.add_argument("--epochs", type=_positive)
-    task.add_argument("--network", help="registered task network (default: the small one)")
+    _task_options(task)
     task.add_argument("--seed", type=int, default=0)
     task.set_defaults(run=_train_task)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="does training on refined data beat synthetic on real data? HTML + JSON report",
+        description="Train the domain's task network on --synthetic, on --refined and (given "
+        "--real-train) on real shards, for each seed; test each on --real-test; report errors "
+        "(mean and spread over seeds), the share of the synthetic-to-real gap refinement closed, "
+        "label drift and label preservation in REPORT_DIR/report.html and report.json.",
+    )
+    evaluate.add_argument("domain", choices=TASK_DOMAINS)
+    evaluate.add_argument("--synthetic", nargs="+", required=True, help="synthetic shard URLs")
+    evaluate.add_argument(
+        "--refined", nargs="+", required=True, help="the same samples refined (same keys)"
+    )
+    evaluate.add_argument("--real-train", nargs="+", help="labeled real training shard URLs")
+    evaluate.add_argument("--real-test", nargs="+", required=True, help="labeled real test URLs")
+    evaluate.add_argument("--out", required=True, metavar="REPORT_DIR", help="report directory")
+    evaluate.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="task network seeds (0 1 2)"
+    )
+    _task_options(evaluate)
+    evaluate.set_defaults(run=_evaluate)
 
     shapes_help = "optimisation profile MIN/OPT/MAX, each BxHxW (e.g. 1x35x55/64x35x55/256x140x220)"
     export = commands.add_parser(

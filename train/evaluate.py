@@ -1,0 +1,331 @@
+"""``refinery evaluate``: does a task network trained on refined data do better on real data,
+and were the labels kept?
+
+The experiment of SimGAN (Shrivastava et al., CVPR 2017, Table 2 and Fig. 7) and SG-GAN /
+SPIGAN (segmentation mIoU), for any domain with a task in ``train.downstream``:
+
+1. train the domain's task network on the synthetic set, on the refined set (the same keys
+   and labels, refined images) and, when labeled real training data is given, on that; each
+   with every seed;
+2. test each on the real test set: the primary metric (angular error, joint error, mIoU) and
+   the rest, mean and spread over seeds;
+3. the share of the synthetic-to-real gap that refinement closed, per seed and on the means:
+   ``(E_syn - E_ref) / (E_syn - E_real)`` on the primary metric: 1 = refined data as good as
+   real, 0 = no better than synthetic, negative = worse (reported as it is);
+4. label drift: the synthetic-trained model applied to each synthetic image and to its refined
+   version (paired by key): the mean disagreement in degrees, pixels or 1 - IoU. A refiner
+   that moves the pupil, a joint or a class boundary shows up here;
+5. labels kept: every refined sample's label components, decoded, against its synthetic
+   source's, by key (refined shards keep them byte-identical by contract 1).
+
+``evaluate(...)`` returns the report as a dict and, with ``out``, writes the self-contained
+HTML page, its JSON and plots through ``train.report.write_report``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from refinery import __version__, sheets
+from refinery.records import machine, versions
+from refinery.shards import read
+from train.downstream import LabeledSet, TaskConfig, fit, get_task
+
+FORMAT = "refinery-evaluate/1"
+SETS = ("synthetic", "refined", "real")
+SEEDS = (0, 1, 2)
+SHEET_SAMPLES = {"gaze": 10, "hand": 8, "scene": 4}  # scene tiles are wide: keep the page < 1 MB
+GAP_NOTE = (
+    "(E_syn - E_ref) / (E_syn - E_real) on the primary metric: 1 = refined as good as real, "
+    "0 = no better than synthetic, negative = worse than synthetic"
+)
+
+Log = Callable[[str], None]
+
+
+def summary(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation (0 for one run) and the runs."""
+    values = [float(v) for v in values]
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "runs": values,
+    }
+
+
+def gap_closed(synthetic: float, refined: float, real: float) -> float | None:
+    """(E_syn - E_ref) / (E_syn - E_real); None when synthetic and real score the same."""
+    gap = synthetic - real
+    return None if abs(gap) < 1e-12 else (synthetic - refined) / gap
+
+
+def label_check(synthetic: LabeledSet, refined: LabeledSet) -> dict[str, Any]:
+    """Refined samples against their synthetic sources, by key."""
+    source = dict(zip(synthetic.keys, synthetic.fingerprints, strict=True))
+    paired = [k for k in refined.keys if k in source]
+    prints = dict(zip(refined.keys, refined.fingerprints, strict=True))
+    differing = [k for k in paired if prints[k] != source[k]]
+    return {
+        "paired": len(paired),
+        "identical": len(paired) - len(differing),
+        "unpaired_refined": len(refined) - len(paired),
+        "missing_from_refined": len(set(source) - set(paired)),
+        "differing_keys": differing[:20],
+        "differing": len(differing),
+    }
+
+
+def _paired(synthetic: LabeledSet, refined: LabeledSet) -> tuple[LabeledSet, LabeledSet]:
+    where = {k: i for i, k in enumerate(synthetic.keys)}
+    pairs = [(where[k], j) for j, k in enumerate(refined.keys) if k in where]
+    return synthetic.take([i for i, _ in pairs]), refined.take([j for _, j in pairs])
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and k not in ("n_eval", "n_joints", "seed")
+    }
+
+
+def evaluate(
+    domain: str,
+    *,
+    synthetic: str | Sequence[str],
+    refined: str | Sequence[str],
+    real_test: str | Sequence[str],
+    real_train: str | Sequence[str] | None = None,
+    out: str | Path | None = None,
+    seeds: Sequence[int] = SEEDS,
+    network: str = "",
+    epochs: int = 0,
+    batch_size: int = 0,
+    lr: float = 0.0,
+    device: str | None = None,
+    log: Log | None = print,
+) -> dict[str, Any]:
+    """Run the experiment above; return the report (and write it under ``out``)."""
+    task = get_task(domain)
+    base = TaskConfig(domain=domain, network=network, epochs=epochs, batch_size=batch_size, lr=lr)
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct integers, at least one, got {seeds!r}")
+    say = log or (lambda _: None)
+    seconds: dict[str, float] = {}
+    began = time.perf_counter()
+
+    # -- data ---------------------------------------------------------------------------------
+    sets: dict[str, LabeledSet] = {"synthetic": task.load(synthetic)}
+    options = task.options(sets["synthetic"])
+    sets["refined"] = task.load(refined, **options)
+    if real_train is not None:
+        sets["real"] = task.load(real_train, **options)
+    test = task.load(real_test, **options)
+    seconds["load"] = time.perf_counter() - began
+    labels = label_check(sets["synthetic"], sets["refined"])
+    paired_synthetic, paired_refined = _paired(sets["synthetic"], sets["refined"])
+    say(
+        f"{domain}: {', '.join(f'{k} {len(v)}' for k, v in sets.items())}, real test {len(test)}; "
+        f"labels identical for {labels['identical']} of {labels['paired']} paired keys"
+    )
+
+    # -- train and test -----------------------------------------------------------------------
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sets}
+    per_sample: dict[str, list[np.ndarray]] = {name: [] for name in sets}
+    drift: list[float] = []
+    started = time.perf_counter()
+    for seed in seeds:
+        for name, data in sets.items():
+            fit_began = time.perf_counter()
+            model = fit(task, data, replace(base, seed=seed), device=device)
+            metrics, values = task.score(task.predict(model, test), test)
+            runs[name].append({"seed": seed, **metrics})
+            per_sample[name].append(values)
+            if name == "synthetic" and len(paired_synthetic):
+                drift.append(
+                    task.disagreement(
+                        task.predict(model, paired_synthetic),
+                        task.predict(model, paired_refined),
+                        paired_synthetic,
+                    )
+                )
+            say(
+                f"seed {seed}, trained on {name}: {task.metric.label} on real test "
+                f"{metrics[task.metric.key]:.4f} {task.metric.unit} "
+                f"({time.perf_counter() - fit_began:.0f} s)"
+            )
+    seconds["train_and_test"] = time.perf_counter() - started
+
+    # -- the report ---------------------------------------------------------------------------
+    key = task.metric.key
+    results = {
+        name: {
+            "metrics": {
+                metric: summary([run[metric] for run in runs[name]])
+                for metric in _scalars(runs[name][0])
+            },
+            "runs": runs[name],
+        }
+        for name in sets
+    }
+    gap = None
+    if "real" in sets:
+        means = {name: results[name]["metrics"][key]["mean"] for name in sets}
+        gap = {
+            "mean": gap_closed(means["synthetic"], means["refined"], means["real"]),
+            "runs": [
+                gap_closed(s[key], r[key], e[key])
+                for s, r, e in zip(runs["synthetic"], runs["refined"], runs["real"], strict=True)
+            ],
+            "note": GAP_NOTE,
+        }
+    report: dict[str, Any] = {
+        "format": FORMAT,
+        "domain": domain,
+        "title": f"Refinement report: {domain}",
+        "task": {
+            "network": base.network,
+            "metric": asdict(task.metric),
+            "description": _DESCRIPTIONS[domain],
+        },
+        "inputs": {
+            "synthetic": _list(synthetic),
+            "refined": _list(refined),
+            "real_train": None if real_train is None else _list(real_train),
+            "real_test": _list(real_test),
+        },
+        "counts": {
+            "synthetic": len(sets["synthetic"]),
+            "refined": len(sets["refined"]),
+            "real_train": len(sets["real"]) if "real" in sets else None,
+            "real_test": len(test),
+        },
+        "seeds": seeds,
+        "settings": {
+            **{k: v for k, v in asdict(base).items() if k != "seed"},
+            "input": sets["synthetic"].info,
+            "device": device or "auto",
+        },
+        "results": results,
+        "gap_closed": gap,
+        "label_drift": None
+        if not drift
+        else {
+            "label": task.drift.label,
+            "unit": task.drift.unit,
+            **summary(drift),
+            "pairs": len(paired_synthetic),
+            "description": (
+                "the model trained on synthetic data (each seed) applied to each synthetic image "
+                "and to its refined version, paired by key: mean disagreement"
+            ),
+        },
+        "labels": labels,
+        "distributions": {
+            "label": _DISTRIBUTION_LABELS[domain],
+            "values": {
+                name: np.round(np.concatenate(values), 4).tolist()
+                for name, values in per_sample.items()
+            },
+        },
+        "pck": _pck(runs) if domain == "hand" else None,
+        "per_class_iou": _per_class(runs) if domain == "scene" else None,
+        "sheet_caption": (
+            f"rows: synthetic, refined (the same {SHEET_SAMPLES[domain]} keys), real test; "
+            "labels drawn on every tile"
+        ),
+        "machine": machine(),
+        "versions": {"refinery": __version__, **versions()},
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    seconds["total"] = time.perf_counter() - began
+    report["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    if out is not None:
+        from train.report import write_report
+
+        sheet = contact_sheet(
+            domain, synthetic, refined, real_test, paired_refined.keys[: SHEET_SAMPLES[domain]]
+        )
+        path = write_report(report, out, sheet=sheet)
+        say(f"report: {path}")
+    return report
+
+
+_DESCRIPTIONS = {
+    "gaze": "gaze estimator regressing the 3-D look vector from an eye crop",
+    "hand": "stacked-hourglass heatmap network locating 14 hand joints in a depth crop",
+    "scene": "FCN8s segmentation network, class per pixel",
+}
+_DISTRIBUTION_LABELS = {
+    "gaze": "angular error per real test image (deg), all seeds",
+    "hand": "error per joint on the real test set (crop px), all seeds",
+    "scene": "mIoU per real test frame, all seeds",
+}
+
+
+def _list(urls: str | Sequence[str]) -> list[str]:
+    return [urls] if isinstance(urls, str) else list(urls)
+
+
+def _pck(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    first = next(iter(runs.values()))[0]["pck"]
+    curves = {}
+    for name, seeds in runs.items():
+        shares = np.array([run["pck"]["share"] for run in seeds])  # (seeds, thresholds)
+        curves[name] = {
+            "mean": shares.mean(0).round(5).tolist(),
+            "min": shares.min(0).round(5).tolist(),
+            "max": shares.max(0).round(5).tolist(),
+        }
+    return {"thresholds": first["thresholds"], "unit": "px", "curves": curves}
+
+
+def _per_class(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    classes = list(next(iter(runs.values()))[0]["per_class_iou"])
+    values = {}
+    for name, seeds in runs.items():
+        row = []
+        for c in classes:
+            seen = [run["per_class_iou"][c] for run in seeds if run["per_class_iou"][c] is not None]
+            row.append(statistics.fmean(seen) if seen else None)
+        values[name] = row
+    return {"classes": classes, "values": values}
+
+
+def _samples(urls, domain: str, keys: Sequence[str] | None, count: int) -> list[dict[str, Any]]:
+    """The decoded samples of ``keys`` in that order (or the first ``count``), reading no further
+    than needed."""
+    wanted = None if keys is None else set(keys)
+    found: dict[str, dict[str, Any]] = {}
+    for sample in read(urls, domain):
+        if wanted is None or sample["__key__"] in wanted:
+            found[sample["__key__"]] = sample
+        if len(found) >= (count if wanted is None else len(wanted)):
+            break
+    return list(found.values()) if keys is None else [found[k] for k in keys if k in found]
+
+
+def contact_sheet(
+    domain: str, synthetic, refined, real_test, keys: Sequence[str], *, height: int = 96
+) -> np.ndarray | None:
+    """Rows: synthetic and refined samples of ``keys``, then real test samples; RGB uint8."""
+    if not keys:
+        return None
+    rows = [
+        _samples(synthetic, domain, keys, len(keys)),
+        _samples(refined, domain, keys, len(keys)),
+        _samples(real_test, domain, None, len(keys)),
+    ]
+    tiles = [[sheets.tile(s, domain, height=height) for s in row] for row in rows]
+    return sheets.grid(tiles, titles=["synthetic", "refined", "real (test)"])
