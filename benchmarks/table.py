@@ -213,6 +213,74 @@ def _scene_uda(record: dict) -> list[str]:
     return lines
 
 
+def _unit(unit: str, label: str = "") -> str:
+    """' (deg)' after a label; nothing when the label names it already (mIoU, IoU)."""
+    if unit in label:
+        return ""
+    return f" ({unit})" if label or " " in unit else f" {unit}".rstrip()
+
+
+def _mean_std(metric: dict, key: str) -> str:
+    if key not in metric:
+        return "—"
+    return f"{_fmt(metric[key]['mean'])} ± {_fmt(metric[key]['std'])}"
+
+
+def _evaluate(records: list[tuple[Path, dict]]) -> list[str]:
+    """One table for every ``evaluate_<experiment>.json`` (``benchmarks/evaluate.py``)."""
+    lines = [
+        "| experiment | task metric | trained on synthetic | refined | real | gap closed | "
+        "label drift | labels kept | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for _, record in records:
+        f, settings = record["figures"], record["settings"]
+        task, metric = f["task"], f["metric"]
+        name = settings["experiment"]
+        arrow = "↑" if task["higher_is_better"] else "↓"
+        gap = (f.get("gap_closed") or {}).get("mean")
+        drift = f.get("label_drift")
+        labels = f["labels"]
+        cells = [
+            name,
+            f"{task['label']}{_unit(task['unit'], task['label'])} {arrow}",
+            *(_mean_std(metric, key) for key in ("synthetic", "refined", "real")),
+            "—" if gap is None else f"{gap:.0%}",
+            "—" if drift is None else f"{_fmt(drift['mean'])}{_unit(drift['unit'])}",
+            f"{labels['identical']:,}/{labels['paired']:,}",
+            " ".join(str(s) for s in settings["evaluate_seeds"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+        sizes = settings["sizes"]
+        epochs = settings["task_settings"].get("epochs")
+        seconds = f["seconds"]
+        notes.append(
+            f"- {name}: {settings['method']} `--preset {settings['preset']}`"
+            f"{' + `--config` overrides' if settings['config_overrides'] else ''}, "
+            f"{settings['steps']:,} iterations ({_fmt(seconds['train'])} s); "
+            f"{sizes['synthetic']:,} synthetic / {sizes['real_unlabeled']:,} real unlabeled / "
+            f"{sizes['real_train']:,} real train / {sizes['real_test']:,} real test samples "
+            f"({settings['image_size']} px); `{settings['task_network']}`, {epochs} "
+            f"epoch{'' if epochs == 1 else 's'} "
+            f"({_fmt(seconds['evaluate'])} s); "
+            f"[report](benchmarks/results/{settings['report']['path']})"
+        )
+    lines += [
+        "",
+        "Mean ± std over the task network's seeds, each tested on held-out real data. Gap "
+        "closed = (E_syn − E_ref) / (E_syn − E_real) on the means: 100% = refined as good as "
+        "real, negative = worse than synthetic. Label drift: the synthetic-trained network's "
+        "disagreement between each synthetic sample and its refined version. Labels kept: "
+        "refined samples whose labels are identical to their synthetic source's, of those "
+        "paired by key. CPU scale (small presets, few iterations, small sets; each record "
+        "states how):",
+        "",
+        *notes,
+    ]
+    return lines
+
+
 def _generic(record: dict) -> list[str]:
     lines = ["| figure | value |", "|---|---|"]
     lines += [f"| {key} | {_fmt(value)} |" for key, value in _flatten("", record["figures"])]
@@ -230,21 +298,51 @@ RENDERERS = {
 }
 
 
-def render(results: Path = RESULTS) -> str:
-    parts = []
-    for path in sorted(results.glob("*.json")):
-        record = json.loads(path.read_text())
-        name = record["benchmark"]
-        machine = record["machine"]
-        parts.append(f"#### {name} (`benchmarks/results/{path.name}`)")
-        parts.append("")
-        parts.append(
-            f"{record['date'][:10]}, {machine['cpu']} × {machine['cpu_count']}"
+# records named <prefix><anything> that render as one table, where the first of them sorts
+GROUPS = {"evaluate_": _evaluate}
+
+
+def _group(name: str) -> str | None:
+    return next((prefix for prefix in GROUPS if name.startswith(prefix)), None)
+
+
+def _provenance(records: list[dict]) -> str:
+    """Date, machine and versions; one line per distinct machine and versions."""
+    seen: dict[str, list[str]] = {}
+    for record in records:
+        machine, versions = record["machine"], record["versions"]
+        line = (
+            f"{machine['cpu']} × {machine['cpu_count']}"
             f"{', GPU ' + machine['gpu'] if machine.get('gpu') else ''}, "
-            f"refinery {record['versions'].get('refinery')}, torch {record['versions'].get('torch')}"
+            f"refinery {versions.get('refinery')}, torch {versions.get('torch')}"
         )
-        parts.append("")
-        parts.extend(RENDERERS.get(name, _generic)(record))
+        seen.setdefault(line, []).append(record["date"][:10])
+    return "; ".join(
+        f"{min(dates)}{'' if min(dates) == max(dates) else ' to ' + max(dates)}, {line}"
+        for line, dates in seen.items()
+    )
+
+
+def render(results: Path = RESULTS) -> str:
+    records = [(path, json.loads(path.read_text())) for path in sorted(results.glob("*.json"))]
+    parts = []
+    done: set[str] = set()
+    for path, record in records:
+        name = record["benchmark"]
+        group = _group(name)
+        if group in done:
+            continue
+        if group is None:
+            members, title = [(path, record)], f"#### {name} (`benchmarks/results/{path.name}`)"
+        else:
+            done.add(group)
+            members = [(p, r) for p, r in records if _group(r["benchmark"]) == group]
+            title = f"#### {group.rstrip('_')} (`benchmarks/results/{group}*.json`)"
+        parts += [title, "", _provenance([r for _, r in members]), ""]
+        if group is None:
+            parts.extend(RENDERERS.get(name, _generic)(record))
+        else:
+            parts.extend(GROUPS[group](members))
         parts.append("")
     return "\n".join(parts).rstrip() + "\n"
 

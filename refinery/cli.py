@@ -235,21 +235,18 @@ def _train_adversarial(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_settings(args: argparse.Namespace) -> dict:
+    """The task-network flags the user gave (the rest stay the task's defaults)."""
+    names = ("epochs", "network", "batch_size", "lr")
+    return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+
+
 def _train_task(args: argparse.Namespace) -> int:
     import json
 
     from train.downstream import train_task
 
-    options = {
-        k: v
-        for k, v in (
-            ("epochs", args.epochs),
-            ("network", args.network),
-            ("batch_size", args.batch_size),
-            ("lr", args.lr),
-        )
-        if v is not None
-    }
+    options = _task_settings(args)
     metrics = train_task(
         args.domain,
         train=args.train,
@@ -266,16 +263,7 @@ def _train_task(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from train.evaluate import evaluate
 
-    options = {
-        k: v
-        for k, v in (
-            ("epochs", args.epochs),
-            ("network", args.network),
-            ("batch_size", args.batch_size),
-            ("lr", args.lr),
-        )
-        if v is not None
-    }
+    options = _task_settings(args)
     report = evaluate(
         args.domain,
         synthetic=args.synthetic,

@@ -1,0 +1,569 @@
+"""Does refinement help the task? The whole experiment, through the ``refinery`` command.
+
+For each experiment below, exactly what a user runs (``python -m refinery ...`` as
+subprocesses, each command line recorded with the work directory written ``$WORK``):
+
+1. ``refinery synth`` four sets, each from its own seed so that no two share geometry:
+   synthetic (labeled: the GAN's synthetic domain, refined, and the "synthetic" training set),
+   real unlabeled (the GAN's real domain), real train (labeled: the "real" upper bound) and
+   real test;
+2. ``refinery train <method>`` on synthetic + real unlabeled, with the preset and overrides
+   recorded (``--config`` YAML where the preset alone does not fit two CPU cores);
+3. ``refinery export`` the generator, ``refinery refine`` the synthetic shards with it (keys,
+   labels and file names kept; refinery.json and stats added);
+4. ``refinery evaluate DOMAIN`` trains the domain's default task network on synthetic, refined
+   and real train, seeds 0 1 2, tests each on real test, and writes ``report.json`` and
+   ``report.html``.
+
+| experiment       | domain | refiner                          | task network          |
+|------------------|--------|----------------------------------|-----------------------|
+| ``gaze-simgan``    | gaze   | SimGAN, ``--preset small``        | gaze-estimator-small  |
+| ``hand-simgan``    | hand   | SimGAN, ``--preset hand`` reduced | hand-hourglass-small  |
+| ``streets-sggan``  | scene  | SG-GAN, ``--preset small``        | fcn8s-small           |
+| ``streets-spigan`` | scene  | SPIGAN, ``--preset small``        | fcn8s-small           |
+
+SPIGAN's own task network T is not what is scored here: its generator refines the synthetic
+shards like SG-GAN's does and a fresh ``fcn8s-small`` is trained on them, so both scene
+experiments answer the same question (``benchmarks/scene_uda.py`` scores T). The two scene
+experiments use the same data seeds, so their synthetic and real rows are the same networks
+trained on the same frames (equal on one machine; a check on the run).
+
+Each writes ``benchmarks/results/evaluate_<experiment>.json`` (a compact summary of the report:
+no per-sample values) and copies the self-contained ``report.html`` (images embedded) to
+``benchmarks/results/reports/<experiment>.html``, the sample report the README links.
+
+Sizes (FULL), planned for about 40 minutes on an otherwise idle 2-core CPU for all four, with
+3 evaluate seeds. The machine they were planned on was shared, so wall times there meant
+little; costs were taken as single-thread CPU time (``time.process_time`` under
+``torch.set_num_threads(1)``: what an idle core takes), and two threads on an idle machine are
+taken to need 1/1.5 of it (``simgan_gaze.json``: 0.55 s per SimGAN-small iteration with two
+threads against 0.78 s of one-thread CPU):
+
+| work (1 thread)                                       | CPU time                        |
+|-------------------------------------------------------|---------------------------------|
+| SimGAN small, gaze 35×55, batch 32                    | 0.78 s per iteration            |
+| SimGAN small refiner + discriminator, hand 64×64, b16 | 1.55 s per iteration            |
+| SG-GAN small, 64×128, batch 4                         | 0.12 s per iteration            |
+| SPIGAN small, 64×64 crops, batch 4                    | 0.48 s per iteration            |
+| gaze-estimator-small, batch 32                        | 5.0 ms per sample-epoch (2.3 ms with 2 threads, simgan_gaze.json) |
+| hand-hourglass-small, 64×64, batch 32                 | 6.9 ms per sample-epoch         |
+| fcn8s-small, 64×128, batch 8                          | 14.4 ms per frame-epoch         |
+| every command: interpreter and torch start-up         | ~4 s (8 commands)               |
+| ``refinery export`` (ONNX dynamo export and check)    | ~10 s                           |
+
+From the ``--quick`` runs the fixed part is about 50 s per experiment. Per experiment
+(evaluate = 3 sets × 3 seeds × samples × epochs × cost, plus predictions):
+
+- gaze-simgan (~6.5 min): SimGAN small, 100 + 50 pretraining updates and 300 iterations
+  (~3.3 min; simgan_gaze.py ran its 600 in 6 min); 800 samples per training set, 400 real
+  test; the estimator's own 8 epochs: 9 × 800 × 8 × 2.3 ms ≈ 2.2 min.
+- hand-simgan (~14 min): crops rendered at 64 px, not the simulator's 128: the task network
+  sees a 64×64 input whatever the crop (nearest resize), so a 128-px refiner would cost 4×
+  per update and only a quarter of its refined pixels would survive the resize. Errors and
+  PCK are therefore in pixels of the 64-px crop (a 20-px threshold is a third of the crop).
+  The paper recipe (10 ResNet blocks of 7×7 convs at 224 px, ~1.8 s per forward) is reduced
+  with ``--config``: the small refiner and discriminator (a 16×16 patch map at 64 px), batch
+  16, Adam 2e-4 (the paper's SGD 1e-3 barely moves in a few hundred CPU updates), λ by the
+  recipe's own rule 0.5·(H·W)/(h·w) = 8, 100 + 50 pretraining updates and 300 iterations
+  (~6 min). 800 samples per training set, 400 real test, the hourglass's own 12 epochs:
+  9 × 800 × 12 × 4.6 ms ≈ 6.6 min.
+- streets-sggan (~6 min), streets-spigan (~7 min): 64×128 frames (FCN8s needs sides that are
+  multiples of 32); SG-GAN small for 600 iterations (~50 s: cheap, so more than its 400),
+  SPIGAN small for its 300 (~1.6 min); 300 frames per training set, 150 real test. The task's
+  15 epochs at batch 32 would give 150 updates in 9 × 300 × 15 × 10 ms ≈ 7 min; 8 epochs at
+  batch 8 give 304 updates in ≈ 3.6 min. An earlier measurement of fcn8s-small with two
+  threads on the shared machine gave ~25 ms per frame-epoch: at that cost each scene
+  experiment takes ~12 min and the four together ~44 min instead of ~34.
+
+CPU scale, stated in every record: small presets, few iterations, small sets, untrained VGG19
+features for SPIGAN's perceptual loss (no weights can be downloaded here). The numbers are
+recorded whatever they show.
+
+    python -m benchmarks.evaluate [--quick] [--experiments gaze-simgan,hand-simgan,...]
+                                  [--out DIR] [--keep DIR] [--seeds 0 1 2] [--device DEV]
+
+``--quick`` is a smoke run (tiny sets, a few updates, one seed): well under a minute per
+experiment, most of it the start-up of eight commands. ``--out DIR`` writes the records and
+reports under DIR instead of ``benchmarks/results``; ``--keep DIR`` keeps every shard, run,
+engine, log and the full report there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks import common
+
+SETS = ("synthetic", "refined", "real")
+SEEDS = (0, 1, 2)
+PCK_AT = (5, 10, 20)  # crop pixels
+SHARD_SIZE = 500
+LOG_TAIL = 40  # lines of a failed command's output to show
+REPORT_LIMIT = 1_000_000  # bytes: the sample reports are committed and linked from the README
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Samples per set; the four sets come from four data seeds."""
+
+    synthetic: int
+    real_unlabeled: int
+    real_train: int
+    real_test: int
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    domain: str
+    method: str  # simgan | sggan | spigan
+    preset: str
+    image_size: str | None  # refinery synth --size (None: the simulator's default)
+    sizes: Sizes
+    data_seeds: tuple[int, int, int, int]  # synthetic, real unlabeled, real train, real test
+    steps: int
+    overrides: dict[str, Any] = field(default_factory=dict)  # --config YAML on the preset
+    epochs: int | None = None  # None: the task's own
+    batch_size: int | None = None  # None: the task's own
+    cpu_scale: str = ""
+
+
+FULL: dict[str, Experiment] = {
+    e.name: e
+    for e in (
+        Experiment(
+            name="gaze-simgan",
+            domain="gaze",
+            method="simgan",
+            preset="small",
+            image_size=None,  # 35x55
+            sizes=Sizes(synthetic=800, real_unlabeled=800, real_train=800, real_test=400),
+            data_seeds=(6101, 6102, 6103, 6104),
+            steps=300,
+            # 800 samples at batch 64 or 32 leave some seeds on the mean-direction plateau
+            # (~23°, chance) after 8 epochs; at 16 none of 0-2 stayed there (6.8° real -> real)
+            batch_size=16,
+            cpu_scale=(
+                "SimGAN small preset (32-map refiner, 3 ResNet blocks) for 300 iterations "
+                "instead of its 600; 800 samples per training set (the paper: 1.2M synthetic, "
+                "214k real); the gaze estimator at batch 16 instead of 64 (more updates on 800)"
+            ),
+        ),
+        Experiment(
+            name="hand-simgan",
+            domain="hand",
+            method="simgan",
+            preset="hand",
+            image_size="64",
+            sizes=Sizes(synthetic=800, real_unlabeled=800, real_train=800, real_test=400),
+            data_seeds=(6201, 6202, 6203, 6204),
+            steps=300,
+            overrides={
+                "refiner": "simgan-refiner-small",
+                "discriminator": "simgan-discriminator-small",
+                "batch_size": 16,
+                "pretrain_refiner_steps": 100,
+                "pretrain_discriminator_steps": 50,
+                # the recipe's rule, 0.5·(H·W)/(h·w): 64×64 crops, a 16×16 patch map
+                "self_reg_weight": 8.0,
+                "buffer_size": 1600,
+                "refiner_optimiser": {"name": "adam", "lr": 0.0002, "betas": [0.5, 0.999]},
+                "discriminator_optimiser": {"name": "adam", "lr": 0.0002, "betas": [0.5, 0.999]},
+                "shuffle_buffer": 400,
+                "checkpoint_every": 250,
+                "sample_every": 250,
+            },
+            cpu_scale=(
+                "hand preset reduced to train on 2 CPU cores: the small refiner and "
+                "discriminator instead of the paper's (10 blocks of 7x7 convs at 224 px), 64-px "
+                "crops instead of 128 (the task network's input is 64x64), batch 16, Adam 2e-4 "
+                "instead of SGD 1e-3, 100 + 50 pretraining updates and 300 iterations instead "
+                "of 1000 + 200 and 10,000; 800 samples per training set"
+            ),
+        ),
+        Experiment(
+            name="streets-sggan",
+            domain="scene",
+            method="sggan",
+            preset="small",
+            image_size="64x128",
+            sizes=Sizes(synthetic=300, real_unlabeled=300, real_train=300, real_test=150),
+            data_seeds=(6301, 6302, 6303, 6304),
+            steps=600,
+            epochs=8,
+            batch_size=8,
+            cpu_scale=(
+                "SG-GAN small preset (16-map U-Net, batch 4) for 600 iterations on 64x128 "
+                "frames (the paper: 256x512, 100k+); 300 frames per training set; fcn8s-small "
+                "for 8 epochs (batch 8) instead of the task's 15"
+            ),
+        ),
+        Experiment(
+            name="streets-spigan",
+            domain="scene",
+            method="spigan",
+            preset="small",
+            image_size="64x128",
+            sizes=Sizes(synthetic=300, real_unlabeled=300, real_train=300, real_test=150),
+            data_seeds=(6301, 6302, 6303, 6304),  # the same frames as streets-sggan
+            steps=300,
+            epochs=8,
+            batch_size=8,
+            cpu_scale=(
+                "SPIGAN small preset (64x64 crops, batch 4) for its 300 iterations on 64x128 "
+                "frames, untrained VGG19 features for the perceptual loss (no weights can be "
+                "downloaded here); 300 frames per training set; fcn8s-small for 8 epochs at "
+                "batch 8 instead of the task's 15"
+            ),
+        ),
+    )
+}
+
+_QUICK_GAN = {
+    "simgan": {
+        "batch_size": 8,
+        "pretrain_refiner_steps": 2,
+        "pretrain_discriminator_steps": 2,
+        "buffer_size": 64,
+        "shuffle_buffer": 16,
+        "checkpoint_every": 1000,
+        "log_every": 1,
+        "sample_every": 1000,
+    },
+    "sggan": {
+        "batch_size": 2,
+        "pool_size": 4,
+        "shuffle_buffer": 8,
+        "checkpoint_every": 1000,
+        "log_every": 1,
+        "sample_every": 1000,
+    },
+    "spigan": {
+        "batch_size": 2,
+        "shuffle_buffer": 8,
+        "checkpoint_every": 1000,
+        "log_every": 1,
+        "sample_every": 1000,
+    },
+}
+QUICK: dict[str, Experiment] = {
+    name: replace(
+        e,
+        sizes=Sizes(synthetic=24, real_unlabeled=24, real_train=24, real_test=12),
+        steps=2,
+        overrides={**e.overrides, **_QUICK_GAN[e.method]},
+        epochs=1,
+        batch_size=8,
+        cpu_scale="quick smoke run: tiny sets, 2 GAN iterations, 1 epoch; figures meaningless",
+    )
+    for name, e in FULL.items()
+}
+
+
+# -- running commands -------------------------------------------------------------------------
+
+
+class Runner:
+    """Runs ``python -m refinery ...`` in ``workdir``, logging each command's output to a file,
+    timing it, and keeping the command lines (with the work directory written ``$WORK``)."""
+
+    def __init__(self, workdir: Path, device: str | None):
+        self.workdir = workdir
+        self.device = device
+        self.commands: list[str] = []
+        self.seconds: dict[str, float] = {}
+        (workdir / "logs").mkdir(parents=True, exist_ok=True)
+
+    def shown(self, argv: Sequence[str]) -> str:
+        text = shlex.join(["python", "-m", "refinery", *argv])
+        return text.replace(str(self.workdir), "$WORK")
+
+    def __call__(self, step: str, *argv: str, device: bool = False) -> str:
+        argv = [*argv, *(["--device", self.device] if device and self.device else [])]
+        self.commands.append(self.shown(argv))
+        log = self.workdir / "logs" / f"{step}.log"
+        began = time.perf_counter()
+        with log.open("w") as out:
+            done = subprocess.run(
+                [sys.executable, "-m", "refinery", *argv],
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        seconds = time.perf_counter() - began
+        self.seconds[step] = self.seconds.get(step, 0.0) + seconds
+        text = log.read_text(errors="replace")
+        if done.returncode != 0:
+            tail = "\n".join(text.splitlines()[-LOG_TAIL:])
+            raise RuntimeError(
+                f"{step} failed with exit status {done.returncode}: {self.shown(argv)}\n{tail}"
+            )
+        last = [line.rsplit("\r", 1)[-1] for line in text.splitlines() if line.strip()]
+        print(f"  {step}: {seconds:.1f} s  {last[-1][:100] if last else ''}", flush=True)
+        return text
+
+
+def _tars(directory: Path) -> list[str]:
+    found = sorted(str(p) for p in directory.glob("*.tar"))
+    if not found:
+        raise RuntimeError(f"no shards in {directory}")
+    return found
+
+
+# -- one experiment ---------------------------------------------------------------------------
+
+
+def run_experiment(
+    experiment: Experiment, workdir: Path, *, seeds: Sequence[int], device: str | None
+) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """Run the commands; return (figures, settings, report.html)."""
+    e = experiment
+    if workdir.exists() and any(workdir.iterdir()):
+        # a rerun would resume the refine job and train over an old run: start clean
+        raise RuntimeError(f"{workdir} is not empty: remove it or keep elsewhere")
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = Runner(workdir, device)
+    began = time.perf_counter()
+    print(f"{e.name}: work directory {workdir}", flush=True)
+
+    data = workdir / "data"
+    variants = {
+        "synthetic": "synthetic",
+        "real_unlabeled": "real",
+        "real_train": "real",
+        "real_test": "real",
+    }
+    shards: dict[str, list[str]] = {}
+    for (name, variant), seed in zip(variants.items(), e.data_seeds, strict=True):
+        run(
+            "synth",
+            *("synth", e.domain, "--variant", variant, "--n", str(getattr(e.sizes, name))),
+            *("--seed", str(seed), "--out", str(data / name), "--shard-size", str(SHARD_SIZE)),
+            *(["--size", e.image_size] if e.image_size else []),
+        )
+        shards[name] = _tars(data / name)
+
+    config_file = None
+    if e.overrides:
+        config_file = workdir / "overrides.yaml"
+        config_file.write_text(yaml.safe_dump(e.overrides, sort_keys=False))
+    gan = workdir / "run"
+    run(
+        "train",
+        *("train", e.method, "--synthetic", *shards["synthetic"]),
+        *("--real", *shards["real_unlabeled"], "--out", str(gan), "--preset", e.preset),
+        *("--steps", str(e.steps)),
+        *(["--config", str(config_file)] if config_file else []),
+        device=True,
+    )
+    engine, refined = workdir / "engine", workdir / "refined"
+    run("export", "export", str(gan), "--out", str(engine))
+    run(
+        "refine",
+        *("refine", "--engine", str(engine), "--input", *shards["synthetic"]),
+        *("--output", str(refined)),
+    )
+    report_dir = workdir / "report"
+    run(
+        "evaluate",
+        *("evaluate", e.domain, "--synthetic", *shards["synthetic"]),
+        *("--refined", *_tars(refined), "--real-train", *shards["real_train"]),
+        *("--real-test", *shards["real_test"], "--out", str(report_dir)),
+        *("--seeds", *(str(s) for s in seeds)),
+        *(["--epochs", str(e.epochs)] if e.epochs else []),
+        *(["--batch-size", str(e.batch_size)] if e.batch_size else []),
+        device=True,
+    )
+    run.seconds["total"] = time.perf_counter() - began
+
+    report = json.loads((report_dir / "report.json").read_text())
+    stats = [json.loads(p.read_text()) for p in sorted(refined.glob("*.stats.json"))]
+    figures = summarise(report, stats, run.seconds)
+    settings = {
+        "experiment": e.name,
+        "domain": e.domain,
+        "method": e.method,
+        "preset": e.preset,
+        "steps": e.steps,
+        "config_overrides": dict(e.overrides),
+        "resolved_gan_config": yaml.safe_load((gan / "config.yaml").read_text()),
+        "synth_size": e.image_size,  # refinery synth --size (None: the simulator's default)
+        "image_size": _image_size(e, report),
+        "sizes": asdict(e.sizes),
+        "data_seeds": dict(zip(variants, e.data_seeds, strict=True)),
+        "task_network": report["task"]["network"],
+        "task_settings": {k: v for k, v in report["settings"].items() if k != "input"},
+        "task_input": report["settings"]["input"],
+        "evaluate_seeds": list(seeds),
+        "cpu_scale": e.cpu_scale,
+        "commands": run.commands,
+        "work_directory": "$WORK: a temporary directory (--keep DIR keeps it)",
+    }
+    return figures, settings, report_dir / "report.html"
+
+
+def _image_size(e: Experiment, report: dict[str, Any]) -> str:
+    """HxW of the stored samples."""
+    if e.domain == "hand":
+        return "x".join(str(s) for s in report["settings"]["input"]["crop"])
+    return e.image_size or "x".join(str(s) for s in report["settings"]["input"]["size"])
+
+
+def _round(value: Any, digits: int = 4) -> Any:
+    if isinstance(value, float):
+        return round(value, digits) if math.isfinite(value) else value
+    if isinstance(value, list):
+        return [_round(v, digits) for v in value]
+    if isinstance(value, dict):
+        return {k: _round(v, digits) for k, v in value.items()}
+    return value
+
+
+def summarise(
+    report: dict[str, Any], stats: list[dict[str, Any]], seconds: dict[str, float]
+) -> dict[str, Any]:
+    """The figures a reader compares, from ``report.json`` (no per-sample distributions)."""
+    metric = report["task"]["metric"]
+    key = metric["key"]
+    results = report["results"]
+    figures: dict[str, Any] = {
+        "task": {"network": report["task"]["network"], **metric},
+        "metric": {
+            name: {k: results[name]["metrics"][key][k] for k in ("mean", "std", "runs")}
+            for name in SETS
+            if name in results
+        },
+        # "seed" is not a metric (report.json lists it among them)
+        "other_metrics": {
+            name: {
+                m: v["mean"]
+                for m, v in results[name]["metrics"].items()
+                if m not in (key, "seed") and not m.startswith("pck_")
+            }
+            for name in results
+        },
+    }
+    gap = report.get("gap_closed")
+    figures["gap_closed"] = None if gap is None else {"mean": gap["mean"], "runs": gap["runs"]}
+    drift = report.get("label_drift")
+    figures["label_drift"] = (
+        None
+        if drift is None
+        else {k: drift[k] for k in ("label", "unit", "mean", "std", "runs") if k in drift}
+    )
+    labels = report["labels"]
+    figures["labels"] = {
+        k: labels[k]
+        for k in ("paired", "identical", "differing", "unpaired_refined", "missing_from_refined")
+        if k in labels
+    }
+    if report.get("pck"):
+        thresholds = report["pck"]["thresholds"]
+        figures["pck"] = {
+            name: {f"{d}px": curve["mean"][thresholds.index(d)] for d in PCK_AT if d in thresholds}
+            for name, curve in report["pck"]["curves"].items()
+        }
+    if report.get("per_class_iou"):
+        classes = report["per_class_iou"]["classes"]
+        values = report["per_class_iou"]["values"]
+        figures["per_class_iou"] = {
+            name: {c: v for c, v in zip(classes, row, strict=True) if v is not None}
+            for name, row in values.items()
+        }
+    written = sum(s["written"] for s in stats)
+    job_seconds = sum(s["seconds"] for s in stats)
+    figures["refine_job"] = {
+        "read": sum(s["read"] for s in stats),
+        "written": written,
+        "rejected": sum(s["rejected"] for s in stats),
+        "shards": len(stats),
+        "samples_per_s": written / job_seconds if job_seconds > 0 else None,
+    }
+    figures["counts"] = report["counts"]
+    figures["seconds"] = {
+        **{k: round(v, 1) for k, v in seconds.items()},
+        "evaluate_inside": report.get("seconds", {}),
+    }
+    return _round(figures)
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument(
+        "--experiments",
+        default=",".join(FULL),
+        help=f"comma-separated, from {', '.join(FULL)} (default: all)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write records and reports under DIR, not results/"
+    )
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="keep shards, runs, logs and reports in DIR"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="evaluate seeds (default 0 1 2)"
+    )
+    parser.add_argument("--device", default=None, help="torch device for train and evaluate")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.experiments.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(FULL))
+    if unknown or not names:
+        parser.error(f"unknown experiment(s) {unknown or names}; known: {', '.join(FULL)}")
+    chosen = QUICK if args.quick else FULL
+    seeds = args.seeds or ((0,) if args.quick else SEEDS)
+    results = Path(args.out or common.RESULTS)
+    recorded: dict[str, dict[str, Any]] = {}
+    for name in names:
+        with tempfile.TemporaryDirectory(prefix=f"evaluate-{name}-") as tmp:
+            workdir = (args.keep / name) if args.keep else Path(tmp)
+            figures, settings, html = run_experiment(
+                chosen[name], workdir, seeds=seeds, device=args.device
+            )
+            sample = results / "reports" / f"{name}.html"
+            sample.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(html, sample)
+        if sample.stat().st_size > REPORT_LIMIT:
+            print(
+                f"warning: {sample} is {sample.stat().st_size:,} bytes, over "
+                f"{REPORT_LIMIT:,} (the embedded contact sheet is most of it)",
+                flush=True,
+            )
+        settings["quick"] = args.quick
+        settings["report"] = {
+            "path": f"reports/{name}.html",
+            "bytes": sample.stat().st_size,
+        }
+        common.write_result(f"evaluate_{name}", figures, settings, results=results)
+        recorded[name] = figures
+        m = figures["metric"]
+        unit = figures["task"]["unit"]
+        print(
+            f"{name}: {figures['task']['label']} ({unit}) synthetic {m['synthetic']['mean']:.4g}, "
+            f"refined {m['refined']['mean']:.4g}, real {m['real']['mean']:.4g}; "
+            f"{figures['seconds']['total']:.0f} s",
+            flush=True,
+        )
+    return recorded
+
+
+if __name__ == "__main__":
+    main()
