@@ -355,7 +355,7 @@ class HandTask(Task):
         return {"input_size": data.info["size"][0]}
 
     def build(self, network, data):
-        return build_network(network, channels=1, joints=data.targets.shape[1])
+        return build_network(network, channels=1, joints=data.info["joints"])
 
     def _heat_size(self, output: torch.Tensor) -> tuple[int, int]:
         return tuple(output.shape[-2:])
@@ -708,21 +708,18 @@ def load_task_model(
     run: str | Path, *, device: str | None = None
 ) -> tuple[nn.Module, TaskConfig, dict[str, Any]]:
     """(model in eval mode, its TaskConfig, its input record) from a ``train_task`` run dir;
-    ``get_task(config.domain).load(urls, **load_options(info))`` reads data the same way."""
+    ``get_task(config.domain).load(urls, **load_options(info, config.domain))`` reads data the
+    same way."""
     run = Path(run)
     record = json.loads((run / "config.json").read_text())
     config = TaskConfig(
         **{k: record[k] for k in ("domain", "network", "epochs", "batch_size", "lr", "seed")}
     )
     info = record["input"]
-    template = LabeledSet(config.domain, [], torch.zeros(0), _template_targets(info), [], info)
+    template = LabeledSet(config.domain, [], torch.zeros(0), torch.zeros(0), [], info)
     model = get_task(config.domain).build(config.network, template)
     model.load_state_dict(load_file(str(run / "model.safetensors")))
     return model.to(_default_device(device)).eval(), config, info
-
-
-def _template_targets(info: dict[str, Any]) -> torch.Tensor:
-    return torch.zeros(0, info.get("joints", 0), 2)
 
 
 def load_options(info: dict[str, Any], domain: str) -> dict[str, Any]:
