@@ -52,6 +52,7 @@ from refinery.samples import encode_sample
 from refinery.shards import write_shards
 from train import downstream, simgan
 from train.config import to_dict
+from train.evaluate import gap_closed, summary
 
 NAME = "simgan_gaze"
 THREADS = 2
@@ -142,19 +143,10 @@ def contact_sheet(
 
 
 def _summary(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation (0 for one run) and the runs, rounded."""
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {
-        "mean": round(statistics.fmean(values), 3),
-        "std": round(spread, 3),
-        "runs": [round(v, 3) for v in values],
-    }
-
-
-def gap_closed(e_syn: float, e_ref: float, e_real: float) -> float | None:
-    """(E_syn - E_ref) / (E_syn - E_real): 1 = refined as good as real, 0 = no help."""
-    gap = e_syn - e_real
-    return None if abs(gap) < 1e-9 else (e_syn - e_ref) / gap
+    """``train.evaluate.summary`` (mean, sample std, runs), rounded to 3 decimals."""
+    figures = summary(values)
+    return {"mean": round(figures["mean"], 3), "std": round(figures["std"], 3),
+            "runs": [round(v, 3) for v in figures["runs"]]}  # fmt: skip
 
 
 # -- the benchmark ----------------------------------------------------------------------------
