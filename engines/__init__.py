@@ -17,6 +17,7 @@ from typing import Any
 
 from engines.base import Engine, Refined
 from engines.spec import (
+    DEFAULT_BATCH,
     EngineError,
     EngineMismatch,
     EngineSpec,
@@ -75,19 +76,32 @@ def build(
     backend: str,
     fp16: bool = False,
     profile: Profile | None = None,
+    batch: int | None = None,
     workspace_gib: float = 4.0,
 ) -> EngineSpec:
     """Add a backend artifact: ``onnxruntime --fp16`` writes the FP16 graph;
-    ``tensorrt`` builds a plan for this GPU (FP16 from that graph when ``fp16``)."""
+    ``tensorrt`` builds a plan for this GPU (FP16 from that graph when ``fp16``) whose profile
+    is ``profile``, or batches up to ``batch`` (default 64, a job's default) at up to twice
+    the training size."""
     if backend == "tensorrt":
         from engines.tensorrt_backend import build_plan
 
-        return build_plan(engine_dir, fp16=fp16, profile=profile, workspace_gib=workspace_gib)
+        if profile is not None and batch is not None:
+            raise EngineError("give --shapes or --batch for a plan, not both")
+        return build_plan(
+            engine_dir,
+            fp16=fp16,
+            profile=profile,
+            batch=batch or DEFAULT_BATCH,
+            workspace_gib=workspace_gib,
+        )
     if backend == "onnxruntime":
         if not fp16:
             raise EngineError("onnxruntime runs model.onnx as exported; build adds only --fp16")
-        if profile is not None:
-            raise EngineError("--shapes applies to TensorRT plans; ONNX Runtime takes any shape")
+        if profile is not None or batch is not None:
+            raise EngineError(
+                "--shapes and --batch apply to TensorRT plans; ONNX Runtime takes any shape"
+            )
         from engines.fp16 import ensure_fp16_graph
 
         return ensure_fp16_graph(engine_dir, read_spec(engine_dir))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 FORMAT = "refinery-engine"
 FORMAT_VERSION = 1
@@ -36,6 +37,9 @@ WEIGHTS_FILE = "model.safetensors"
 FP16_FILE = "model.fp16.onnx"
 PLAN_FILE = "model.plan"
 PIXEL_DTYPES = {"gray8": "uint8", "rgb8": "uint8", "depth16": "uint16"}
+TORCH_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16}
+DEFAULT_BATCH = 64  # a refine job's --batch, and a TensorRT plan's default max batch
+MAX_BATCH = 4096  # the exported graph's batch range (ONNX dims are symbolic; see Profile.for_plan)
 
 
 class EngineError(RuntimeError):
@@ -95,8 +99,9 @@ class Profile:
 
     @classmethod
     def around(cls, height: int, width: int, *, multiple: int = 1) -> Profile:
-        """The default: batch 1..256 (opt 64), sizes from 16 px (or less) to 4x the training
-        size, tuned for the training size itself."""
+        """The exported graph's range: batch 1..4096 (opt 64), sizes from 16 px (or less) to 4x
+        the training size, tuned for the training size itself. ONNX Runtime and torch allocate
+        per call, so a wide range costs nothing; a TensorRT plan narrows it (``for_plan``)."""
 
         def down(v: int) -> int:
             return max(multiple, v // multiple * multiple)
@@ -104,8 +109,31 @@ class Profile:
         return cls(
             Shape(1, down(min(height, 16)), down(min(width, 16))),
             Shape(64, height, width),
-            Shape(256, 4 * height, 4 * width),
+            Shape(MAX_BATCH, 4 * height, 4 * width),
             multiple=multiple,
+        )
+
+    def for_plan(self, batch: int, *, growth: int = 2) -> Profile:
+        """A TensorRT plan's default profile inside this (exported) one: batches up to the job's
+        ``batch``, sizes up to ``growth`` x the training size (``opt``), tuned for ``batch`` at
+        the training size. A plan's execution context allocates activations for its largest
+        shape, so the default stays near what a job runs: the exported 4096 x 4x-size range
+        would ask tens of GB for a 1024x2048 generator. Widen it with ``refinery build --batch N``
+        or ``--shapes MIN/OPT/MAX``."""
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        m = self.multiple
+
+        def grown(dim: str) -> int:
+            size = min(growth * getattr(self.opt, dim), getattr(self.max, dim))
+            return max(getattr(self.opt, dim), size // m * m)
+
+        batch = min(batch, self.max.batch)
+        return Profile(
+            Shape(self.min.batch, self.min.height, self.min.width),
+            Shape(batch, self.opt.height, self.opt.width),
+            Shape(batch, grown("height"), grown("width")),
+            multiple=m,
         )
 
     def __str__(self) -> str:
@@ -157,21 +185,39 @@ class PixelIO:
     def pixel_dtype(self) -> str:
         return PIXEL_DTYPES[self.pixel_kind]
 
-    def to_model(self, pixels: np.ndarray) -> np.ndarray:
-        """(B, H, W[, C]) stored pixels -> (B, C, H, W) float32 in [-1, 1]."""
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.pixel_dtype]
+
+    def to_model(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """(B, H, W[, C]) stored pixels -> (B, C, H, W) float32 in [-1, 1], computed where the
+        pixels are (a CUDA tensor stays on its device); NumPy in, NumPy out."""
+        if isinstance(pixels, np.ndarray):
+            return self.to_model(torch.from_numpy(pixels)).numpy()
         if pixels.ndim == 3:
             pixels = pixels[..., None]
-        unit = (pixels.astype(np.float32) - self.low) / (self.high - self.low)
-        x = np.clip(unit, 0.0, 1.0) * 2.0 - 1.0
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        # the same float32 operations as NumPy's, so CPU results are bit-identical to them (on
+        # CUDA torch divides by a scalar as a multiplication by its reciprocal: an ulp at most,
+        # far below the half grey level that rounding back to pixels resolves)
+        unit = (pixels.to(torch.float32) - self.low) / float(self.high - self.low)
+        x = unit.clamp(0.0, 1.0) * 2.0 - 1.0
+        return x.permute(0, 3, 1, 2).contiguous()
 
-    def to_pixels(self, x: np.ndarray) -> np.ndarray:
-        """(B, C, H, W) model output -> (B, H, W[, C]) pixels in the stored dtype (rounded)."""
-        values = (np.clip(x, -1.0, 1.0) + 1.0) / 2.0 * (self.high - self.low) + self.low
-        values = np.rint(values.transpose(0, 2, 3, 1))
+    def to_pixels(
+        self, x: np.ndarray | torch.Tensor, finite: torch.Tensor | None = None
+    ) -> np.ndarray | torch.Tensor:
+        """(B, C, H, W) model output -> (B, H, W[, C]) pixels in the stored dtype (rounded half
+        to even, as ``np.rint``), computed where the output is; NumPy in, NumPy out. Samples
+        whose ``finite`` flag is False come out as zeros (never a cast of NaN)."""
+        if isinstance(x, np.ndarray):
+            return self.to_pixels(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+        values = ((x.clamp(-1.0, 1.0) + 1.0) / 2.0 * (self.high - self.low) + self.low).round()
+        if finite is not None:  # before the cast: uint16 tensors support little beyond copies
+            values = torch.where(finite.view(-1, 1, 1, 1), values, 0.0)
+        values = values.permute(0, 2, 3, 1)
         if self.channels == 1:
             values = values[..., 0]
-        return values.astype(self.pixel_dtype)
+        return values.contiguous().to(self.torch_dtype)
 
 
 @dataclass(frozen=True)

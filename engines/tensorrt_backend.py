@@ -20,11 +20,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
 
-from engines.base import Engine
+from engines.base import Engine, cuda_index
 from engines.fp16 import ensure_fp16_graph
 from engines.spec import (
+    DEFAULT_BATCH,
     PLAN_FILE,
     EngineError,
     EngineMismatch,
@@ -107,8 +108,6 @@ def check_plan(record: dict[str, Any], *, gpu: str, tensorrt_version: str) -> No
 
 
 def gpu_identity(device: int = 0) -> dict[str, str]:
-    import torch
-
     if not torch.cuda.is_available():
         raise EngineError("the tensorrt backend needs a CUDA GPU; none is visible")
     major, minor = torch.cuda.get_device_capability(device)
@@ -120,13 +119,16 @@ def build_plan(
     *,
     fp16: bool = True,
     profile: Profile | None = None,
+    batch: int = DEFAULT_BATCH,
     workspace_gib: float = 4.0,
     device: int = 0,
 ) -> EngineSpec:
-    """Build ``model.plan`` for this GPU and TensorRT version; record it in ``engine.json``."""
+    """Build ``model.plan`` for this GPU and TensorRT version; record it in ``engine.json``.
+    Without ``profile`` the plan takes batches up to ``batch`` (a refine job's ``--batch``) at
+    up to twice the training size (``Profile.for_plan``)."""
     trt = import_tensorrt()
     spec = read_spec(engine_dir)
-    profile = profile or spec.profile
+    profile = profile or spec.profile.for_plan(batch)
     check_profile_within(profile, spec.profile)
     identity = gpu_identity(device)
     if fp16:
@@ -135,20 +137,22 @@ def build_plan(
     else:
         graph = verify_file(engine_dir, spec.model)
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(network_flags(trt))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(graph)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineError(f"TensorRT could not parse {graph}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    optimisation = builder.create_optimization_profile()
-    low, opt, high = profile_shapes(profile, spec.io.channels)
-    optimisation.set_shape(spec.model["input"], low, opt, high)
-    config.add_optimization_profile(optimisation)
-    serialized = builder.build_serialized_network(network, config)
+    with torch.cuda.device(device):  # the builder times kernels on the current device
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        network = builder.create_network(network_flags(trt))
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(graph)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise EngineError(f"TensorRT could not parse {graph}: {errors}")
+        config = builder.create_builder_config()
+        workspace = int(workspace_gib * (1 << 30))
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+        optimisation = builder.create_optimization_profile()
+        low, opt, high = profile_shapes(profile, spec.io.channels)
+        optimisation.set_shape(spec.model["input"], low, opt, high)
+        config.add_optimization_profile(optimisation)
+        serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineError("TensorRT failed to build the plan; its log above says why")
     plan = Path(engine_dir) / PLAN_FILE
@@ -171,10 +175,34 @@ def build_plan(
     return spec
 
 
+# TensorRT data types by enum name -> torch dtypes (``trt.DataType.HALF.name == "HALF"``)
+TORCH_DTYPES = {
+    "FLOAT": torch.float32,
+    "HALF": torch.float16,
+    "BF16": torch.bfloat16,
+    "INT8": torch.int8,
+    "UINT8": torch.uint8,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "BOOL": torch.bool,
+}
+
+
+def torch_dtype(trt_dtype: Any) -> torch.dtype:
+    name = getattr(trt_dtype, "name", str(trt_dtype)).rsplit(".", 1)[-1]
+    if name not in TORCH_DTYPES:
+        raise EngineError(f"TensorRT tensor type {name} has no torch equivalent here")
+    return TORCH_DTYPES[name]
+
+
 class TensorRTEngine(Engine):
+    """A deserialised plan on ``cuda:N``: the plan, its execution context and this engine's
+    stream all belong to that device (``torch.cuda.set_device`` first, so a torchrun rank's
+    plan never lands on GPU 0); input and output types are read from the plan."""
+
     backend = "tensorrt"
 
-    def __init__(self, spec: EngineSpec, engine_dir: str | Path, *, device: str = "cuda:0"):
+    def __init__(self, spec: EngineSpec, engine_dir: str | Path, *, device: str = "cuda"):
         super().__init__(spec, engine_dir)
         record = spec.builds.get("tensorrt")
         if record is None:
@@ -183,44 +211,49 @@ class TensorRTEngine(Engine):
                 "--backend tensorrt --fp16' on this machine first"
             )
         trt = import_tensorrt()
-        import torch
-
-        self._torch = torch
-        index = int(device.partition(":")[2] or 0)
+        index = cuda_index(device)
+        if index is None:
+            raise EngineError(f"the tensorrt backend runs on a CUDA device, not {device!r}")
         check_plan(record, gpu=gpu_identity(index)["gpu"], tensorrt_version=trt.__version__)
         plan = verify_file(engine_dir, record)
         self.device = torch.device("cuda", index)
         self.profile = Profile.from_dict(record["profile"])
         self.precision = record["precision"]
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.plan = runtime.deserialize_cuda_engine(plan.read_bytes())
-        if self.plan is None:
-            raise EngineError(f"{plan}: TensorRT could not deserialise the plan")
-        self.context = self.plan.create_execution_context()
+        self.make_stream()  # sets the device: TensorRT allocates on the current one
+        with torch.cuda.device(self.device):
+            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self.plan = runtime.deserialize_cuda_engine(plan.read_bytes())
+            if self.plan is None:
+                raise EngineError(f"{plan}: TensorRT could not deserialise the plan")
+            self.context = self.plan.create_execution_context()
+        if self.context is None:
+            raise EngineError(
+                f"{plan}: TensorRT could not create an execution context (out of device "
+                f"memory on {self.device} for the profile's largest shape {self.profile.max}? "
+                "rebuild with a smaller --batch or --shapes)"
+            )
         names = [self.plan.get_tensor_name(i) for i in range(self.plan.num_io_tensors)]
         inputs = [n for n in names if self.plan.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
         if len(inputs) != 1 or len(outputs) != 1:
             raise EngineError(f"{plan}: expected one input and one output, got {names}")
         self.input_name, self.output_name = inputs[0], outputs[0]
+        self.input_dtype = torch_dtype(self.plan.get_tensor_dtype(self.input_name))
+        self.output_dtype = torch_dtype(self.plan.get_tensor_dtype(self.output_name))
 
-    def run_tensor(self, x):
-        """(B, C, H, W) float32 CUDA tensor -> float32 CUDA tensor, on the current stream."""
-        torch = self._torch
-        x = x.to(self.device, dtype=torch.float32).contiguous()
-        self.context.set_input_shape(self.input_name, tuple(x.shape))
-        y = torch.empty(
-            tuple(self.context.get_tensor_shape(self.output_name)),
-            dtype=torch.float32,
-            device=self.device,
-        )
-        self.context.set_tensor_address(self.input_name, x.data_ptr())
-        self.context.set_tensor_address(self.output_name, y.data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise EngineError("TensorRT execution failed")
-        return y
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        y = self.run_tensor(self._torch.from_numpy(x))
-        return y.cpu().numpy()  # CPU-GPU sync
+    def _run_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) on this engine's device and stream (``run_tensor`` enters both)."""
+        x = x.to(self.input_dtype).contiguous()
+        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+            raise EngineMismatch(
+                f"TensorRT refused input shape {tuple(x.shape)} (plan profile {self.profile})"
+            )
+        shape = tuple(self.context.get_tensor_shape(self.output_name))
+        y = torch.empty(shape, dtype=self.output_dtype, device=self.device)
+        for name, tensor in ((self.input_name, x), (self.output_name, y)):
+            if not self.context.set_tensor_address(name, tensor.data_ptr()):
+                raise EngineError(f"TensorRT refused the address of tensor {name!r}")
+        # on this engine's own stream, never the legacy default one (TensorRT would synchronise)
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise EngineError("TensorRT execution failed; its log above says why")
+        return y.float()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import shutil
 import types
@@ -14,7 +15,7 @@ from torch import nn
 
 import engines
 from engines import EngineError, EngineMismatch, PixelIO, Profile, Shape
-from engines.base import Engine
+from engines.base import Engine, cuda_index
 from engines.export import export_module
 from engines.fp16 import to_fp16
 from engines.spec import EngineSpec, read_spec, write_spec
@@ -25,7 +26,9 @@ from engines.tensorrt_backend import (
     network_flags,
     profile_shapes,
     tensorrt_major,
+    torch_dtype,
 )
+from engines.torch_backend import GraphCache
 from refinery import sim
 from refinery.cli import main
 from refinery.registry import build_network, list_networks, network_info
@@ -189,9 +192,9 @@ class _Fake(Engine):
         super().__init__(spec, ".")
         self.fn, self.calls = fn, []
 
-    def _run(self, x):
+    def _run_tensor(self, x):
         self.calls.append(len(x))
-        return self.fn(x)
+        return torch.from_numpy(self.fn(x.numpy()))
 
 
 def _spec(io: PixelIO = GRAY, profile: Profile = SMALL) -> EngineSpec:
@@ -440,7 +443,7 @@ def test_shapes_parse_and_profile_validation():
     with pytest.raises(ValueError, match="min <= opt <= max"):
         Profile.parse("4x35x55/2x35x55/8x35x55")
     assert Profile.around(35, 55) == Profile(
-        Shape(1, 16, 16), Shape(64, 35, 55), Shape(256, 140, 220)
+        Shape(1, 16, 16), Shape(64, 35, 55), Shape(4096, 140, 220)
     )
 
 
@@ -520,3 +523,352 @@ def test_tensorrt_fp16_plan_matches_torch(run_engine, tmp_path):
     write_spec(copy, EngineSpec.from_dict(data))
     with pytest.raises(EngineMismatch, match="another GPU"):
         engines.load(copy, backend="tensorrt")
+
+
+# -- device-resident calls, CUDA graphs, plan profiles, TensorRT with a stand-in ------------
+
+
+def test_cuda_index_reads_device_strings():
+    assert [cuda_index(d) for d in (None, "cpu", "cuda", "cuda:3")] == [None, None, 0, 3]
+
+
+@pytest.mark.parametrize(
+    ("io", "dtype", "top"),
+    [(GRAY, np.uint8, 255), (PixelIO("depth.png", "depth16", 1, 300.0, 1800.0), np.uint16, 65535)],
+)
+def test_refine_tensor_scales_and_quantises_like_the_numpy_formula(io, dtype, top):
+    """The device path (torch ops) against the formula of engine.json written in NumPy."""
+    engine = _Fake(_spec(io), lambda x: np.tanh(1.7 * x + 0.3))
+    pixels = np.random.default_rng(4).integers(0, top + 1, (6, 20, 30)).astype(dtype)
+    refined, finite = engine.refine_tensor(torch.from_numpy(pixels))
+    assert refined.dtype == io.torch_dtype and refined.device.type == "cpu" and finite.all()
+    unit = np.clip((pixels.astype(np.float32) - io.low) / (io.high - io.low), 0, 1)
+    y = np.tanh(1.7 * (unit * 2 - 1) + 0.3)
+    want = np.rint((np.clip(y, -1, 1) + 1) / 2 * (io.high - io.low) + io.low).astype(dtype)
+    assert np.array_equal(refined.numpy(), want)
+    assert np.array_equal(engine.refine(pixels).pixels, want)
+
+
+def test_non_finite_samples_come_out_zero_in_sixteen_bit_too():
+    io = PixelIO("depth.png", "depth16", 1, low=500.0, high=2000.0)
+
+    def broken(x):
+        y = x.copy()
+        y[0, 0, 1, 1] = np.inf
+        return y
+
+    refined = _Fake(_spec(io), broken).refine(np.full((2, 16, 16), 900, np.uint16))
+    assert refined.finite.tolist() == [False, True]
+    assert not refined.pixels[0].any() and (refined.pixels[1] == 900).all()
+
+
+def _graph_cache(max_batch=64, max_graphs=8):
+    """A GraphCache whose 'capture' runs the forward eagerly on every replay (the CPU stand-in
+    for a CUDA graph: same static input and output buffers, same bucketing)."""
+
+    def forward(x):
+        return x * 2.0 + x.sum(dim=(1, 2, 3), keepdim=True) * 0.0  # per-sample, like the nets
+
+    def capture(fn, static_input):
+        static_output = fn(static_input)
+
+        def replay():
+            static_output.copy_(fn(static_input))
+
+        return replay, static_output
+
+    return GraphCache(forward, max_batch=max_batch, capture=capture, max_graphs=max_graphs)
+
+
+def test_graph_cache_pads_batches_to_power_of_two_buckets():
+    cache = _graph_cache(max_batch=100)
+    assert [cache.bucket(b) for b in (1, 2, 3, 5, 64, 65, 100)] == [1, 2, 4, 8, 64, 100, 100]
+    with pytest.raises(ValueError):
+        cache.bucket(101)
+    rng = torch.Generator().manual_seed(0)
+    for batch in (3, 4, 2, 3, 70):
+        x = torch.rand((batch, 1, 6, 7), generator=rng)
+        y = cache(x)
+        assert y.shape == x.shape and torch.equal(y, x * 2.0)
+    assert cache.captures == 3  # buckets 4, 2 and 100 for 1x6x7
+    assert len(cache.graphs[(4, 1, 6, 7)][0]) == 4
+    assert not cache.graphs[(100, 1, 6, 7)][0][70:].any(), "padding rows are zeros"
+
+
+def test_graph_cache_output_survives_the_next_replay_and_drops_old_graphs():
+    cache = _graph_cache(max_graphs=2)
+    a = cache(torch.ones((2, 1, 4, 4)))
+    cache(torch.zeros((2, 1, 4, 4)))
+    assert (a == 2).all(), "callers get a copy, not the static output"
+    for size in (5, 6, 7):
+        cache(torch.ones((1, 1, size, size)))
+    assert list(cache.graphs) == [(1, 1, 6, 6), (1, 1, 7, 7)]
+
+
+def test_torch_backend_refuses_graphs_without_cuda_and_with_compile(run_engine):
+    root, _ = run_engine
+    with pytest.raises(EngineError, match="CUDA graphs need a CUDA device"):
+        engines.load(root / "engine", backend="torch", device="cpu", graphs=True)
+    engine = engines.load(root / "engine", backend="torch", device="cpu")
+    assert engine.graphs is None and engine.stream is None
+    assert engine.device == torch.device("cpu")
+
+
+def test_onnxruntime_cpu_takes_and_returns_tensors(run_engine):
+    root, _ = run_engine
+    engine = engines.load(root / "engine", backend="onnxruntime")
+    x = torch.rand((3, 1, 35, 55)) * 2 - 1
+    y = engine.run_tensor(x)
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float32 and y.shape == x.shape
+    assert np.array_equal(y.numpy(), engine(x.numpy()))
+
+
+def test_a_plans_default_profile_is_the_jobs_batch_at_twice_the_training_size():
+    exported = Profile.around(35, 55)
+    assert str(exported.for_plan(64)) == "1x16x16/64x35x55/64x70x110"
+    assert str(exported.for_plan(1024)) == "1x16x16/1024x35x55/1024x70x110"
+    unet = Profile.around(256, 512, multiple=256)
+    assert str(unet.for_plan(4)) == "1x256x256/4x256x512/4x512x1024"
+    tight = Profile(Shape(1, 8, 8), Shape(2, 24, 32), Shape(8, 40, 64), multiple=4)
+    assert str(tight.for_plan(64)) == "1x8x8/8x24x32/8x40x64"  # inside the exported range
+    check_profile_within(exported.for_plan(64), exported)
+    with pytest.raises(ValueError):
+        exported.for_plan(0)
+
+
+def test_build_takes_shapes_or_batch_not_both(run_engine):
+    root, _ = run_engine
+    with pytest.raises(EngineError, match="--shapes or --batch"):
+        engines.build(root / "engine", backend="tensorrt", profile=SMALL, batch=8)
+    with pytest.raises(EngineError, match="apply to TensorRT plans"):
+        engines.build(root / "engine", backend="onnxruntime", fp16=True, batch=8)
+
+
+class _FakeStream:
+    handles = iter(range(1000, 2000))
+
+    def __init__(self, device=None):
+        self.device, self.cuda_stream = device, next(self.handles)
+
+    def wait_stream(self, other):
+        pass
+
+
+class _FakeTensorRT:
+    """Enough of the TensorRT 10 Python API for TensorRTEngine: a 'plan' that halves its
+    input, reading and writing the raw addresses it is given, as execute_async_v3 does."""
+
+    __version__ = "10.13.2.6"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    class TensorIOMode(enum.Enum):
+        INPUT = 1
+        OUTPUT = 2
+
+    class DataType(enum.Enum):
+        FLOAT = 0
+        HALF = 1
+
+    def __init__(self, *, context=True, output_dtype="HALF", max_batch=8):
+        self.calls, self.make_context = [], context
+        self.output_dtype, self.max_batch = output_dtype, max_batch
+        fake = self
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, data):
+                fake.calls.append(("deserialize", fake.current_device))
+                return fake
+
+        self.Runtime = Runtime
+        self.current_device = None
+
+    # the plan
+    num_io_tensors = 2
+
+    def get_tensor_name(self, i):
+        return ("images", "refined")[i]
+
+    def get_tensor_mode(self, name):
+        return self.TensorIOMode.INPUT if name == "images" else self.TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name):
+        return self.DataType.FLOAT if name == "images" else self.DataType[self.output_dtype]
+
+    def create_execution_context(self):
+        self.calls.append(("context", self.current_device))
+        return self if self.make_context else None
+
+    # the context
+    def set_input_shape(self, name, shape):
+        self.shape = shape
+        return shape[0] <= self.max_batch
+
+    def get_tensor_shape(self, name):
+        return self.shape
+
+    def set_tensor_address(self, name, address):
+        setattr(self, f"address_{name}", address)
+        return True
+
+    def execute_async_v3(self, stream):
+        import ctypes
+
+        count = int(np.prod(self.shape))
+        source = (ctypes.c_float * count).from_address(self.address_images)
+        x = np.frombuffer(source, np.float32).copy()
+        out_type = np.float16 if self.output_dtype == "HALF" else np.float32
+        target = np.ctypeslib.as_array(
+            (ctypes.c_byte * (count * np.dtype(out_type).itemsize)).from_address(
+                self.address_refined
+            )
+        )
+        target[:] = (x * 0.5).astype(out_type).view(np.int8)
+        self.calls.append(("execute", stream))
+        return True
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """torch.cuda's device and stream calls recorded instead of made."""
+    import contextlib
+
+    import engines.tensorrt_backend as trt_backend
+
+    state = {"set_device": [], "device": []}
+    fake = _FakeTensorRT()
+
+    @contextlib.contextmanager
+    def device(d):
+        state["device"].append(torch.device(d))
+        previous, fake.current_device = fake.current_device, torch.device(d)
+        yield
+        fake.current_device = previous
+
+    def set_device(d):
+        state["set_device"].append(torch.device(d))
+        fake.current_device = torch.device(d)
+
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda d=None: _FakeStream(d))
+    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(trt_backend, "gpu_identity", lambda index: {"gpu": f"Fake GPU {index}"})
+    return state, fake
+
+
+def _with_plan(root, tmp_path, gpu="Fake GPU 1"):
+    copy = tmp_path / "engine"
+    shutil.copytree(root / "engine", copy)
+    (copy / "model.plan").write_bytes(b"plan")
+    from engines.spec import sha256_file
+
+    spec = read_spec(copy).with_build(
+        "tensorrt",
+        {
+            "file": "model.plan",
+            "sha256": sha256_file(copy / "model.plan"),
+            "tensorrt_version": "10.13.2.6",
+            "gpu": gpu,
+            "precision": "fp16",
+            "profile": Profile.parse("1x16x16/8x35x55/8x70x110").as_dict(),
+        },
+    )
+    write_spec(copy, spec)
+    return copy
+
+
+def test_tensorrt_engine_loads_its_plan_on_its_own_device(run_engine, tmp_path, fake_cuda):
+    state, fake = fake_cuda
+    root, _ = run_engine
+    engine = engines.load(_with_plan(root, tmp_path), backend="tensorrt", device="cuda:1")
+    cuda1 = torch.device("cuda", 1)
+    assert state["set_device"] == [cuda1], "a torchrun rank's plan must not land on GPU 0"
+    assert fake.calls == [("deserialize", cuda1), ("context", cuda1)]
+    assert engine.device == cuda1 and engine.stream.device == cuda1
+    assert engine.input_dtype == torch.float32 and engine.output_dtype == torch.float16
+    assert str(engine.profile) == "1x16x16/8x35x55/8x70x110"  # the plan's, not the graph's
+
+
+def test_tensorrt_engine_runs_on_its_stream_and_checks_every_call(run_engine, tmp_path, fake_cuda):
+    _, fake = fake_cuda
+    root, _ = run_engine
+    engine = engines.load(_with_plan(root, tmp_path), backend="tensorrt", device="cuda:1")
+    engine.device = torch.device("cpu")  # the stand-in plan reads and writes host memory
+    x = torch.linspace(-1, 1, 3 * 35 * 55).reshape(3, 1, 35, 55)
+    y = engine.run_tensor(x)
+    assert y.dtype == torch.float32 and torch.allclose(y, x * 0.5, atol=1e-3)  # HALF output
+    assert fake.calls[-1] == ("execute", engine.stream.cuda_stream)
+    refined = engine.refine(np.full((2, 35, 55), 255, np.uint8))
+    assert (refined.pixels == 191).all()  # 1.0 -> 0.5 -> round(1.5 / 2 * 255) = 191
+    with pytest.raises(EngineMismatch, match="outside the engine's profile"):
+        engine.run_tensor(torch.zeros((2, 1, 35, 200)))
+    fake.max_batch = 2  # the context itself refuses: set_input_shape's False is an error
+    with pytest.raises(EngineMismatch, match="TensorRT refused input shape"):
+        engine.run_tensor(torch.zeros((3, 1, 35, 55)))
+
+
+def test_tensorrt_engine_says_when_no_context_fits_on_the_device(run_engine, tmp_path, fake_cuda):
+    _, fake = fake_cuda
+    fake.make_context = False
+    root, _ = run_engine
+    with pytest.raises(EngineError, match=r"execution context .* smaller --batch or --shapes"):
+        engines.load(_with_plan(root, tmp_path), backend="tensorrt", device="cuda:1")
+    with pytest.raises(EngineError, match="runs on a CUDA device"):
+        engines.load(_with_plan(root, tmp_path / "b"), backend="tensorrt", device="cpu")
+    assert torch_dtype(_FakeTensorRT.DataType.HALF) == torch.float16
+    with pytest.raises(EngineError, match="no torch equivalent"):
+        torch_dtype(types.SimpleNamespace(name="FP8"))
+
+
+# -- GPU: device-resident calls, graphs ----------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_graphs_match_eager_and_keep_pixels_on_the_device(run_engine, precision):
+    root, _ = run_engine
+    eager = engines.load(
+        root / "engine", backend="torch", device="cuda", precision=precision, graphs=False
+    )
+    graphed = engines.load(root / "engine", backend="torch", device="cuda", precision=precision)
+    assert graphed.graphs is not None and graphed.stream is not None
+    rng = np.random.default_rng(8)
+    for batch in (1, 3, 64, 100):
+        pixels = torch.from_numpy(rng.integers(0, 256, (batch, 35, 55), dtype=np.uint8)).cuda()
+        a, finite = graphed.refine_tensor(pixels)
+        b, _ = eager.refine_tensor(pixels)
+        assert a.device.type == "cuda" and a.dtype == torch.uint8 and finite.all()
+        assert (a.int() - b.int()).abs().max() <= 1
+    assert graphed.graphs.captures == 4  # buckets 1, 4, 64, 128
+
+
+@pytest.mark.gpu
+def test_sixteen_bit_pixels_cross_to_the_device_and_back(tmp_path):
+    torch.manual_seed(0)
+    export_module(
+        build_network("simgan-refiner-small", channels=1),
+        tmp_path,
+        network="simgan-refiner-small",
+        kwargs={"channels": 1},
+        method="test",
+        domain="hand",
+        pixels=PixelIO("depth.png", "depth16", 1, low=0.0, high=2000.0),
+        profile=SMALL,
+        source={},
+    )
+    cpu = engines.load(tmp_path, backend="torch", device="cpu")
+    gpu = engines.load(tmp_path, backend="torch", device="cuda")
+    depth = np.random.default_rng(9).integers(0, 2001, (4, 32, 32)).astype(np.uint16)
+    a, b = cpu.refine(depth), gpu.refine(depth)
+    assert b.pixels.dtype == np.uint16 and b.finite.all()
+    assert np.abs(a.pixels.astype(int) - b.pixels.astype(int)).max() <= 2
