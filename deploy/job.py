@@ -1,23 +1,26 @@
 """The refine job (contract 3): input shards -> engine -> output shards, 1:1, exactly once.
 
-One process runs three stages over its shards, joined by bounded queues so memory stays flat
-whatever the dataset size (STYLE 6)::
+One process composes the stages of ``deploy.stages`` top to bottom (STYLE 6)::
 
-    reader thread:  tar members (pass-through bytes, in order)  ┐
-                    DALI webdataset reader -> image decode       ┘ joined by key -> batches
-    main thread:    engine.refine(batch)                         (batch n)
-    writer thread:  encode -> ShardWriter (temp name, rename) -> <name>.stats.json (rename)
+    read_batches     strict tar reader, each shard read once; batches of --batch   [thread]
+    DaliDecoder      JPEG (or, with --decoder dali, every image) through DALI      [thread]
+    decode_item      OpenCV decoding in a pool of --decode-workers threads          [pool]
+    refine_batches   engine.refine: pixels up as stored dtype, refined pixels back   [thread]
+    encode_item      OpenCV encoding in a pool of --encode-workers threads          [pool]
+    write_shards     ShardWriter (temp name, rename) -> <name>.stats.json (rename)   [caller]
 
-so batch n+1 is decoded and batch n-1 encoded and written while the engine runs batch n.
+joined by ``prefetch`` queues of ``queue_depth`` batches, so every stage works on its own
+batch at once and memory stays flat whatever the dataset size. The pools keep shard and key
+order: the output does not depend on the number of workers, and the same engine and decoder
+give the same bytes.
 
-Decoding. DALI's webdataset reader (CPU mode, ``device_id=None``, without a GPU; ``mixed``
-decoding with one) decodes the image component; every other component is taken byte for byte
-from Refinery's strict tar reader, which also reports truncated tars, duplicate keys and bad
-members. DALI stops a whole pipeline at the first undecodable image, so when it fails on a
-shard the rest of that shard is decoded with OpenCV sample by sample, where a corrupt image is
-one reject; shards the strict reader found structurally broken go to OpenCV directly. PNG
-headers are checked before a DALI decode is accepted (DALI would quietly convert an 8-bit PNG
-in a 16-bit depth slot), so both paths refuse the same inputs.
+Decoding. Where DALI really decodes on the GPU (JPEG images, a CUDA engine, ``--decoder
+auto``) one DALI pipeline serves the whole job, fed the encoded bytes the tar reader read;
+PNG is decoded on the CPU by OpenCV, DALI's own CPU path being no faster. ``--decoder dali``
+sends every image through DALI (in CPU mode without a GPU), ``--decoder opencv`` none. An
+image is checked (PNG header, chunk CRCs, JPEG markers) before DALI sees it; one that fails
+the check, or a DALI batch that fails anyway, is decoded by OpenCV, where a corrupt image is
+one reject.
 
 Exactly once. A shard is finished when its output and its stats file both exist; the output is
 renamed into place first, the stats file last, so a kill at any moment leaves either a finished
@@ -28,19 +31,13 @@ read, and every reject is listed with key, component and reason.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
-import queue
 import re
-import struct
-import tarfile
-import tempfile
-import threading
 import time
-import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,22 +45,26 @@ from typing import Any
 import cv2
 import fsspec
 import numpy as np
-from webdataset.tariterators import base_plus_ext
 
-from refinery import __version__
-from refinery.samples import (
-    DEPTH16,
-    GRAY8,
-    MALFORMED,
-    MISSING,
-    RGB8,
-    UNDECODABLE,
-    SampleError,
-    Undecodable,
-    decode_image,
-    encode_image,
-    encode_json,
+from deploy.dali import DaliDecoder, have_dali
+from deploy.stages import (
+    NON_FINITE,
+    SIZE,
+    Batch,
+    Item,
+    decode_item,
+    encode_item,
+    in_pool,
+    machine_threads,
+    prefetch,
+    read_batches,
+    refine_batches,
+    upstream,
 )
+from engines.base import cuda_index
+from engines.spec import DEFAULT_BATCH
+from refinery import __version__
+from refinery.samples import encode_json
 from refinery.shards import (
     ShardWriter,
     _is_local,
@@ -75,9 +76,10 @@ from refinery.shards import (
     temp_tag,
 )
 
-SIZE = "size-outside-engine"  # reject reasons the job adds to refinery.samples.REASONS
-NON_FINITE = "non-finite-output"
+__all__ = ["NON_FINITE", "SIZE", "JobSummary", "RefineConfig", "ShardStats", "run"]
+
 STATS_SUFFIX = ".stats.json"
+DECODERS = ("auto", "dali", "opencv")
 
 
 class RejectRateExceeded(RuntimeError):
@@ -90,19 +92,24 @@ class RefineConfig:
     output: str  # directory, fsspec URL, or "pipe:<command with {name}>"
     backend: str = "onnxruntime"
     device: str | None = None
-    batch: int = 64
+    batch: int = DEFAULT_BATCH
     keep_original: bool = False
     max_reject_rate: float | None = None  # None: no limit
     stats: str | None = None  # where stats files go (default: beside the output shards)
-    decoder: str = "dali"  # "dali" or "opencv"
-    threads: int = 2  # DALI decode threads
+    decoder: str = "auto"  # "auto" (DALI for JPEG on a GPU, else OpenCV), "dali", "opencv"
+    decode_workers: int | None = None  # OpenCV decode threads (and DALI's); None: the machine's
+    encode_workers: int | None = None  # OpenCV encode threads; None: the machine's
     queue_depth: int = 2  # batches in flight between stages
 
     def __post_init__(self) -> None:
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
-        if self.decoder not in ("dali", "opencv"):
-            raise ValueError(f"decoder must be 'dali' or 'opencv', got {self.decoder!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        for name in ("decode_workers", "encode_workers", "queue_depth"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if self.max_reject_rate is not None and not 0 <= self.max_reject_rate <= 1:
             raise ValueError(f"max_reject_rate must be in [0, 1], got {self.max_reject_rate}")
         if self.output.startswith("pipe:") and "{name}" not in self.output:
@@ -238,317 +245,87 @@ def _clean_stale_temps(config: RefineConfig) -> None:
             pass
 
 
-# -- reading: pass-through bytes joined with decoded images ---------------------------------
+# -- the last stage: shards and their stats ----------------------------------------------------
 
 
-@dataclass
-class Item:
-    """One sample read from an input shard: its bytes, and its image once decoded."""
-
-    sample: dict[str, Any]  # "__key__", "__url__" and component bytes, in shard order
-    component: str = ""  # which image component it has ("jpg" or "png" for scenes)
-    image: np.ndarray | None = None
-    refined: np.ndarray | None = None
-    error: SampleError | None = None
-
-    @property
-    def key(self) -> str:
-        return self.sample["__key__"]
-
-
-_PNG = b"\x89PNG\r\n\x1a\n"
-_PNG_EXPECT = {GRAY8: ((8,), (0,)), RGB8: ((8,), (2, 6)), DEPTH16: ((16,), (0,))}
-
-
-def _header_problem(data: bytes, kind: str) -> str | None:
-    """What DALI would silently convert: the wrong PNG bit depth or colour type."""
-    if not data.startswith(_PNG) or len(data) < 26:
-        return None
-    depth, colour = data[24], data[25]
-    depths, colours = _PNG_EXPECT[kind]
-    if depth not in depths or colour not in colours:
-        return f"PNG is {depth}-bit colour type {colour}; a {kind} image needs {depths[0]}-bit"
-    return None
-
-
-def image_intact(data: bytes) -> bool:
-    """A cheap integrity check of an encoded image: every PNG chunk's CRC and the IEND chunk,
-    or a JPEG's start and end markers. DALI cannot skip an undecodable image (it stops the
-    pipeline), so a shard whose images fail this goes to OpenCV, which rejects them one by one."""
-    if data.startswith(_PNG):
-        at = len(_PNG)
-        while at + 12 <= len(data):
-            (length,) = struct.unpack(">I", data[at : at + 4])
-            end = at + 8 + length
-            if end + 4 > len(data):
-                return False
-            (crc,) = struct.unpack(">I", data[end : end + 4])
-            if zlib.crc32(data[at + 4 : end]) != crc:
-                return False
-            if data[at + 4 : at + 8] == b"IEND":
-                return True
-            at = end + 4
-        return False
-    if data.startswith(b"\xff\xd8"):
-        return data.rstrip(b"\0").endswith(b"\xff\xd9")
-    return False
-
-
-def dali_index(path: str, index: str, components: tuple[str, ...] = ()) -> bool:
-    """Write DALI's webdataset index (wds2idx format v1.2) for a local tar after checking its
-    structure and the integrity of its ``components`` images; False when the tar is not one
-    DALI should be given (truncated, corrupt, empty): DALI's own index inference can crash the
-    process on a truncated tar, and its decoders stop the pipeline at a corrupt image."""
-    try:
-        size = os.path.getsize(path)
-        samples: list[list[str]] = []
-        last = None
-        with tarfile.open(path, "r:") as tf, open(path, "rb") as raw:
-            for member in tf:
-                if not member.isfile():
-                    continue
-                if member.offset_data + member.size > size:
-                    return False
-                if member.name.endswith(tuple(f".{c}" for c in components)):
-                    raw.seek(member.offset_data)
-                    if not image_intact(raw.read(member.size)):
-                        return False
-                base = member.name.rsplit("/", 1)[-1]
-                dot = member.name.find(".", len(member.name) - len(base))
-                if dot <= 0:
-                    continue
-                key, ext = member.name[:dot], member.name[dot + 1 :]
-                entry = f"{ext} {member.offset_data} {member.size} {member.name}"
-                if key != last:
-                    samples.append([entry])
-                    last = key
-                else:
-                    samples[-1].append(entry)
-    except (OSError, tarfile.TarError, EOFError):
-        return False
-    if not samples:
-        return False
-    with open(index, "w") as f:
-        f.write(f"v1.2 {len(samples)}\n")
-        f.writelines(" ".join(sample) + "\n" for sample in samples)
-    return True
-
-
-_PARKED: list[Any] = []  # DALI pipelines that failed; see _dali_run
-
-
-@functools.cache
-def have_dali() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _dali_images(
-    url: str,
-    components: tuple[str, ...],
-    kind: str,
-    *,
-    batch: int,
-    threads: int,
-    device_id: int | None,
-) -> Iterator[tuple[str, np.ndarray]] | None:
-    """(key, image) for every sample of the shard with one of ``components``, in shard order;
-    None where DALI cannot take the shard (not installed, not a local file, not a sound tar)."""
-    if not have_dali() or not _is_local(url):
-        return None
-    path = _local_path(url)
-    index = f"{tempfile.gettempdir()}/refinery-{os.getpid()}-{threading.get_ident()}.idx"
-    if not dali_index(path, index, components):
-        return None
-
-    def images() -> Iterator[tuple[str, np.ndarray]]:
-        try:
-            yield from _dali_run(path, index, components, kind, batch, threads, device_id)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(index)
-
-    return images()
-
-
-def _dali_run(path, index, components, kind, batch, threads, device_id):
-    from nvidia.dali import fn, pipeline_def, types
-
-    @pipeline_def(batch_size=batch, num_threads=threads, device_id=device_id)
-    def pipeline():
-        encoded = fn.readers.webdataset(
-            paths=[path],
-            index_paths=[index],
-            ext=[";".join(components)],  # "jpg;png": either one is the image
-            missing_component_behavior="skip",
-            pad_last_batch=True,
-            name="Reader",
-        )
-        device = "mixed" if device_id is not None else "cpu"
-        if kind == DEPTH16:
-            image = fn.decoders.image(
-                encoded, device=device, output_type=types.ANY_DATA, dtype=types.UINT16
-            )
-        else:
-            kind_type = types.GRAY if kind == GRAY8 else types.RGB
-            image = fn.decoders.image(encoded, device=device, output_type=kind_type)
-        return image, fn.get_property(encoded, key="source_info")
-
-    pipe = pipeline()
-    pipe.build()
-    total = pipe.epoch_size("Reader")
-    produced = 0
-    while produced < total:
-        try:
-            images, sources = pipe.run()
-        except Exception:
-            # "Current pipeline object is no longer valid": deleting it can crash the process
-            # (DALI 2.4), so it is parked for the life of the process. Rare: shards are
-            # integrity-checked (image_intact) before DALI sees them.
-            _PARKED.append(pipe)
-            raise
-        if hasattr(images, "as_cpu"):
-            images = images.as_cpu()  # CPU-GPU sync: engines take host arrays
-        for j in range(len(sources)):
-            if produced >= total:
-                break
-            produced += 1
-            source = bytes(np.array(sources.at(j))).decode()  # "<shard>:<offset>:<key>.<ext>"
-            key = base_plus_ext(source.rsplit(":", 1)[1])[0]
-            image = np.array(images.at(j))
-            yield key, image[..., 0] if kind != RGB8 else image
-
-
-def read_items(
-    url: str,
-    *,
-    components: tuple[str, ...],
-    kind: str,
-    decoder: str = "dali",
-    batch: int = 64,
-    threads: int = 2,
-    device_id: int | None = None,
-    on_decoder: Callable[[str], None] | None = None,
-) -> Iterator[Item]:
-    """Every sample of one shard, in order, with its image decoded or its reject attached."""
-    broken: list[SampleError] = []
-    passthrough = tar_samples(url, handler=broken.append)
-
-    def samples() -> Iterator[Item | SampleError]:
-        for sample in passthrough:
-            while broken:
-                yield broken.pop(0)
-            yield Item(sample)
-        yield from broken
-
-    def opencv(item: Item, component: str) -> None:
-        try:
-            item.image = decode_image(item.sample[component], kind)
-        except Undecodable as exc:
-            item.error = SampleError(UNDECODABLE, str(exc), key=item.key, component=component)
-        except ValueError as exc:
-            item.error = SampleError(MALFORMED, str(exc), key=item.key, component=component)
-
-    decoded: dict[str, np.ndarray] = {}
-    dali = None
-    if decoder == "dali":
-        dali = _dali_images(
-            url, components, kind, batch=batch, threads=threads, device_id=device_id
-        )
-    use_dali = dali is not None
-    used = "dali" if use_dali else "opencv"
-    for entry in samples():
-        if isinstance(entry, SampleError):
-            yield Item({"__key__": entry.key, "__url__": url}, error=entry.with_url(url))
-            use_dali = False  # a structurally broken shard: DALI's own reader may not cope
-            continue
-        item = entry
-        found = [c for c in components if c in item.sample]
-        if len(found) != 1:
-            have = ", ".join(k for k in item.sample if not k.startswith("__")) or "nothing"
-            want = " or ".join(repr(c) for c in components)
-            item.error = SampleError(
-                MISSING if not found else MALFORMED,
-                f"{'no' if not found else 'more than one'} {want} to refine (has: {have})",
-                key=item.key,
-                component=components[0],
-            )
-            yield item
-            continue
-        component = item.component = found[0]
-        problem = _header_problem(item.sample[component], kind)
-        if problem:
-            item.error = SampleError(MALFORMED, problem, key=item.key, component=component)
-            yield item
-            continue
-        while use_dali and item.key not in decoded:
-            try:
-                key, image = next(dali)
-                decoded[key] = image
-            except StopIteration:
-                break
-            except Exception:  # DALI stops the whole pipeline at a corrupt image
-                use_dali = False
-                used = "dali+opencv"
-        if item.key in decoded:
-            item.image = decoded.pop(item.key)
-        else:
-            opencv(item, component)
-        yield item
-    if on_decoder is not None:
-        on_decoder(used)
-
-
-# -- the engine stage -----------------------------------------------------------------------
-
-
-def refine_items(engine, items: list[Item]) -> None:
-    """Run the engine on the items without errors, one call per image shape."""
-    spec = engine.spec
-    by_shape: dict[tuple[int, ...], list[Item]] = {}
-    for item in items:
-        if item.error is not None:
-            continue
-        height, width = item.image.shape[:2]
-        problems = engine.profile.problems(None, height, width)
-        channels = 1 if item.image.ndim == 2 else item.image.shape[2]
-        if channels != spec.io.channels:
-            problems.insert(0, f"{channels} channels, the engine takes {spec.io.channels}")
-        if problems:
-            item.error = SampleError(SIZE, "; ".join(problems), key=item.key)
-            continue
-        by_shape.setdefault(item.image.shape, []).append(item)
-    for group in by_shape.values():
-        result = engine.refine(np.stack([it.image for it in group]))
-        for i, item in enumerate(group):
-            if result.finite[i]:
-                item.refined = result.pixels[i]
-            else:
-                item.error = SampleError(NON_FINITE, "the engine produced NaN or inf", key=item.key)
-
-
-def assemble(item: Item, *, kind: str, provenance: bytes, keep_original: bool) -> dict[str, Any]:
+def assemble(item: Item, *, provenance: bytes, keep_original: bool) -> dict[str, Any]:
     """The output sample: every input component byte-identical except the refined image,
-    re-encoded in its own format (PNG stays lossless PNG, JPEG stays JPEG)."""
-    component = item.component
-    ext = component.rsplit(".", 1)[-1]
+    re-encoded in its own format (``item.encoded``)."""
     out: dict[str, Any] = {"__key__": item.key}
     for name, value in item.sample.items():
         if name.startswith("__"):
             continue
-        out[name] = encode_image(item.refined, kind, ext) if name == component else value
+        out[name] = item.encoded if name == item.component else value
     if keep_original:
-        out[f"orig.{component}"] = item.sample[component]
+        out[f"orig.{item.component}"] = item.sample[item.component]
     out["refinery.json"] = provenance
     return out
 
 
-# -- the job ---------------------------------------------------------------------------------
+class ShardOutput:
+    """One output shard being written: its samples in order, its rejects counted."""
 
-_END = object()
+    def __init__(self, config: RefineConfig, url: str, *, spec, backend: str):
+        name = shard_name(url)
+        self.config, self.spec = config, spec
+        self.stats = ShardStats(shard=name, input=url, output=output_url(config, name))
+        self.stats.engine, self.stats.engine_hash = spec.engine_id, spec.engine_hash
+        self.stats.backend = backend
+        self.provenance = _provenance(spec, backend, url)
+        self.decoders: set[str] = set()
+        self.began = time.perf_counter()
+        self.writer = ShardWriter(self.stats.output)
+
+    def add(self, item: Item) -> None:
+        stats = self.stats
+        stats.read += 1
+        if item.decoder:
+            self.decoders.add(item.decoder)
+        if item.error is None:
+            keep = self.config.keep_original
+            self.writer.write(assemble(item, provenance=self.provenance, keep_original=keep))
+            stats.written += 1
+            return
+        record = item.error.with_url(stats.input).as_record()
+        stats.rejects.append(record)
+        stats.reasons[record["reason"]] = stats.reasons.get(record["reason"], 0) + 1
+        stats.rejected += 1
+
+    def finish(self) -> ShardStats:
+        self.writer.close()  # the output shard appears under its name ...
+        stats = self.stats
+        stats.seconds = time.perf_counter() - self.began
+        stats.decoder = "+".join(sorted(self.decoders)) or "none"
+        _write_atomic(stats_url(self.config, stats.shard), stats.to_json())  # ... then this
+        return stats
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+def write_shards(
+    batches: Iterable[Batch], *, config: RefineConfig, spec, backend: str
+) -> Iterator[ShardStats]:
+    """Write each shard's samples and count its rejects; yield its stats once the shard and
+    then its stats file are in place. A shard cut short (an error upstream, a stop) is
+    aborted: nothing appears under its name."""
+    shard: ShardOutput | None = None
+    try:
+        with upstream(batches) as batches:
+            for batch in batches:
+                if batch.first:
+                    shard = ShardOutput(config, batch.url, spec=spec, backend=backend)
+                for item in batch.items:
+                    shard.add(item)
+                if batch.last:
+                    stats, shard = shard.finish(), None
+                    yield stats
+    finally:
+        if shard is not None:
+            shard.abort()
+
+
+# -- the job ---------------------------------------------------------------------------------
 
 
 def _provenance(spec, backend: str, url: str) -> bytes:
@@ -565,13 +342,6 @@ def _provenance(spec, backend: str, url: str) -> bytes:
             "refinery_version": __version__,
         }
     )
-
-
-def _device_id(config: RefineConfig) -> int | None:
-    device = config.device or ""
-    if not device.startswith("cuda"):
-        return None
-    return int(device.partition(":")[2] or 0)
 
 
 def image_components(spec) -> tuple[str, ...]:
@@ -626,6 +396,27 @@ def preflight(engine, urls: Sequence[str], *, probe: int = 16) -> None:
                 return
 
 
+def dali_decoder(config: RefineConfig, engine, kind: str, workers: int) -> DaliDecoder | None:
+    """The job's one DALI pipeline, where DALI is asked for (``--decoder dali``) or really
+    decodes on the GPU (``auto``: JPEG components and a CUDA engine); None: OpenCV only."""
+    if config.decoder == "opencv":
+        return None
+    device_id = cuda_index(engine.device)
+    if config.decoder == "auto" and (
+        device_id is None or "jpg" not in image_components(engine.spec) or not have_dali()
+    ):
+        return None
+    if not have_dali():
+        raise ValueError("--decoder dali: DALI is not installed (pip install nvidia-dali-cuda120)")
+    return DaliDecoder(
+        kind,
+        batch=config.batch,
+        threads=workers,
+        device_id=device_id,
+        everything=config.decoder == "dali",
+    )
+
+
 def run(
     config: RefineConfig,
     urls: str | Sequence[str],
@@ -653,137 +444,37 @@ def run(
     if todo:
         preflight(engine, todo)
 
-    batches: queue.Queue = queue.Queue(maxsize=config.queue_depth)
-    refined: queue.Queue = queue.Queue(maxsize=config.queue_depth)
-    failure: list[BaseException] = []
-    stop = threading.Event()
     results: list[ShardStats] = []
+    decoders = config.decode_workers or machine_threads()
+    encoders = config.encode_workers or machine_threads()
+    depth = config.queue_depth
+    with contextlib.ExitStack() as stack:
+        decode_pool = ThreadPoolExecutor(decoders, thread_name_prefix="refine-decode")
+        encode_pool = ThreadPoolExecutor(encoders, thread_name_prefix="refine-encode")
+        for pool in (decode_pool, encode_pool):
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+        dali = dali_decoder(config, engine, kind, decoders)
 
-    def put(q: queue.Queue, value: Any, *, consumer: threading.Thread | None = None) -> bool:
-        """Put unless the job is stopping (or, for the end marker, the consumer is gone)."""
-        while True:
-            if consumer is None and stop.is_set():
-                return False
-            if consumer is not None and not consumer.is_alive():
-                return False
-            with contextlib.suppress(queue.Full):
-                q.put(value, timeout=0.1)
-                return True
-
-    def get(q: queue.Queue) -> Any:
-        while True:
-            with contextlib.suppress(queue.Empty):
-                return q.get(timeout=0.1)
-            if stop.is_set():
-                return _END
-
-    def reader() -> None:
-        try:
-            for url in todo:
-                name = shard_name(url)
-                stats = ShardStats(shard=name, input=url, output=output_url(config, name))
-                if not put(batches, ("start", stats)):
-                    return
-                chunk: list[Item] = []
-                for item in read_items(
-                    url,
-                    components=components,
-                    kind=kind,
-                    decoder=config.decoder,
-                    batch=config.batch,
-                    threads=config.threads,
-                    device_id=_device_id(config),
-                    on_decoder=lambda used, s=stats: setattr(s, "decoder", used),
-                ):
-                    chunk.append(item)
-                    if len(chunk) >= config.batch:
-                        if not put(batches, ("items", chunk)):
-                            return
-                        chunk = []
-                if chunk and not put(batches, ("items", chunk)):
-                    return
-                if not put(batches, ("end", stats)):
-                    return
-        except BaseException as exc:
-            failure.append(exc)
-            stop.set()
-        finally:
-            put(batches, _END)
-
-    def writer() -> None:
-        shard_writer: ShardWriter | None = None
-        stats: ShardStats | None = None
-        began = 0.0
-        provenance = b""
-        try:
-            while True:
-                message = get(refined)
-                if message is _END:
-                    return
-                what, payload = message
-                if what == "start":
-                    stats, began = payload, time.perf_counter()
-                    provenance = _provenance(spec, engine.backend, stats.input)
-                    shard_writer = ShardWriter(stats.output)
-                elif what == "items":
-                    for item in payload:
-                        stats.read += 1
-                        if item.error is None:
-                            sample = assemble(
-                                item,
-                                kind=kind,
-                                provenance=provenance,
-                                keep_original=config.keep_original,
-                            )
-                            shard_writer.write(sample)
-                            stats.written += 1
-                        else:
-                            record = item.error.with_url(stats.input).as_record()
-                            stats.rejects.append(record)
-                            reason = record["reason"]
-                            stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
-                            stats.rejected += 1
-                elif what == "end":
-                    shard_writer.close()  # the output shard appears under its name ...
-                    shard_writer = None
-                    stats.seconds = time.perf_counter() - began
-                    stats.engine, stats.engine_hash = spec.engine_id, spec.engine_hash
-                    stats.backend = engine.backend
-                    _write_atomic(stats_url(config, stats.shard), stats.to_json())  # ... then this
-                    results.append(stats)
-                    if progress is not None:
-                        progress(stats)
-                    check_reject_rate(config, done + results)
-        except BaseException as exc:
-            failure.append(exc)
-            stop.set()
-        finally:
-            if shard_writer is not None:
-                shard_writer.abort()
-
-    reading = threading.Thread(target=reader, name="refine-reader", daemon=True)
-    writing = threading.Thread(target=writer, name="refine-writer", daemon=True)
-    reading.start()
-    writing.start()
-    try:
-        while True:
-            message = get(batches)
-            if message is _END:
-                break
-            if message[0] == "items":
-                refine_items(engine, message[1])  # batch n, while n+1 decodes and n-1 writes
-            if not put(refined, message):
-                break
-    except BaseException as exc:
-        failure.append(exc)
-        stop.set()
-    finally:
-        put(refined, _END, consumer=writing)
-        writing.join()
-        stop.set()  # the reader, if still going, stops at its next put
-        reading.join()
-    if failure:
-        raise failure[0]
+        batches = read_batches(todo, size=config.batch, components=components, kind=kind)
+        batches = prefetch(batches, depth, name="refine-read")
+        if dali is not None:
+            batches = prefetch(dali(batches), depth, name="refine-dali")
+        batches = in_pool(
+            batches, decode_item(kind), decode_pool, workers=decoders, ahead=depth,
+            select=lambda item: item.pending,
+        )  # fmt: skip
+        batches = prefetch(batches, depth, name="refine-decode")
+        batches = prefetch(refine_batches(batches, engine), depth, name="refine-engine")
+        batches = in_pool(
+            batches, encode_item(kind), encode_pool, workers=encoders, ahead=depth,
+            select=lambda item: item.error is None,
+        )  # fmt: skip
+        shards = write_shards(batches, config=config, spec=spec, backend=engine.backend)
+        for stats in stack.enter_context(contextlib.closing(shards)):
+            results.append(stats)
+            if progress is not None:
+                progress(stats)
+            check_reject_rate(config, done + results)
     order = {name: i for i, name in enumerate(names)}
     shards = sorted(done + results, key=lambda s: order[s.shard])
     return JobSummary(shards, time.perf_counter() - start)

@@ -327,6 +327,7 @@ def _build(args: argparse.Namespace) -> int:
         backend=args.backend,
         fp16=args.fp16,
         profile=_profile(args.shapes),
+        batch=args.batch,
         workspace_gib=args.workspace,
     )
     record = spec.builds["tensorrt" if args.backend == "tensorrt" else "onnx-fp16"]
@@ -397,6 +398,8 @@ def _refine(args: argparse.Namespace) -> int:
         max_reject_rate=args.max_reject_rate,
         stats=args.stats,
         decoder=args.decoder,
+        decode_workers=args.decode_workers,
+        encode_workers=args.encode_workers,
     )
     urls = expand_urls(args.input)
     if args.distributor == "ray":
@@ -654,7 +657,16 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("engine", help="engine directory")
     build.add_argument("--backend", required=True, choices=("tensorrt", "onnxruntime"))
     build.add_argument("--fp16", action="store_true", help="FP16 compute (FP32 normalisation)")
-    build.add_argument("--shapes", help=shapes_help + "; default: the engine's profile")
+    build.add_argument(
+        "--shapes",
+        help=shapes_help + "; default: batches up to --batch at up to 2x the training size",
+    )
+    build.add_argument(
+        "--batch",
+        type=_positive,
+        help="a plan's largest batch: the refine job's --batch (default 64); the plan's "
+        "context allocates for it",
+    )
     build.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace, GiB")
     build.set_defaults(run=_build)
 
@@ -680,8 +692,9 @@ def build_parser() -> argparse.ArgumentParser:
     refine = commands.add_parser(
         "refine",
         help="the main job: refine input shards into output shards through an engine",
-        description="Read input shards (DALI webdataset reader), run the engine on the image "
-        "component, and write output shards 1:1 under the input file names: every other "
+        description="Read input shards, decode (OpenCV pool; DALI for JPEG on a GPU), run the "
+        "engine on the image component, encode (OpenCV pool) and write output shards 1:1 "
+        "under the input file names: every other "
         "component byte-identical, refinery.json provenance added, <name>.stats.json beside "
         "each. A rerun skips finished shards; kill it at any moment and the rerun yields each "
         "key exactly once. Rank and world size come from the flags or from torchrun, Slurm "
@@ -704,7 +717,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-reject-rate", type=_rate, help="fail when more than this share is rejected"
     )
     refine.add_argument("--stats", help="directory for stats files (default: beside outputs)")
-    refine.add_argument("--decoder", default="dali", choices=("dali", "opencv"))
+    refine.add_argument(
+        "--decoder",
+        default="auto",
+        choices=("auto", "dali", "opencv"),
+        help="auto: DALI (nvJPEG) for JPEG images on a CUDA engine, OpenCV otherwise; dali: "
+        "every image through DALI (CPU mode without a GPU); opencv: none",
+    )
+    refine.add_argument(
+        "--decode-workers", type=_positive, help="decoding threads (default: this machine's CPUs)"
+    )
+    refine.add_argument(
+        "--encode-workers", type=_positive, help="encoding threads (default: this machine's CPUs)"
+    )
     refine.add_argument("--rank", type=int, help="this worker's rank (default: from launcher)")
     refine.add_argument("--world-size", type=_positive, help="number of workers")
     refine.add_argument("--distributor", default="local", choices=("local", "ray"))

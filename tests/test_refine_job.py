@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import types
 import zlib
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def test_outputs_map_one_to_one_with_labels_byte_identical(gaze, tmp_path):
         assert provenance[0]["source_shard"] == Path(url).name
         stats = _stats(out, Path(url).name)
         assert stats["read"] == stats["written"] == 20 and stats["engine"] == spec.engine_id
-        assert stats["decoder"] == "dali"
+        assert stats["decoder"] == "opencv"  # auto: DALI only for JPEG on a GPU
     # the refined pixels are the engine's, and decode under the gaze contract
     first = next(read(str(out / Path(urls[0]).name), "gaze"))
     original = next(read(urls[0], "gaze"))
@@ -123,7 +124,9 @@ def test_outputs_map_one_to_one_with_labels_byte_identical(gaze, tmp_path):
 
 def test_dali_and_opencv_decoders_give_identical_shards(gaze, tmp_path):
     _, engine, urls = gaze
-    run(RefineConfig(engine=str(engine), output=str(tmp_path / "a"), batch=8), urls[:1])
+    config = RefineConfig(engine=str(engine), output=str(tmp_path / "a"), batch=8, decoder="dali")
+    (stats,) = run(config, urls[:1]).shards
+    assert stats.decoder == "dali"
     config = RefineConfig(engine=str(engine), output=str(tmp_path / "b"), decoder="opencv")
     run(config, urls[:1])
     name = Path(urls[0]).name
@@ -182,10 +185,14 @@ def _scene_shards(root: Path) -> list[str]:
     return [str(root / n) for n in ("a.tar", "b.tar", "empty.tar", "cut.tar")]
 
 
-def test_conservation_with_corrupt_missing_empty_and_truncated_input(scene_engine, tmp_path):
+@pytest.mark.parametrize("decoder", ["dali", "opencv"])
+def test_conservation_with_corrupt_missing_empty_and_truncated_input(
+    scene_engine, tmp_path, decoder
+):
     urls = _scene_shards(tmp_path / "in")
     out = tmp_path / "out"
-    summary = run(RefineConfig(engine=str(scene_engine), output=str(out), batch=4), urls)
+    config = RefineConfig(engine=str(scene_engine), output=str(out), batch=4, decoder=decoder)
+    summary = run(config, urls)
     by_name = {s.shard: s for s in summary.shards}
     for stats in summary.shards:
         assert stats.read == stats.written + stats.rejected
@@ -197,14 +204,16 @@ def test_conservation_with_corrupt_missing_empty_and_truncated_input(scene_engin
         ("scene-syn-s4-00000002", "undecodable"),
         ("scene-syn-s4-00000005", "undecodable"),
     }
-    assert a.decoder == "opencv"  # its images fail the integrity check: DALI never sees them
-    assert b.decoder == "dali"
+    # the two corrupt images fail the integrity check: DALI never sees them, OpenCV rejects them
+    assert a.decoder == ("dali+opencv" if decoder == "dali" else "opencv")
+    assert b.decoder == decoder
     assert [(r["key"], r["reason"], r["component"]) for r in b.rejects] == [
         ("scene-syn-s4-00000008", "missing-component", "jpg")
     ]
     assert by_name["empty.tar"].read == 0 and (out / "empty.tar").exists()
+    assert by_name["empty.tar"].decoder == "none"
     cut = by_name["cut.tar"]
-    assert cut.reasons["truncated-tar"] == 1 and cut.decoder in ("opencv", "dali+opencv")
+    assert cut.reasons["truncated-tar"] == 1 and cut.decoder == decoder
     # every reject is listed in the stats file with shard, key, component and reason
     assert _stats(out, "a.tar")["rejects"] == a.rejects
     assert all(r["url"].endswith("a.tar") for r in a.rejects)
@@ -236,7 +245,7 @@ def test_dali_failing_mid_shard_hands_over_to_opencv(gaze, tmp_path):
         for sample in samples:
             writer.write({k: v for k, v in sample.items() if k != "__url__"})
     summary = run(
-        RefineConfig(engine=str(engine), output=str(tmp_path / "o"), batch=4),
+        RefineConfig(engine=str(engine), output=str(tmp_path / "o"), batch=4, decoder="dali"),
         [str(tmp_path / "in.tar")],
     )
     (stats,) = summary.shards
@@ -421,6 +430,71 @@ def test_stream_feeds_a_dataloader_with_refined_samples(gaze):
     assert all(isinstance(s["png"], bytes) for s in scene_like) and rejects.total == 0
 
 
+def test_stream_starts_workers_with_spawn_for_a_cuda_engine(gaze):
+    _, engine, urls = gaze
+    assert stream(str(engine), urls).start_method(2) is None  # CPU engine: the default
+    for options in ({"device": "cuda"}, {"device": "cuda:1"}, {"backend": "tensorrt"}):
+        dataset = stream(str(engine), urls, **options)
+        assert dataset.start_method(0) is None and dataset.start_method(2) == "spawn"
+        loader = dataset.loader(num_workers=2)  # no engine is loaded here, no CUDA touched
+        assert loader.multiprocessing_context.get_start_method() == "spawn"
+
+
+def test_spawned_workers_stream_the_same_samples(gaze):
+    _, engine, urls = gaze
+    dataset = stream(str(engine), urls, batch=8)
+    inline = {s["__key__"]: s for s in dataset.loader()}
+    spawned = dataset.loader(num_workers=2, multiprocessing_context="spawn")
+    seen = {s["__key__"]: s for s in spawned}
+    assert sorted(seen) == sorted(inline) and len(seen) == 60
+    for key, sample in seen.items():
+        assert np.array_equal(sample["png"], inline[key]["png"])
+        assert sample["json"] == inline[key]["json"]
+
+
+def test_a_forked_worker_says_to_spawn_instead_of_failing_in_cuda(gaze, monkeypatch):
+    _, engine, urls = gaze
+    worker = types.SimpleNamespace(id=0, num_workers=2)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: worker)
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)
+    with pytest.raises(RuntimeError, match="forked from a process that had already initialised"):
+        next(iter(stream(str(engine), urls, device="cuda")))
+    # a CPU engine in the same worker is fine
+    assert next(iter(stream(str(engine), urls)))["png"].shape == (35, 55)
+
+
+@pytest.mark.gpu
+def test_stream_runs_a_cuda_engine_in_spawned_workers(gaze):
+    _, engine, urls = gaze
+    torch.cuda.init()  # the parent has CUDA: a fork would break, spawn must not
+    reference = stream(str(engine), urls, backend="torch", device="cpu")
+    cpu = {s["__key__"]: s["png"] for s in reference}
+    dataset = stream(str(engine), urls, backend="torch", device="cuda")
+    seen = {s["__key__"]: s["png"] for s in dataset.loader(num_workers=2)}
+    assert sorted(seen) == sorted(cpu)
+    for key, png in seen.items():
+        assert np.abs(png.astype(int) - cpu[key].astype(int)).max() <= 1
+
+
+@pytest.mark.gpu
+def test_the_job_on_cuda_without_dali_matches_the_cpu_job(gaze, tmp_path):
+    _, engine, urls = gaze
+    cpu = RefineConfig(
+        engine=str(engine), output=str(tmp_path / "cpu"), backend="torch", device="cpu"
+    )
+    run(cpu, urls)
+    config = RefineConfig(
+        engine=str(engine), output=str(tmp_path / "gpu"), backend="torch", device="cuda"
+    )
+    summary = run(config, urls)
+    assert summary.written == 60 and {s.decoder for s in summary.shards} == {"opencv"}
+    a = list(read(str(tmp_path / "cpu"), "gaze"))
+    b = list(read(str(tmp_path / "gpu"), "gaze"))
+    for x, y in zip(a, b, strict=True):
+        assert x["json"] == y["json"]
+        assert np.abs(x["png"].astype(int) - y["png"].astype(int)).max() <= 1
+
+
 def test_cli_refine_summary_and_exit_status(gaze, tmp_path, capsys):
     _, engine, urls = gaze
     args = ["refine", "--engine", str(engine), "--input", urls[0], "--output", str(tmp_path / "o")]
@@ -472,7 +546,11 @@ def test_mixed_dali_decoding_and_torch_on_cuda_match_the_cpu_job(gaze, tmp_path)
     _, engine, urls = gaze
     cpu = RefineConfig(engine=str(engine), output=str(tmp_path / "cpu"), backend="torch")
     gpu = RefineConfig(
-        engine=str(engine), output=str(tmp_path / "gpu"), backend="torch", device="cuda"
+        engine=str(engine),
+        output=str(tmp_path / "gpu"),
+        backend="torch",
+        device="cuda",
+        decoder="dali",
     )
     run(cpu, urls[:1])
     (stats,) = run(gpu, urls[:1]).shards
