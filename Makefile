@@ -17,7 +17,14 @@ HAVE_NVIDIA := $(shell if [ -e /proc/driver/nvidia/version ] || command -v nvidi
 DEMO := out/demo
 DEMO_STEPS ?= 200  # adversarial iterations of the small preset: a couple of minutes on 2 cores
 
-.PHONY: install test lint demo bench results-table clean
+# The prepared GPU check runs where the GPU is, often a machine with its own torch and no
+# package index: it uses .venv's python when there is one, the system's python3 otherwise, and
+# installs what that machine lacks from the wheels `make gpu-wheels` puts in .whl/.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_CHECK_ARGS ?=
+GPU_WHEELS ?= webdataset==1.0.2 braceexpand==0.1.7
+
+.PHONY: install test lint demo bench results-table clean gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -57,6 +64,14 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.refine
 	$(BIN)/python -m benchmarks.evaluate  # ~40 min on 2 cores: refinery evaluate for every domain
 	$(BIN)/python -m benchmarks.table
+
+gpu-check:  # everything that needs a GPU, in one run (~5 min on one H200); --device cpu dry-runs it
+	$(GPU_PYTHON) -m benchmarks.gpu $(GPU_CHECK_ARGS)
+	$(GPU_PYTHON) -m benchmarks.table
+
+gpu-wheels: $(STAMP)  # pure-Python wheels the GPU check installs where no index is reachable
+	$(BIN)/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
 results-table: $(STAMP)
 	$(BIN)/python -m benchmarks.table

@@ -92,6 +92,7 @@ class RefineConfig:
     output: str  # directory, fsspec URL, or "pipe:<command with {name}>"
     backend: str = "onnxruntime"
     device: str | None = None
+    precision: str | None = None  # torch: fp32 | fp16 (autocast); onnxruntime: the FP16 graph
     batch: int = DEFAULT_BATCH
     keep_original: bool = False
     max_reject_rate: float | None = None  # None: no limit
@@ -428,13 +429,15 @@ def run(
     import engines
 
     start = time.perf_counter()
-    urls = expand_urls(urls)
+    # a rank given no shards (more workers than shards) has nothing to do, and succeeds
+    urls = expand_urls(urls) if isinstance(urls, str) or urls else []
     names = [shard_name(u) for u in urls]
     clashes = sorted(n for n, c in Counter(names).items() if c > 1)
     if clashes:
         raise ValueError(f"inputs share file names {clashes}: their outputs would collide")
     if engine is None:
-        options = {"device": config.device} if config.device else {}
+        options = {"device": config.device, "precision": config.precision}
+        options = {k: v for k, v in options.items() if v is not None}
         engine = engines.load(config.engine, backend=config.backend, **options)
     spec = engine.spec
     components, kind = image_components(spec), spec.io.pixel_kind

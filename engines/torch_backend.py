@@ -39,7 +39,8 @@ def capture_cuda_graph(forward: Forward, static_input: torch.Tensor):
             forward(static_input)
     torch.cuda.current_stream(static_input.device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # thread_local: a refine job's other threads (DALI, pinned copies) may use CUDA meanwhile
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         static_output = forward(static_input)
     return graph.replay, static_output
 

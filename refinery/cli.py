@@ -393,6 +393,7 @@ def _refine(args: argparse.Namespace) -> int:
         output=args.output,
         backend=args.backend,
         device=args.device,
+        precision=args.precision,
         batch=args.batch,
         keep_original=args.keep_original,
         max_reject_rate=args.max_reject_rate,
@@ -711,6 +712,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", default="onnxruntime", choices=("onnxruntime", "torch", "tensorrt")
     )
     refine.add_argument("--device", help="cpu, cuda or cuda:N (default: the backend's)")
+    refine.add_argument(
+        "--precision",
+        choices=("fp32", "fp16"),
+        help="torch: FP16 autocast on CUDA; onnxruntime: the FP16 graph (refinery build --fp16); "
+        "a TensorRT plan has the precision it was built with",
+    )
     refine.add_argument("--batch", type=_positive, default=64)
     refine.add_argument("--keep-original", action="store_true", help="also keep orig.<ext>")
     refine.add_argument(

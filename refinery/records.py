@@ -68,15 +68,38 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+def commit() -> str | None:
+    """The git commit this code runs at (``+dirty`` with uncommitted changes), if it is a
+    checkout: what a record was measured with."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        if head.returncode:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def write_record(
     path: str | Path, name: str, figures: dict[str, Any], settings: dict[str, Any]
 ) -> Path:
-    """Write one record (figures, settings, machine, versions, date) as JSON at ``path``."""
+    """Write one record (figures, settings, commit, machine, versions, date) as JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": commit(),
         "machine": machine(),
         "versions": versions(),
         "settings": settings,

@@ -407,6 +407,9 @@ def test_two_ranks_cover_all_shards_without_overlap(gaze, tmp_path, capsys):
     assert sorted(p.name for p in out.glob("*.tar")) == sorted(Path(u).name for u in urls)
     keys = [s["__key__"] for s in shard_samples(sorted(str(p) for p in out.glob("*.tar")))]
     assert len(keys) == len(set(keys)) == 60
+    # more workers than shards: a rank with none has nothing to do, and succeeds
+    assert main([*args, "--rank", "3", "--world-size", "4"]) == 0
+    assert "0 of 3 shards on rank 3 of 4" in capsys.readouterr().err
 
 
 def test_stream_feeds_a_dataloader_with_refined_samples(gaze):
