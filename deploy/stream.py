@@ -119,11 +119,10 @@ class RefinedStream(torch.utils.data.IterableDataset):
             return sample
         sample: dict[str, Any] = {"__key__": item.key, "__url__": url}
         for name, value in item.sample.items():
-            if name.startswith("__"):
-                continue
-            sample[name] = item.refined if name == item.component else (
-                decode_component(name, value, domain)
-            )  # fmt: skip
+            if name == item.component:
+                sample[name] = item.refined
+            elif not name.startswith("__"):
+                sample[name] = decode_component(name, value, domain)
         return sample
 
 

@@ -854,17 +854,16 @@ def test_cuda_graphs_match_eager_and_keep_pixels_on_the_device(run_engine, preci
 
 @pytest.mark.gpu
 def test_sixteen_bit_pixels_cross_to_the_device_and_back(tmp_path):
-    torch.manual_seed(0)
-    export_module(
-        build_network("simgan-refiner-small", channels=1),
+    from tests.test_refine_job import _engine
+
+    _engine(
         tmp_path,
-        network="simgan-refiner-small",
-        kwargs={"channels": 1},
-        method="test",
         domain="hand",
-        pixels=PixelIO("depth.png", "depth16", 1, low=0.0, high=2000.0),
+        channels=1,
+        kind="depth16",
+        component="depth.png",
         profile=SMALL,
-        source={},
+        high=2000.0,
     )
     cpu = engines.load(tmp_path, backend="torch", device="cpu")
     gpu = engines.load(tmp_path, backend="torch", device="cuda")

@@ -33,7 +33,10 @@ from refinery.shards import Rejects, ShardWriter, read, shard_samples, write_sha
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _engine(out: Path, *, domain: str, channels: int, kind: str, component: str, profile):
+def _engine(
+    out: Path, *, domain: str, channels: int, kind: str, component: str, profile, high=255.0
+):
+    """The small refiner with seed-0 random weights, exported as an engine for ``domain``."""
     torch.manual_seed(0)
     export_module(
         build_network("simgan-refiner-small", channels=channels),
@@ -42,7 +45,7 @@ def _engine(out: Path, *, domain: str, channels: int, kind: str, component: str,
         kwargs={"channels": channels},
         method="test",
         domain=domain,
-        pixels=PixelIO(component, kind, channels, low=0.0, high=255.0),
+        pixels=PixelIO(component, kind, channels, low=0.0, high=high),
         profile=profile,
         source={"run": None, "checkpoint": None, "recipe": {"test": True}},
     )
@@ -511,18 +514,14 @@ def test_cli_refine_summary_and_exit_status(gaze, tmp_path, capsys):
 
 
 def test_sixteen_bit_depth_is_refined_losslessly_through_dali(tmp_path):
-    engine = tmp_path / "engine"
-    torch.manual_seed(0)
-    export_module(
-        build_network("simgan-refiner-small", channels=1),
-        engine,
-        network="simgan-refiner-small",
-        kwargs={"channels": 1},
-        method="test",
+    engine = _engine(
+        tmp_path / "engine",
         domain="hand",
-        pixels=PixelIO("depth.png", "depth16", 1, low=0.0, high=2000.0),
+        channels=1,
+        kind="depth16",
+        component="depth.png",
         profile=Profile(Shape(1, 16, 16), Shape(4, 48, 48), Shape(16, 96, 96)),
-        source={},
+        high=2000.0,
     )
     made = (
         encode_sample(s, "hand") for s in sim.generate("hand", "synthetic", 10, seed=2, size=48)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from deploy import RefineConfig, run
 from deploy.dali import DaliDecoder
@@ -26,12 +25,11 @@ from deploy.stages import (
     prepare,
     read_batches,
 )
-from engines.export import export_module
-from engines.spec import PixelIO, Profile, Shape
+from engines.spec import Profile, Shape
 from refinery import sim
-from refinery.registry import build_network
 from refinery.samples import encode_sample
 from refinery.shards import ShardWriter, shard_samples, write_shards
+from tests.test_refine_job import _engine, _png_with_bad_pixels
 
 # -- prefetch ---------------------------------------------------------------------------------
 
@@ -276,8 +274,6 @@ def test_one_dali_pipeline_decodes_batch_after_batch_like_opencv(kind, domain, e
 
 def test_a_dali_failure_leaves_its_batch_to_opencv_and_rebuilds_the_pipeline():
     pytest.importorskip("nvidia.dali")
-    from tests.test_refine_job import _png_with_bad_pixels
-
     made = [encode_sample(s, "gaze") for s in sim.generate("gaze", "synthetic", 8, seed=6)]
     items = [Item({"__key__": s["__key__"], "png": s["png"]}, component="png") for s in made]
     items[1].sample["png"] = _png_with_bad_pixels(items[1].sample["png"])  # passes the check
@@ -299,17 +295,13 @@ def test_dali_refuses_a_kind_it_cannot_decode():
 @pytest.fixture(scope="module")
 def scene_job(tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
-    torch.manual_seed(0)
-    export_module(
-        build_network("simgan-refiner-small", channels=3),
+    _engine(
         root / "engine",
-        network="simgan-refiner-small",
-        kwargs={"channels": 3},
-        method="test",
         domain="scene",
-        pixels=PixelIO("png", "rgb8", 3, low=0.0, high=255.0),
+        channels=3,
+        kind="rgb8",
+        component="png",
         profile=Profile(Shape(1, 16, 16), Shape(4, 32, 64), Shape(16, 64, 128)),
-        source={},
     )
     made = (
         encode_sample(s, "scene")
