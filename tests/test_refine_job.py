@@ -342,7 +342,8 @@ def test_rerun_skips_finished_shards_and_redoes_unfinished_ones(gaze, tmp_path):
     assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == first
 
 
-def test_kill_9_mid_shard_then_rerun_yields_every_key_exactly_once(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_kill_9_or_ctrl_c_mid_shard_then_rerun_yields_every_key_exactly_once(tmp_path, stop):
     root = tmp_path
     engine = _engine(
         root / "engine",
@@ -365,10 +366,13 @@ def test_kill_9_mid_shard_then_rerun_yields_every_key_exactly_once(tmp_path):
     while not list(out.glob("*.stats.json")) and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(0.15)  # into the next shard
-    job.send_signal(signal.SIGKILL)
-    job.wait()
+    job.send_signal(stop)
+    code = job.wait(timeout=60)
     finished = len(list(out.glob("*.stats.json")))
     assert 1 <= finished < len(urls), "the kill must land mid-job for this test to mean anything"
+    if stop == signal.SIGINT:  # every stage stops, the shard being written is dropped
+        assert code == 130 and not list(out.glob(".*tmp*"))
+        assert len(list(out.glob("*.tar"))) == finished
     assert subprocess.run(command, env=env, capture_output=True).returncode == 0
     keys = [s["__key__"] for s in shard_samples(sorted(str(p) for p in out.glob("*.tar")))]
     assert len(keys) == len(set(keys)) == 240
