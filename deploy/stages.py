@@ -331,9 +331,9 @@ def encode_item(kind: str) -> Callable[[Item], None]:
     return encode
 
 
-def refine_items(engine, items: Sequence[Item]) -> None:
-    """Run the engine on the items without errors, one call per image shape; the refined
-    pixels come back to the host as stored pixels (NumPy)."""
+def launch(engine, items: Sequence[Item]) -> list[tuple[list[Item], Any]]:
+    """Queue the engine on the items without errors, one call per image shape (an item that
+    does not fit the engine is rejected here); the pending results, to ``collect``."""
     spec = engine.spec
     by_shape: dict[tuple[int, ...], list[Item]] = {}
     for item in items:
@@ -348,15 +348,24 @@ def refine_items(engine, items: Sequence[Item]) -> None:
             item.error = SampleError(SIZE, "; ".join(problems), key=item.key)
             continue
         by_shape.setdefault(tuple(item.image.shape), []).append(item)
+    launched = []
     for group in by_shape.values():
         images = [it.image for it in group]
         if all(isinstance(im, np.ndarray) for im in images):
             pixels = np.stack(images)  # (B, H, W[, C]): one host buffer, one upload
         else:  # decoded on the device (DALI mixed): stacked there
             pixels = torch.stack([torch.as_tensor(im).to(engine.device) for im in images])
-        result = engine.refine(pixels)
-        for i, item in enumerate(group):
+        launched.append((group, engine.submit(pixels)))
+        for item in group:
             item.image = None  # a decoded frame is not needed past here
+    return launched
+
+
+def collect(launched: list[tuple[list[Item], Any]]) -> None:
+    """Wait for ``launch``'s results: refined pixels (NumPy), or a non-finite reject."""
+    for group, pending in launched:
+        result = pending.result()
+        for i, item in enumerate(group):
             if result.finite[i]:
                 item.refined = result.pixels[i]
             else:
@@ -364,7 +373,17 @@ def refine_items(engine, items: Sequence[Item]) -> None:
 
 
 def refine_batches(batches: Iterable[Batch], engine) -> Iterator[Batch]:
+    """The engine on every batch; batch n+1 is queued on the device before batch n's results
+    are collected, so the device computes while the host hands results on and stacks the
+    next batch (on the CPU every call completes at once, and the order is the same)."""
     with upstream(batches) as batches:
+        previous = None
         for batch in batches:
-            refine_items(engine, batch.items)
-            yield batch
+            current = (batch, launch(engine, batch.items))
+            if previous is not None:
+                collect(previous[1])
+                yield previous[0]
+            previous = current
+        if previous is not None:
+            collect(previous[1])
+            yield previous[0]

@@ -8,6 +8,7 @@ on the engine's device, next to the model::
                                                     #    finite: (B,) bool on engine.device
     result = engine.refine(pixels)                  # NumPy (or a tensor) in, NumPy out:
                                                     # result.pixels, result.finite
+    pending = engine.submit(pixels)                 # the same, queued: pending.result()
     y = engine.run_tensor(x)                        # (B, C, H, W) float32 in [-1, 1] on
                                                     # engine.device -> the same shape
     y = engine(x)                                   # the same on NumPy arrays
@@ -69,18 +70,34 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 def to_host(*tensors: torch.Tensor) -> list[torch.Tensor]:
     """CPU copies of ``tensors`` through pinned memory, complete when this returns (one sync
     for all of them, on the current stream)."""
-    out, devices = [], set()
-    for tensor in tensors:
-        if tensor.device.type == "cpu":
-            out.append(tensor)
-            continue
-        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        host.copy_(tensor, non_blocking=True)
-        out.append(host)
-        devices.add(tensor.device)
-    for device in devices:
+    copies = [_copy_to_host(t) for t in tensors]
+    for device in {t.device for t in tensors if t.device.type == "cuda"}:
         torch.cuda.current_stream(device).synchronize()  # CPU-GPU sync
-    return out
+    return copies
+
+
+def _copy_to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A pinned host tensor that ``tensor`` is copied into on the current stream (queued, not
+    waited for); a CPU tensor as it is."""
+    if tensor.device.type == "cpu":
+        return tensor
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    return host
+
+
+@dataclass
+class PendingRefined:
+    """A refine call whose device work and copies back are queued: ``result()`` waits."""
+
+    pixels: torch.Tensor  # host tensor, complete once `done` has happened
+    finite: torch.Tensor
+    done: torch.cuda.Event | None = None  # None: computed on the CPU, complete already
+
+    def result(self) -> Refined:
+        if self.done is not None:
+            self.done.synchronize()  # CPU-GPU sync
+        return Refined(self.pixels.numpy(), self.finite.numpy())
 
 
 class Engine:
@@ -178,6 +195,11 @@ class Engine:
         """(B, H, W[, C]) stored pixels (NumPy, or a tensor on any device) -> NumPy pixels of
         the same shape and dtype, with per-sample finite flags: ``refine_tensor`` for host
         callers, with only stored-dtype pixels coming back."""
+        return self.submit(pixels).result()
+
+    def submit(self, pixels: np.ndarray | torch.Tensor) -> PendingRefined:
+        """``refine`` without waiting for the device: the work and the copies back are queued
+        on this engine's stream, so a caller can prepare the next batch meanwhile."""
         if isinstance(pixels, np.ndarray):
             if pixels.dtype != np.dtype(self.spec.io.pixel_dtype):
                 raise EngineMismatch(
@@ -186,8 +208,12 @@ class Engine:
                 )
             pixels = torch.from_numpy(np.ascontiguousarray(pixels))
         with self.on_device():
-            refined, finite = to_host(*self.refine_tensor(pixels))
-        return Refined(refined.numpy(), finite.numpy())
+            refined, finite = (_copy_to_host(t) for t in self.refine_tensor(pixels))
+            done = None
+            if self.device.type == "cuda":
+                done = torch.cuda.Event()
+                done.record(self.stream)
+        return PendingRefined(refined, finite, done)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec.engine_id} backend={self.backend}>"

@@ -24,8 +24,10 @@ from deploy.stages import (
     prefetch,
     prepare,
     read_batches,
+    refine_batches,
 )
-from engines.spec import Profile, Shape
+from engines.base import Engine
+from engines.spec import EngineSpec, PixelIO, Profile, Shape
 from refinery import sim
 from refinery.samples import encode_sample
 from refinery.shards import ShardWriter, shard_samples, write_shards
@@ -287,6 +289,57 @@ def test_a_dali_failure_leaves_its_batch_to_opencv_and_rebuilds_the_pipeline():
 def test_dali_refuses_a_kind_it_cannot_decode():
     with pytest.raises(ValueError, match="cannot decode"):
         DaliDecoder("float32", batch=1, threads=1, device_id=None)
+
+
+# -- the engine stage -----------------------------------------------------------------------------
+
+
+class _Recording(Engine):
+    """A pass-through engine that logs when a batch is queued and when it is collected."""
+
+    backend = "recording"
+
+    def __init__(self, spec):
+        super().__init__(spec, ".")
+        self.log = []
+
+    def _run_tensor(self, x):
+        return x
+
+    def submit(self, pixels):
+        pending, n = super().submit(pixels), sum(e[0] == "submit" for e in self.log)
+        self.log.append(("submit", n))
+        result = pending.result
+        pending.result = lambda: (self.log.append(("collect", n)), result())[1]
+        return pending
+
+
+def test_the_engine_stage_queues_the_next_batch_before_collecting_the_last():
+    spec = EngineSpec(
+        name="x", method="test", domain="gaze", io=PixelIO("png", "gray8", 1, 0.0, 255.0),
+        profile=Profile(Shape(1, 8, 8), Shape(4, 16, 16), Shape(8, 32, 32)), model={"sha256": ""},
+        weights={}, source={}, refinery_version="0",
+    )  # fmt: skip
+    engine = _Recording(spec)
+    rng = np.random.default_rng(0)
+    batches = []
+    for b in range(3):
+        items = [Item({"__key__": f"{b}-{i}"}, image=rng.integers(0, 256, (16, 16), np.uint8))
+                 for i in range(4)]  # fmt: skip
+        items[1].image = rng.integers(0, 256, (64, 16), np.uint8)  # too tall: a reject
+        batches.append(Batch("u", items))
+    images = [[it.image for it in b.items] for b in batches]
+    out = list(refine_batches(iter(batches), engine))
+    assert out == batches
+    assert engine.log == [
+        ("submit", 0), ("submit", 1), ("collect", 0), ("submit", 2), ("collect", 1),
+        ("collect", 2),
+    ]  # fmt: skip
+    for batch, originals in zip(out, images, strict=True):
+        assert batch.items[1].error.reason == "size-outside-engine"
+        for i in (0, 2, 3):
+            assert np.array_equal(batch.items[i].refined, originals[i])
+            assert batch.items[i].image is None  # the decoded frame is let go
 
 
 # -- the composed job ---------------------------------------------------------------------------
