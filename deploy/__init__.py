@@ -8,10 +8,18 @@ partitions shards; ``deploy.run_on_ray`` runs one task per shard group on a Ray 
 from __future__ import annotations
 
 from deploy.distributed import ShardGroupFailed, run_on_ray
-from deploy.job import JobSummary, RefineConfig, RejectRateExceeded, ShardStats, run
+from deploy.job import (
+    JobStopped,
+    JobSummary,
+    RefineConfig,
+    RejectRateExceeded,
+    ShardStats,
+    run,
+)
 from deploy.stream import RefinedStream, stream
 
 __all__ = [
+    "JobStopped",
     "JobSummary",
     "RefineConfig",
     "RefinedStream",

@@ -34,6 +34,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -75,8 +76,9 @@ from refinery.shards import (
     tar_samples,
     temp_tag,
 )
+from refinery.stopping import stop_requests
 
-__all__ = ["NON_FINITE", "SIZE", "JobSummary", "RefineConfig", "ShardStats", "run"]
+__all__ = ["NON_FINITE", "SIZE", "JobStopped", "JobSummary", "RefineConfig", "ShardStats", "run"]
 
 STATS_SUFFIX = ".stats.json"
 DECODERS = ("auto", "dali", "opencv")
@@ -84,6 +86,16 @@ DECODERS = ("auto", "dali", "opencv")
 
 class RejectRateExceeded(RuntimeError):
     """More samples were rejected than ``--max-reject-rate`` allows."""
+
+
+class JobStopped(RuntimeError):
+    """SIGINT or SIGTERM stopped the job at a batch boundary; finished shards stay finished,
+    the shard being written was dropped, a rerun goes on from there."""
+
+    def __init__(self, signum: int, finished: int):
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} after {finished} shards; rerun to finish the rest")
+        self.signal = signum
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -305,21 +317,30 @@ class ShardOutput:
 
 
 def write_shards(
-    batches: Iterable[Batch], *, config: RefineConfig, spec, backend: str
+    batches: Iterable[Batch],
+    *,
+    config: RefineConfig,
+    spec,
+    backend: str,
+    stop: dict[str, int] | None = None,
 ) -> Iterator[ShardStats]:
     """Write each shard's samples and count its rejects; yield its stats once the shard and
-    then its stats file are in place. A shard cut short (an error upstream, a stop) is
-    aborted: nothing appears under its name."""
+    then its stats file are in place. A shard cut short (an error upstream, a stop request:
+    ``stop["signal"]``, checked at every batch) is aborted: nothing appears under its name."""
     shard: ShardOutput | None = None
+    finished = 0
     try:
         with upstream(batches) as batches:
             for batch in batches:
+                if stop is not None and stop["signal"]:
+                    raise JobStopped(stop["signal"], finished)
                 if batch.first:
                     shard = ShardOutput(config, batch.url, spec=spec, backend=backend)
                 for item in batch.items:
                     shard.add(item)
                 if batch.last:
                     stats, shard = shard.finish(), None
+                    finished += 1
                     yield stats
     finally:
         if shard is not None:
@@ -452,6 +473,7 @@ def run(
     encoders = config.encode_workers or machine_threads()
     depth = config.queue_depth
     with contextlib.ExitStack() as stack:
+        stop = stack.enter_context(stop_requests())  # SIGINT/SIGTERM: stop at a batch
         decode_pool = ThreadPoolExecutor(decoders, thread_name_prefix="refine-decode")
         encode_pool = ThreadPoolExecutor(encoders, thread_name_prefix="refine-encode")
         for pool in (decode_pool, encode_pool):
@@ -472,7 +494,7 @@ def run(
             batches, encode_item(kind), encode_pool, workers=encoders, ahead=depth,
             select=lambda item: item.error is None,
         )  # fmt: skip
-        shards = write_shards(batches, config=config, spec=spec, backend=engine.backend)
+        shards = write_shards(batches, config=config, spec=spec, backend=engine.backend, stop=stop)
         for stats in stack.enter_context(contextlib.closing(shards)):
             results.append(stats)
             if progress is not None:

@@ -4,6 +4,7 @@
     engine = engines.load("engines/gaze", backend="onnxruntime")  # or "torch", "tensorrt"
     refined = engine.refine(pixels)                               # (B, H, W) uint8 -> same
     refined.pixels, refined.finite                                # per-sample NaN/inf flags
+    pixels, finite = engine.refine_tensor(on_device)              # stays on engine.device
 
 ``engine.json`` (``engines.spec``) is contract 2 of ARCHITECTURE.md: a job calls
 ``spec.check_fits(...)`` before it reads data. Backends: ``torch`` (the reference), ``onnxruntime``
@@ -48,7 +49,7 @@ __all__ = [
 
 def load(engine_dir: str | Path, backend: str = "onnxruntime", **options: Any) -> Engine:
     """The engine in ``engine_dir`` on ``backend``; options go to the backend (``device``,
-    ``precision``, ``threads`` for onnxruntime, ``compile`` for torch)."""
+    ``precision``, ``threads`` for onnxruntime, ``compile`` and ``graphs`` for torch)."""
     spec = read_spec(engine_dir)
     if backend == "onnxruntime":
         from engines.onnxruntime_backend import OnnxRuntimeEngine as cls

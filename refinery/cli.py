@@ -385,7 +385,7 @@ def _refine(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from deploy import launch
-    from deploy.job import RefineConfig, RejectRateExceeded, run
+    from deploy.job import JobStopped, RefineConfig, RejectRateExceeded, run
     from refinery.shards import expand_urls
 
     config = RefineConfig(
@@ -441,6 +441,9 @@ def _refine(args: argparse.Namespace) -> int:
                 summary = run_on_ray(config, mine, address=args.address, progress=progress)
             else:
                 summary = run(config, mine, progress=progress)
+        except JobStopped as exc:  # SIGINT / SIGTERM: finished shards stay, a rerun goes on
+            print(f"refinery refine: {exc}", file=sys.stderr)
+            return 128 + exc.signal
         except (RejectRateExceeded, RuntimeError) as exc:  # incl. a failed Ray shard group
             print(f"refinery refine: error: {exc}", file=sys.stderr)
             return 1

@@ -20,15 +20,12 @@ Run directory::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from refinery import sheets
+from refinery.stopping import stop_requests
 from train.config import write_yaml
 
 
@@ -196,31 +194,6 @@ def _check_finite(losses: dict[str, torch.Tensor], iteration: int, phase: str) -
     return values
 
 
-@contextlib.contextmanager
-def _stop_requests() -> Iterator[dict[str, int]]:
-    """SIGINT / SIGTERM ask the loop to finish its iteration, checkpoint and return.
-
-    Schedulers (Slurm, Kubernetes) send SIGTERM before killing a job; a second signal
-    interrupts at once.
-    """
-    requested = {"signal": 0}
-    if threading.current_thread() is not threading.main_thread():
-        yield requested
-        return
-
-    def handler(signum, frame):
-        if requested["signal"]:
-            raise KeyboardInterrupt
-        requested["signal"] = signum
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield requested
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def _wants_to_stop(method: Method, values: dict[str, float]) -> bool:
     """A method may end training early (SPIGAN's rule) by defining ``should_stop(values)``."""
     should_stop = getattr(method, "should_stop", None)
@@ -249,7 +222,7 @@ def train_loop(
     """
     end = schedule.total if stop_after is None else min(schedule.total, start + stop_after)
     timer, images = time.perf_counter(), 0
-    with _stop_requests() as stop:
+    with stop_requests() as stop:
         for iteration in range(start, end):
             phase = schedule.phase(iteration)
             losses: dict[str, torch.Tensor] = {}
