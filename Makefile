@@ -65,7 +65,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.evaluate  # ~40 min on 2 cores: refinery evaluate for every domain
 	$(BIN)/python -m benchmarks.table
 
-gpu-check:  # everything that needs a GPU, in one run (~5 min on one H200); --device cpu dry-runs it
+gpu-check:  # everything that needs a GPU, in one run (sized for < 8 min on one H200); --device cpu dry-runs it
 	$(GPU_PYTHON) -m benchmarks.gpu $(GPU_CHECK_ARGS)
 	$(GPU_PYTHON) -m benchmarks.table
 

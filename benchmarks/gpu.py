@@ -1,6 +1,6 @@
 """The prepared GPU check (``make gpu-check``): every check that needs a GPU, in one run.
 
-    python -m benchmarks.gpu                 # on a GPU machine: about 5 minutes on one H200
+    python -m benchmarks.gpu                 # on a GPU machine: sized for < 8 min on one H200
     python -m benchmarks.gpu --device cpu    # the same steps at CPU sizes: proves the script
 
 Steps, each recorded with its seconds and a status (``passed``, ``failed`` with the error, or
