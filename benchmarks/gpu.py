@@ -269,6 +269,9 @@ def pytest_gpu(ctx: dict) -> dict[str, Any]:
     result["exit_code"] = done.returncode
     result["command"] = " ".join(command[1:])
     counts = result["counts"]
+    for name, test in result["tests"].items():
+        if test["outcome"] == "skipped":  # what could not run here is named, never passed
+            ctx["not_run"].append(f"{name.rsplit('.', 1)[-1]}: {test['detail']}")
     if counts["failed"]:
         result["status"] = "failed"
         result["output_tail"] = done.stdout[-3000:]

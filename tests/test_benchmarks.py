@@ -211,7 +211,9 @@ def test_gpu_check_runs_every_step_end_to_end_on_the_cpu(tmp_path):
     assert job["gaze_stages_alone"]["engine"].startswith("pass-through")
     assert job["gaze_cli_processes"]["processes"] == 2 and job["gaze_cli_processes"]["frames"] == 40
     assert job["scene"]["frames"] == 2 and job["scene"]["frames_per_s"] > 0
-    assert any("GPU JPEG encoding" in line for line in record["figures"]["not_run"])
+    not_run = record["figures"]["not_run"]
+    assert any("GPU JPEG encoding" in line for line in not_run)
+    assert sum("gpu test: cuda" in line for line in not_run) == len(tests)
     rendered = "\n".join(table.RENDERERS["gpu-check"](record))
     assert "simgan-refiner-gaze (35x55, 8) | torch fp32 eager" in rendered
     assert "gaze PNG, `refinery refine`, processes sharing the GPU (2 processes)" in rendered
