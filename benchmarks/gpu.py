@@ -695,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, Any] = {"steps": {}, "not_run": ctx["not_run"]}
     settings = {
         "device": str(device),
-        "sizes": {k: v for k, v in sizes.items()},
+        "sizes": sizes,
         "wheels": wheels,
         "networks": {k: v[0] for k, v in NETWORKS.items()},
         "budget_s": args.budget,

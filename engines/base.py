@@ -67,22 +67,16 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
-def to_host(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    """CPU copies of ``tensors`` through pinned memory, complete when this returns (one sync
-    for all of them, on the current stream)."""
-    copies = [_copy_to_host(t) for t in tensors]
-    for device in {t.device for t in tensors if t.device.type == "cuda"}:
-        torch.cuda.current_stream(device).synchronize()  # CPU-GPU sync
-    return copies
-
-
-def _copy_to_host(tensor: torch.Tensor) -> torch.Tensor:
-    """A pinned host tensor that ``tensor`` is copied into on the current stream (queued, not
-    waited for); a CPU tensor as it is."""
+def to_host(tensor: torch.Tensor, *, wait: bool = True) -> torch.Tensor:
+    """A CPU copy of ``tensor`` through pinned memory, queued on the current stream and
+    complete on return (``wait=False``: the caller waits, e.g. on an event); a CPU tensor as
+    it is."""
     if tensor.device.type == "cpu":
         return tensor
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
     host.copy_(tensor, non_blocking=True)
+    if wait:
+        torch.cuda.current_stream(tensor.device).synchronize()  # CPU-GPU sync
     return host
 
 
@@ -171,8 +165,7 @@ class Engine:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """``run_tensor`` on a host array: (B, C, H, W) float32 -> float32 NumPy."""
         y = self.run_tensor(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        (y,) = to_host(y)
-        return y.numpy()
+        return to_host(y).numpy()
 
     @torch.inference_mode()
     def refine_tensor(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,7 +201,7 @@ class Engine:
                 )
             pixels = torch.from_numpy(np.ascontiguousarray(pixels))
         with self.on_device():
-            refined, finite = (_copy_to_host(t) for t in self.refine_tensor(pixels))
+            refined, finite = (to_host(t, wait=False) for t in self.refine_tensor(pixels))
             done = None
             if self.device.type == "cuda":
                 done = torch.cuda.Event()
