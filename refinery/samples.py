@@ -10,6 +10,12 @@ On disk every component is bytes; decoded, images are numpy arrays and labels ar
 | `hand`  | `depth.png` uint16 mm  | `json` (joints_uvd, ...)           |                             |
 | `scene` | `jpg` or `png` RGB     | `seg.png` uint8 ids, `json`        | `depth.png` uint16          |
 
+Real images are unlabeled by nature. An unlabeled sample's ``json`` says ``"labeled": false``
+(and where the image came from: ``refinery ingest images`` writes ``{"domain", "labeled":
+false, "source"}``) and needs no label fields; readers of a real pool (``labels=False``) also
+take a sample that is its image alone. A labeled set (what the refine job reads) needs the
+``json``.
+
 Every domain may also carry `orig.<image ext>` (the unrefined image, kept by the refine job)
 and `refinery.json` (provenance). Components this module does not know stay bytes: nothing is
 ever unpickled and no string from a label is evaluated.
@@ -40,7 +46,8 @@ TRUNCATED = "truncated-tar"
 DUPLICATE = "duplicate-key"
 BAD_MEMBER = "bad-member"
 UNREADABLE = "unreadable-shard"
-REASONS = (MISSING, UNDECODABLE, MALFORMED, TRUNCATED, DUPLICATE, BAD_MEMBER, UNREADABLE)
+BAD_KEY = "bad-key"  # a key that is not a safe relative path (``../x``, ``/abs``, a newline)
+REASONS = (MISSING, UNDECODABLE, MALFORMED, TRUNCATED, DUPLICATE, BAD_MEMBER, UNREADABLE, BAD_KEY)
 
 # Component kinds: how bytes become values.
 GRAY8 = "gray8"  # (H, W) uint8
@@ -284,15 +291,19 @@ def decode_component(name: str, data: bytes, domain: str | None = None) -> Any:
     return decode_image(data, kind)
 
 
-def decode_sample(sample: Mapping[str, Any], domain: str | None = None) -> dict[str, Any]:
+def decode_sample(
+    sample: Mapping[str, Any], domain: str | None = None, *, labels: bool = True
+) -> dict[str, Any]:
     """Decode every known component and validate the sample; raises SampleError.
 
     With a domain the sample is checked against that domain's contract (required components,
-    label fields, matching sizes); without one, components are decoded by name only.
+    label fields, matching sizes); without one, components are decoded by name only. With
+    ``labels=False`` (a real pool, unlabeled by nature) a sample may be its image alone; a
+    label it does carry is still checked.
     """
     key = sample.get("__key__")
     if domain is not None:
-        missing_components(sample, domain, key=key)
+        missing_components(sample, domain, key=key, labels=labels)
     out: dict[str, Any] = {}
     for name, value in sample.items():
         if name.startswith("__"):
@@ -309,10 +320,13 @@ def decode_sample(sample: Mapping[str, Any], domain: str | None = None) -> dict[
     return out
 
 
-def missing_components(sample: Mapping[str, Any], domain: str, *, key: str | None = None) -> None:
-    """Raise SampleError(MISSING) naming what a sample of `domain` lacks."""
+def missing_components(
+    sample: Mapping[str, Any], domain: str, *, key: str | None = None, labels: bool = True
+) -> None:
+    """Raise SampleError(MISSING) naming what a sample of `domain` lacks (with
+    ``labels=False``, only its image)."""
     image_component(sample, domain, key=key)
-    for name in spec(domain).labels:
+    for name in spec(domain).labels if labels else ():
         if name not in sample:
             raise SampleError(
                 MISSING,
@@ -330,9 +344,20 @@ def _finite_numbers(value: Any, count: int | None = None) -> bool:
     )
 
 
+def is_labeled(sample: Mapping[str, Any]) -> bool:
+    """Whether a decoded sample carries labels: a ``json`` that does not say
+    ``"labeled": false`` (real images are unlabeled by nature: ``refinery ingest images``)."""
+    label = sample.get("json")
+    return isinstance(label, dict) and label.get("labeled", True) is not False
+
+
 def _label_problem(label: dict[str, Any], domain: str) -> str | None:
     if "domain" in label and label["domain"] != domain:
         return f"label says domain {label['domain']!r}, expected {domain!r}"
+    if "labeled" in label and not isinstance(label["labeled"], bool):
+        return f"'labeled' must be true or false, got {label['labeled']!r}"
+    if label.get("labeled", True) is False:
+        return None  # an unlabeled (real) sample: its json only says so, and where it came from
     if domain == "gaze":
         gaze = label.get("gaze")
         if not isinstance(gaze, dict) or not _finite_numbers(
@@ -357,21 +382,20 @@ def _label_problem(label: dict[str, Any], domain: str) -> str | None:
         ):
             return f"'joints_xyz' must be {len(joints)} [x, y, z] finite numbers like joints_uvd"
     elif domain == "scene":
-        if label.get("labeled", True) is False:
-            return None
         if not isinstance(label.get("ontology"), str):
             return "'ontology' must name the id space of seg.png (e.g. 'cityscapes-19')"
     return None
 
 
 def check_labels(sample: Mapping[str, Any], domain: str) -> None:
-    """Check a decoded sample's labels and that its per-pixel components match the image."""
+    """Check a decoded sample's labels (when it has a ``json``) and that its per-pixel
+    components match the image."""
     key = sample.get("__key__")
-    problem = _label_problem(sample["json"], domain)
+    problem = _label_problem(sample["json"], domain) if "json" in sample else None
     if problem:
         raise SampleError(MALFORMED, problem, key=key, component="json")
     image_name = image_component(sample, domain, key=key)
-    if domain == "scene" and "seg.png" not in sample and sample["json"].get("labeled", True):
+    if domain == "scene" and "seg.png" not in sample and is_labeled(sample):
         raise SampleError(
             MISSING,
             "a labeled scene sample needs 'seg.png' (unlabeled ones say \"labeled\": false)",

@@ -613,18 +613,28 @@ def shard_samples(urls: str | Sequence[str], *, handler: Handler = reraise) -> I
 
 
 def decoded(
-    samples: Iterable[Sample], domain: str | None = None, *, handler: Handler = reraise
+    samples: Iterable[Sample],
+    domain: str | None = None,
+    *,
+    handler: Handler = reraise,
+    labels: bool = True,
 ) -> Iterator[Sample]:
-    """Decode and validate each sample against ``domain``'s contract; bad ones go to handler."""
+    """Decode and validate each sample against ``domain``'s contract; bad ones go to handler.
+    ``labels=False``: a real pool, where a sample may be its image alone."""
     for sample in samples:
         try:
-            yield decode_sample(sample, domain)
+            yield decode_sample(sample, domain, labels=labels)
         except SampleError as error:
             handler(error.with_url(sample.get("__url__", "<stream>")))
 
 
 def read(
-    urls: str | Sequence[str], domain: str | None = None, *, handler: Handler = reraise
+    urls: str | Sequence[str],
+    domain: str | None = None,
+    *,
+    handler: Handler = reraise,
+    labels: bool = True,
 ) -> Iterator[Sample]:
     """Decoded, validated samples from shards: the whole reading pipeline."""
-    return decoded(shard_samples(urls, handler=handler), domain, handler=handler)
+    samples = shard_samples(urls, handler=handler)
+    return decoded(samples, domain, handler=handler, labels=labels)
