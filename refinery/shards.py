@@ -30,7 +30,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 from urllib.parse import urlparse
 
 import braceexpand
@@ -39,6 +39,7 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext
 
 from refinery.samples import (
+    BAD_KEY,
     BAD_MEMBER,
     DUPLICATE,
     TRUNCATED,
@@ -394,6 +395,8 @@ def _tarfile_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
                         f"member {info.name!r} is cut short: {exc}", info.name
                     ) from None
                 yield info.name, data
+            elif not info.isdir():  # a link or a device: reported, never followed
+                yield info.name, NotAFile(info.type, info.linkname)
             tf.members = []  # streaming mode would otherwise keep every header of the shard
 
 
@@ -413,6 +416,20 @@ class _Prefixed:
         if len(data) < size:
             data += self.stream.read(size - len(data))
         return data
+
+
+class NotAFile(NamedTuple):
+    """A tar member that is not a regular file (a symbolic or hard link, a device, a FIFO):
+    it stands in for the member's data, so its sample is rejected rather than dropped."""
+
+    type: bytes
+    target: str
+
+    def describe(self) -> str:
+        what = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link"}
+        kind = what.get(self.type, f"not a regular file (tar type {self.type!r})")
+        to = f" to {self.target!r}" if self.target else ""
+        return f"{kind}{to}; links are never followed"
 
 
 _ZEROS = bytes(_BLOCK)
@@ -519,6 +536,9 @@ def _plain_members(header: bytes, stream: IO[bytes]) -> Iterator[tuple[str, byte
                 raise _TarEnded(f"member {name!r} is cut short: unexpected end of data", name)
             if kind in _FILE_TYPES:
                 yield name, data
+            elif kind != tarfile.DIRTYPE:
+                target = extended.get("linkpath", _text(header[157:257]))
+                yield name, NotAFile(kind, target)
             extended, pending = {}, b""
             if padding and len(_read_exactly(stream, padding)) < padding:
                 raise tarfile.ReadError("unexpected end of data")  # what tarfile says here
@@ -570,8 +590,20 @@ def tar_samples(url: str, *, handler: Handler = reraise) -> Iterator[Sample]:
                     problem = SampleError(
                         DUPLICATE, "key appears twice in the shard", key=key, url=url
                     )
+                else:
+                    problem = _key_problem(key, url)
                 seen.add(key)
                 last_key = key
+            if isinstance(data, NotAFile):
+                if problem is None:
+                    problem = SampleError(
+                        BAD_MEMBER,
+                        f"member {name!r} is {data.describe()}",
+                        key=key,
+                        component=component,
+                        url=url,
+                    )
+                continue
             if component in current and problem is None:
                 problem = SampleError(
                     BAD_MEMBER, "component appears twice", key=key, component=component, url=url
@@ -604,6 +636,16 @@ def tar_samples(url: str, *, handler: Handler = reraise) -> Iterator[Sample]:
             stream.close()
         except OSError as exc:  # a pipe: command that failed reports here (SIGPIPE is ignored)
             handler(SampleError(UNREADABLE, f"the shard stream failed: {exc}", url=url))
+
+
+def _key_problem(key: str, url: str) -> SampleError | None:
+    """A key that is not a safe relative path (``../x``, ``/abs``, a control character) is its
+    sample's reject: written out, it would name files outside the shard's own tree."""
+    try:
+        check_key(key)
+    except ValueError as exc:
+        return SampleError(BAD_KEY, str(exc), key=key, url=url)
+    return None
 
 
 def shard_samples(urls: str | Sequence[str], *, handler: Handler = reraise) -> Iterator[Sample]:

@@ -371,3 +371,70 @@ def test_a_close_that_fails_part_way_leaves_no_temporary_file(tmp_path, monkeypa
         writer.close()
     assert list(tmp_path.iterdir()) == []
     writer.abort()  # a no-op now
+
+
+def _raw_tar(path, members) -> str:
+    """A tar of (name, data | (tar type, link target)) members, as any tool might write it."""
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(data, tuple):
+                info.type, info.linkname = data
+                tf.addfile(info)
+            else:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-reader", "tarfile"])
+def test_unsafe_keys_are_bad_key_rejects_and_reading_goes_on(tmp_path, monkeypatch, fast):
+    if not fast:  # the same shard through tarfile's reader
+        monkeypatch.setattr(H, "_plain_members", lambda h, s: H._tarfile_members(H._Prefixed(h, s)))
+    good = gaze(1)
+    url = _raw_tar(
+        tmp_path / "keys.tar",
+        [
+            ("../../evil.png", good["png"]),
+            ("/abs/path.png", good["png"]),
+            ("new\nline.png", good["png"]),
+            ("eye-00001.png", good["png"]),
+            ("eye-00001.json", good["json"]),
+        ],
+    )
+    rejects = H.Rejects()
+    keys = [s["__key__"] for s in H.tar_samples(url, handler=rejects)]
+    assert keys == ["eye-00001"]
+    assert [(r["key"], r["reason"]) for r in rejects.records] == [
+        ("../../evil", S.BAD_KEY),
+        ("/abs/path", S.BAD_KEY),
+        ("new\nline", S.BAD_KEY),
+    ]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-reader", "tarfile"])
+def test_link_members_reject_their_sample_instead_of_vanishing(tmp_path, monkeypatch, fast):
+    if not fast:
+        monkeypatch.setattr(H, "_plain_members", lambda h, s: H._tarfile_members(H._Prefixed(h, s)))
+    good = gaze(2)
+    url = _raw_tar(
+        tmp_path / "links.tar",
+        [
+            ("eye-00001.png", good["png"]),
+            ("eye-00001.json", good["json"]),
+            ("only-link.png", (tarfile.SYMTYPE, "/etc/passwd")),  # a sample that is one link
+            ("half.png", good["png"]),
+            ("half.json", (tarfile.LNKTYPE, "eye-00001.json")),
+            ("folder", (tarfile.DIRTYPE, "")),  # directories are not samples: skipped
+            ("eye-00002.png", good["png"]),
+            ("eye-00002.json", good["json"]),
+        ],
+    )
+    rejects = H.Rejects()
+    keys = [s["__key__"] for s in H.tar_samples(url, handler=rejects)]
+    assert keys == ["eye-00001", "eye-00002"]
+    assert [(r["key"], r["component"], r["reason"]) for r in rejects.records] == [
+        ("only-link", "png", S.BAD_MEMBER),
+        ("half", "json", S.BAD_MEMBER),
+    ]
+    assert "symbolic link to '/etc/passwd'" in rejects.records[0]["detail"]
