@@ -108,7 +108,9 @@ def run_on_ray(
         collected = _collect(ray, config, running, progress)
         order = {shard_name(u): i for i, u in enumerate(urls)}
         shards = sorted(collected.values(), key=lambda s: order[s.shard])
-        return JobSummary(shards, time.perf_counter() - start)
+        summary = JobSummary(shards, time.perf_counter() - start)
+        job.check_reject_rate(config, summary)  # over the whole job, not one task's group
+        return summary
     finally:
         if started:
             ray.shutdown()
@@ -153,7 +155,8 @@ def _refine_group(config: RefineConfig, urls: list[str]) -> Iterator[dict[str, A
 
     def work() -> None:
         try:
-            job.run(config, urls, progress=reported.put)
+            # the verdict on rejects is the driver's, over every group's shards
+            job.run(replace(config, max_reject_rate=None), urls, progress=reported.put)
         except BaseException as exc:
             failure.append(exc)
         finally:
@@ -209,7 +212,6 @@ def _collect(
                 pending.append(task)
                 if not stats.skipped and progress is not None:
                     progress(stats)
-                job.check_reject_rate(config, list(collected.values()))  # over the whole job
     except BaseException:
         for task in pending:
             ray.cancel(task, force=True)  # a killed task leaves finished shards or none

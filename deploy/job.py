@@ -43,9 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import fsspec
-import numpy as np
 
 from deploy.dali import DaliDecoder, have_dali
 from deploy.stages import (
@@ -55,17 +53,19 @@ from deploy.stages import (
     Item,
     decode_item,
     encode_item,
+    fit_problem,
     in_pool,
     machine_threads,
     prefetch,
     read_batches,
     refine_batches,
+    shard_items,
     upstream,
 )
 from engines.base import cuda_index
 from engines.spec import DEFAULT_BATCH
 from refinery import __version__
-from refinery.samples import encode_json
+from refinery.samples import MALFORMED, MISSING, SampleError, encode_json
 from refinery.shards import (
     ShardWriter,
     _is_local,
@@ -73,19 +73,39 @@ from refinery.shards import (
     expand_urls,
     open_url,
     shard_name,
-    tar_samples,
     temp_tag,
 )
 from refinery.stopping import stop_requests
 
-__all__ = ["NON_FINITE", "SIZE", "JobStopped", "JobSummary", "RefineConfig", "ShardStats", "run"]
+__all__ = [
+    "NON_FINITE",
+    "SIZE",
+    "JobStopped",
+    "JobSummary",
+    "OutputConflict",
+    "RefineConfig",
+    "RejectRateExceeded",
+    "ShardStats",
+    "run",
+]
 
 STATS_SUFFIX = ".stats.json"
+OUTPUT_FILE = "refinery-output.json"  # which engine an output directory belongs to
 DECODERS = ("auto", "dali", "opencv")
 
 
 class RejectRateExceeded(RuntimeError):
-    """More samples were rejected than ``--max-reject-rate`` allows."""
+    """More samples were rejected than ``--max-reject-rate`` allows, over all the job's shards
+    (finished by this run or an earlier one); ``summary`` is the job's, when it ran."""
+
+    def __init__(self, message: str, summary: JobSummary | None = None):
+        super().__init__(message)
+        self.summary = summary
+
+
+class OutputConflict(ValueError):
+    """The output already holds shards another engine refined: mixing them would give one
+    dataset refined by two models."""
 
 
 class JobStopped(RuntimeError):
@@ -237,6 +257,42 @@ def finished(config: RefineConfig, name: str) -> bool:
     return _exists(stats_url(config, name)) and _exists(output_url(config, name))
 
 
+def claim_output(config: RefineConfig, spec) -> None:
+    """Make the output directory this engine's, or refuse it: the first job writes
+    ``refinery-output.json`` (engine id and hash) beside the stats files, created atomically,
+    so of two jobs started at once with different engines one is refused; a later job with
+    another engine is refused too, naming both."""
+    url = _join(config.stats or config.output, OUTPUT_FILE)
+    record = encode_json(
+        {"engine": spec.engine_id, "engine_hash": spec.engine_hash, "refinery_version": __version__}
+    )
+    if _is_local(url):
+        path = Path(_local_path(url))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{temp_tag()}")
+        tmp.write_bytes(record)
+        try:
+            os.link(tmp, path)  # fails if another job got there first: its claim stands
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    elif not _exists(url):
+        _write_atomic(url, record)
+    with open_url(url) as f:
+        owner = json.loads(f.read())
+    _same_engine(config, spec, owner.get("engine_hash"), owner.get("engine"), url)
+
+
+def _same_engine(config: RefineConfig, spec, their_hash: str | None, theirs: Any, where: str):
+    if their_hash != spec.engine_hash:
+        raise OutputConflict(
+            f"{config.output} holds shards refined by engine {theirs} (see {where}); this job's "
+            f"engine is {spec.engine_id}: refine into another --output, or delete "
+            f"{config.output} to start over"
+        )
+
+
 def _clean_stale_temps(config: RefineConfig) -> None:
     """Temp files of killed runs on this host (``.<name>.tmp-<host>-<pid>...`` whose pid is
     gone), local directories only; other hosts' files are theirs to clean."""
@@ -287,7 +343,7 @@ class ShardOutput:
         self.provenance = _provenance(spec, backend, url)
         self.decoders: set[str] = set()
         self.began = time.perf_counter()
-        self.writer = ShardWriter(self.stats.output)
+        self.writer = ShardWriter(self.stats.output, name=name)
 
     def add(self, item: Item) -> None:
         stats = self.stats
@@ -374,48 +430,45 @@ def image_components(spec) -> tuple[str, ...]:
     return accepted if spec.io.image_component in accepted else (spec.io.image_component,)
 
 
-def preflight(engine, urls: Sequence[str], *, probe: int = 16) -> None:
-    """Refuse an engine that does not fit the data before any shard is processed: the first
-    decodable sample of the inputs is checked for image component, channels, dtype and size
-    (``probe`` samples at most are looked at; bad ones are left for the job to reject)."""
+# reasons that say the data is of another kind than the engine's (not a damaged sample)
+_MISFITS = (MISSING, MALFORMED, SIZE)
+
+
+def preflight(engine, urls: Sequence[str], *, probe: int = 64) -> None:
+    """Refuse an engine that does not fit the data before any shard is processed. Up to
+    ``probe`` samples from the start of the inputs go through the job's own checks (image
+    component, PNG header, label, decode, channels, size): the first one that passes ends the
+    check, and a bad sample is left for the job to reject, wherever it stands. Only when none
+    of them fits, and some were of another kind than the engine's (not merely damaged), is the
+    job refused, naming the engine and what did not fit."""
     from engines import EngineMismatch
 
     spec = engine.spec
-    components = image_components(spec)
-    looked = 0
+    components, kind = image_components(spec), spec.io.pixel_kind
+    decode = decode_item(kind)
+    looked, misfits = 0, []
     for url in urls:
-        for sample in tar_samples(url, handler=lambda error: None):
+        for item in shard_items(url, components=components, kind=kind, domain=spec.domain):
             looked += 1
-            found = [c for c in components if c in sample]
-            if found:
-                label = sample.get("json")
-                try:
-                    domain = json.loads(label).get("domain") if label else None
-                except (ValueError, AttributeError):
-                    domain = None
-                if domain is not None:
-                    spec.check_fits(domain=domain)
-                native = cv2.imdecode(
-                    np.frombuffer(sample[found[0]], np.uint8), cv2.IMREAD_UNCHANGED
-                )
-                if native is not None:
-                    channels = 1 if native.ndim == 2 else min(native.shape[2], 3)
-                    spec.check_fits(channels=channels, pixel_dtype=native.dtype)
-                    problems = engine.profile.problems(None, *native.shape[:2])
-                    if problems:
-                        raise EngineMismatch(
-                            f"engine {spec.engine_id} does not fit {shard_name(url)}: "
-                            + "; ".join(problems)
-                        )
+            decode(item)
+            if item.error is None:
+                problem = fit_problem(engine, item.image)
+                if problem is None:
                     return
-            elif not found and looked == 1:
-                present = ", ".join(k for k in sample if not k.startswith("__"))
-                raise EngineMismatch(
-                    f"engine {spec.engine_id} refines {' or '.join(components)} images, but "
-                    f"{shard_name(url)}'s first sample has {present}"
-                )
+                item.error = SampleError(SIZE, problem, key=item.key)
+            if item.error.reason in _MISFITS:
+                misfits.append(item.error.with_url(url))
             if looked >= probe:
-                return
+                break
+        if looked >= probe:
+            break
+    if misfits:
+        first = misfits[0]
+        raise EngineMismatch(
+            f"engine {spec.engine_id} ({spec.domain}, {' or '.join(components)}) does not fit "
+            f"the data: none of the first {looked} samples fits it, {len(misfits)} of another "
+            f"kind; {shard_name(first.url)}, key {first.key!r}: {first.reason}: {first.detail}"
+        )
 
 
 def dali_decoder(config: RefineConfig, engine, kind: str, workers: int) -> DaliDecoder | None:
@@ -465,8 +518,12 @@ def run(
     _clean_stale_temps(config)
     todo = [u for u in urls if not finished(config, shard_name(u))]
     done = [read_stats(config, shard_name(u)) for u in urls if u not in todo]
+    for stats in done:  # finished, but by this engine?
+        _same_engine(config, spec, stats.engine_hash, stats.engine, stats_url(config, stats.shard))
     if todo:
         preflight(engine, todo)
+    if urls:
+        claim_output(config, spec)
 
     results: list[ShardStats] = []
     decoders = config.decode_workers or machine_threads()
@@ -480,7 +537,9 @@ def run(
             stack.callback(pool.shutdown, wait=True, cancel_futures=True)
         dali = dali_decoder(config, engine, kind, decoders)
 
-        batches = read_batches(todo, size=config.batch, components=components, kind=kind)
+        batches = read_batches(
+            todo, size=config.batch, components=components, kind=kind, domain=spec.domain
+        )
         batches = prefetch(batches, depth, name="refine-read")
         if dali is not None:
             batches = prefetch(dali(batches), depth, name="refine-dali")
@@ -499,22 +558,26 @@ def run(
             results.append(stats)
             if progress is not None:
                 progress(stats)
-            check_reject_rate(config, done + results)
     order = {name: i for i, name in enumerate(names)}
     shards = sorted(done + results, key=lambda s: order[s.shard])
-    return JobSummary(shards, time.perf_counter() - start)
+    summary = JobSummary(shards, time.perf_counter() - start)
+    check_reject_rate(config, summary)
+    return summary
 
 
-def check_reject_rate(config: RefineConfig, shards: list[ShardStats]) -> None:
+def check_reject_rate(config: RefineConfig, summary: JobSummary) -> None:
+    """The job's verdict, from the stats of all its shards (those an earlier run finished
+    too), so a rerun of a job that failed it fails it again. Every shard is refined first:
+    one bad shard does not stop the others."""
     if config.max_reject_rate is None:
         return
-    read = sum(s.read for s in shards)
-    rejected = sum(s.rejected for s in shards)
+    read, rejected = summary.read, summary.rejected
     if read and rejected / read > config.max_reject_rate:
         raise RejectRateExceeded(
             f"{rejected} of {read} samples rejected ({rejected / read:.1%}), more than "
             f"--max-reject-rate {config.max_reject_rate:.1%}; see the stats files in "
-            f"{config.stats or config.output}"
+            f"{config.stats or config.output}",
+            summary,
         )
 
 

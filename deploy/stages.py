@@ -25,6 +25,7 @@ found it on to the writer, which counts it as a reject: nothing is dropped on th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import struct
@@ -243,9 +244,34 @@ def image_intact(data: bytes) -> bool:
     return False
 
 
-def prepare(item: Item, components: tuple[str, ...], kind: str) -> Item:
+def label_problem(sample: dict[str, Any], domain: str) -> SampleError | None:
+    """A labeled set's sample must carry its ``json`` (contract 1), as a JSON object of its own
+    domain; it is passed through as bytes, so this is the only look the job takes at it. A
+    ``{"labeled": false}`` json (a real set) is a label too."""
+    key = sample["__key__"]
+    if "json" not in sample:
+        have = ", ".join(k for k in sample if not k.startswith("__")) or "nothing"
+        detail = f"a {domain} sample needs its labels in 'json' (has: {have})"
+        return SampleError(MISSING, detail, key=key, component="json")
+    try:
+        label = json.loads(sample["json"])
+    except (UnicodeDecodeError, ValueError) as exc:
+        detail = f"labels required, and 'json' is not JSON: {exc}"
+        return SampleError(MISSING, detail, key=key, component="json")
+    if not isinstance(label, dict):
+        detail = f"labels required, and 'json' is a JSON {type(label).__name__}, not an object"
+        return SampleError(MISSING, detail, key=key, component="json")
+    if label.get("domain", domain) != domain:
+        detail = f"label says domain {label['domain']!r}, the engine refines {domain!r}"
+        return SampleError(MALFORMED, detail, key=key, component="json")
+    return None
+
+
+def prepare(
+    item: Item, components: tuple[str, ...], kind: str, domain: str | None = None
+) -> Item:
     """Pick the item's image component, or reject it: none, more than one, a PNG header that
-    does not match ``kind``."""
+    does not match ``kind``; with a ``domain``, a missing or foreign label (``label_problem``)."""
     found = [c for c in components if c in item.sample]
     if len(found) != 1:
         have = ", ".join(k for k in item.sample if not k.startswith("__")) or "nothing"
@@ -258,13 +284,17 @@ def prepare(item: Item, components: tuple[str, ...], kind: str) -> Item:
         )
         return item
     item.component = found[0]
+    if domain is not None:  # first: a foreign label explains a foreign image best
+        item.error = label_problem(item.sample, domain)
     problem = header_problem(item.sample[item.component], kind)
-    if problem:
+    if problem and item.error is None:
         item.error = SampleError(MALFORMED, problem, key=item.key, component=item.component)
     return item
 
 
-def shard_items(url: str, *, components: tuple[str, ...], kind: str) -> Iterator[Item]:
+def shard_items(
+    url: str, *, components: tuple[str, ...], kind: str, domain: str | None = None
+) -> Iterator[Item]:
     """Every sample of one shard, in order, each with its component picked or its reject; what
     the strict tar reader rejects (duplicate key, bad member, truncation) comes as an item
     with its error, where it was found."""
@@ -272,7 +302,7 @@ def shard_items(url: str, *, components: tuple[str, ...], kind: str) -> Iterator
     for sample in tar_samples(url, handler=broken.append):
         while broken:
             yield _rejected(broken.pop(0), url)
-        yield prepare(Item(sample), components, kind)
+        yield prepare(Item(sample), components, kind, domain)
     for error in broken:
         yield _rejected(error, url)
 
@@ -282,12 +312,17 @@ def _rejected(error: SampleError, url: str) -> Item:
 
 
 def read_batches(
-    urls: Iterable[str], *, size: int, components: tuple[str, ...], kind: str
+    urls: Iterable[str],
+    *,
+    size: int,
+    components: tuple[str, ...],
+    kind: str,
+    domain: str | None = None,
 ) -> Iterator[Batch]:
     """The shards' items in batches of up to ``size``; a batch never spans two shards."""
     for url in urls:
         batch = Batch(url, first=True)
-        for item in shard_items(url, components=components, kind=kind):
+        for item in shard_items(url, components=components, kind=kind, domain=domain):
             if len(batch.items) == size:
                 yield batch
                 batch = Batch(url)
@@ -331,21 +366,26 @@ def encode_item(kind: str) -> Callable[[Item], None]:
     return encode
 
 
+def fit_problem(engine, image: np.ndarray | torch.Tensor) -> str | None:
+    """Why a decoded image does not fit the engine (channels, size outside its profile)."""
+    height, width = image.shape[:2]
+    problems = engine.profile.problems(None, height, width)
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if channels != engine.spec.io.channels:
+        problems.insert(0, f"{channels} channels, the engine takes {engine.spec.io.channels}")
+    return "; ".join(problems) or None
+
+
 def launch(engine, items: Sequence[Item]) -> list[tuple[list[Item], Any]]:
     """Queue the engine on the items without errors, one call per image shape (an item that
     does not fit the engine is rejected here); the pending results, to ``collect``."""
-    spec = engine.spec
     by_shape: dict[tuple[int, ...], list[Item]] = {}
     for item in items:
         if item.error is not None:
             continue
-        height, width = item.image.shape[:2]
-        problems = engine.profile.problems(None, height, width)
-        channels = 1 if item.image.ndim == 2 else item.image.shape[2]
-        if channels != spec.io.channels:
-            problems.insert(0, f"{channels} channels, the engine takes {spec.io.channels}")
-        if problems:
-            item.error = SampleError(SIZE, "; ".join(problems), key=item.key)
+        problem = fit_problem(engine, item.image)
+        if problem:
+            item.error = SampleError(SIZE, problem, key=item.key)
             continue
         by_shape.setdefault(tuple(item.image.shape), []).append(item)
     launched = []

@@ -172,10 +172,11 @@ class ShardWriter:
     one ends without the end-of-archive blocks, so its reader sees a truncated tar.
     """
 
-    def __init__(self, url: str, *, mtime: int = 0):
+    def __init__(self, url: str, *, mtime: int = 0, name: str | None = None):
         if not 0 <= mtime <= _MTIME_MAX:
             raise ValueError(f"mtime {mtime} does not fit a tar header")
         self.url = url
+        self.name = name or shard_name(url)  # for messages: a pipe's URL is its command
         self.mtime = int(mtime)
         self.count = 0
         self._keys: set[str] = set()
@@ -207,11 +208,13 @@ class ShardWriter:
             if not name or "/" in name:
                 raise ValueError(f"{self.url}: sample {key!r} has a bad component name {name!r}")
         self._keys.add(key)
-        self._stream.write(
-            b"".join(
-                _tar_member(f"{key}.{name}", bytes(value), self.mtime) for name, value in members
-            )
+        data = b"".join(
+            _tar_member(f"{key}.{name}", bytes(value), self.mtime) for name, value in members
         )
+        try:
+            self._stream.write(data)
+        except OSError as exc:
+            raise self._pipe_failure(exc) from exc
         self.count += 1
 
     def close(self) -> None:
@@ -221,11 +224,7 @@ class ShardWriter:
             return
         self._closed = True
         try:
-            self._stream.write(b"\0" * (2 * _BLOCK))  # end-of-archive
-            if self._tmp is not None and _is_local(self.url):
-                self._stream.flush()
-                os.fsync(self._stream.fileno())
-            self._stream.close()
+            self._finish_stream()
             if self._tmp is None:
                 return
             if _is_local(self.url):
@@ -236,6 +235,30 @@ class ShardWriter:
         except BaseException:
             self._discard()
             raise
+
+    def _finish_stream(self) -> None:
+        try:
+            self._stream.write(b"\0" * (2 * _BLOCK))  # end-of-archive
+            if self._tmp is not None and _is_local(self.url):
+                self._stream.flush()
+                os.fsync(self._stream.fileno())
+            self._stream.close()
+        except OSError as exc:
+            raise self._pipe_failure(exc) from exc
+
+    def _pipe_failure(self, exc: OSError) -> OSError:
+        """A ``pipe:`` command that failed, said as such (webdataset reports any pipe's exit
+        as ``exit N (read)``): which command, while writing which shard, with what status."""
+        if not self.url.startswith("pipe:"):
+            return exc
+        process = getattr(self._stream, "proc", None)
+        status = None
+        if process is not None:
+            with contextlib.suppress(Exception):
+                status = process.wait(timeout=10)
+        how = f"exited with status {status}" if status is not None else f"failed ({exc})"
+        command = self.url[len("pipe:") :]
+        return OSError(f"pipe: command {command!r} {how} while writing shard {self.name!r}")
 
     def abort(self) -> None:
         """Drop a partly written shard: nothing appears under the final name."""

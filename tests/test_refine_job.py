@@ -298,11 +298,11 @@ def test_non_finite_engine_output_is_rejected_never_written(tmp_path, gaze):
 
 def test_a_mismatched_engine_is_refused_before_any_output(gaze, scene_engine, tmp_path):
     _, engine, urls = gaze
-    with pytest.raises(engines.EngineMismatch, match=r"domain 'gaze' \(engine refines 'scene'\)"):
+    with pytest.raises(engines.EngineMismatch, match=r"domain 'gaze', the engine refines 'scene'"):
         run(RefineConfig(engine=str(scene_engine), output=str(tmp_path / "o")), urls)
     assert not (tmp_path / "o").exists()
     scene = _scene_shards(tmp_path / "in")
-    with pytest.raises(engines.EngineMismatch, match=r"domain 'scene' \(engine refines 'gaze'\)"):
+    with pytest.raises(engines.EngineMismatch, match=r"domain 'scene', the engine refines 'gaze'"):
         run(RefineConfig(engine=str(engine), output=str(tmp_path / "o")), scene[:1])
     small = tmp_path / "small"
     _engine(
