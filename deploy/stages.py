@@ -267,9 +267,7 @@ def label_problem(sample: dict[str, Any], domain: str) -> SampleError | None:
     return None
 
 
-def prepare(
-    item: Item, components: tuple[str, ...], kind: str, domain: str | None = None
-) -> Item:
+def prepare(item: Item, components: tuple[str, ...], kind: str, domain: str | None = None) -> Item:
     """Pick the item's image component, or reject it: none, more than one, a PNG header that
     does not match ``kind``; with a ``domain``, a missing or foreign label (``label_problem``)."""
     found = [c for c in components if c in item.sample]

@@ -101,15 +101,25 @@ _INGEST_OPTIONS = {
     "split": "split",
     "labels": "labels",
     "depth": "depth",
+    "domain": "domain",
 }
+# Options whose values are words for some formats (``--crop`` is a size for nyu-hand).
+_INGEST_CHOICES = {("images", "crop"): ("center", "none")}
 
 
 def _ingest_flag(name: str) -> str:
     return "--no-depth" if name == "depth" else f"--{name.replace('_', '-')}"
 
 
-def _ingest_option(name: str, text: str):
+def _ingest_option(name: str, text: str, format_name: str):
     flag = _ingest_flag(name)
+    choices = _INGEST_CHOICES.get((format_name, name))
+    if choices is not None:
+        if text not in choices:
+            raise UsageError(
+                f"{flag} {text!r}: expected {' or '.join(choices)} for format {format_name!r}"
+            )
+        return text
     if name == "size":
         parts = text.lower().split("x")
         if len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts):
@@ -144,6 +154,7 @@ def _ingest_option(name: str, text: str):
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    from refinery.formats import format_info
     from refinery.ingest import accepted_options, ingest
 
     accepted = accepted_options(args.format)
@@ -158,7 +169,9 @@ def _ingest(args: argparse.Namespace) -> int:
                 f"{_ingest_flag(name)} does not apply to format {args.format!r} "
                 f"(it takes: {takes or 'no options'})"
             )
-        options[keyword] = _ingest_option(name, text)
+        options[keyword] = _ingest_option(name, text, args.format)
+    if format_info(args.format).domain is None and "domain" not in options:
+        raise UsageError(f"format {args.format!r} needs --domain (gaze, hand or scene)")
     summary = ingest(
         args.format,
         args.src,
@@ -444,7 +457,12 @@ def _refine(args: argparse.Namespace) -> int:
         except JobStopped as exc:  # SIGINT / SIGTERM: finished shards stay, a rerun goes on
             print(f"refinery refine: {exc}", file=sys.stderr)
             return 128 + exc.signal
-        except (RejectRateExceeded, RuntimeError) as exc:  # incl. a failed Ray shard group
+        except RejectRateExceeded as exc:  # every shard was refined: say what happened
+            if exc.summary is not None:
+                print("\n".join(exc.summary.lines()))
+            print(f"refinery refine: error: {exc}", file=sys.stderr)
+            return 1
+        except RuntimeError as exc:  # incl. a failed Ray shard group
             print(f"refinery refine: error: {exc}", file=sys.stderr)
             return 1
     print("\n".join(summary.lines()))
@@ -501,13 +519,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser(
         "ingest",
-        help="turn simulator output or a real dataset on disk into shards (unityeyes, mpiigaze...)",
+        help="turn simulator output, a real dataset or any folder of images into shards "
+        "(unityeyes, mpiigaze, images...)",
         description="Read a dataset in its own on-disk layout and write shards of contract 1 to "
         "OUT/<prefix>-NNNNNN.tar, each with a .stats.json (items, samples written, rejects "
         "with reasons), plus OUT/ingest.json and OUT/rejects.jsonl. A bad file is listed as a "
         "reject and the ingest goes on, unless --strict. A rerun skips finished shards and "
-        "redoes the others. Format options apply only to formats that take them. Exit status "
-        "1 when anything was rejected.",
+        "redoes the others. Format options apply only to formats that take them. 'images' "
+        "takes any folder of PNG/JPEG files (recursively) as unlabeled real samples of "
+        "--domain gaze, hand (16-bit depth PNG) or scene. Exit status 1 when anything was "
+        "rejected.",
     )
     ingest.add_argument(
         "format", metavar="FORMAT", choices=list_formats(), help=", ".join(list_formats())
@@ -517,16 +538,28 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument(
         "--shard-size",
         type=_positive,
-        help="items per shard (unityeyes: images, default 1000; mpiigaze: day files, default 2)",
+        help="items per shard (unityeyes, images: images, default 1000; mpiigaze: day files, "
+        "default 2)",
     )
     ingest.add_argument("--strict", action="store_true", help="stop at the first reject")
     ingest.add_argument(
         "--workers", type=_positive, default=1, help="processes converting items (default 1)"
     )
     ingest.add_argument("--prefix", help="shard name prefix (default: the format name)")
-    ingest.add_argument("--size", help="output image size HxW (unityeyes, mpiigaze: 35x55)")
+    ingest.add_argument(
+        "--size",
+        help="output image size HxW (unityeyes, mpiigaze: 35x55; images: 35x55 for gaze, each "
+        "image's own for hand and scene)",
+    )
+    ingest.add_argument(
+        "--domain", choices=DOMAINS, help="images: the domain of the samples (required)"
+    )
     ingest.add_argument("--ontology", help="class id space of seg labels (scene formats)")
-    ingest.add_argument("--crop", help="square crop size N in pixels (nyu-hand)")
+    ingest.add_argument(
+        "--crop",
+        help="nyu-hand: square crop size N in pixels; images: center (default: the largest "
+        "centred region of --size's aspect ratio) or none (resize the whole image)",
+    )
     ingest.add_argument("--variant", help="which images of the dataset (e.g. nyu-hand: real)")
     ingest.add_argument(
         "--head-pose-range",

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from refinery import __version__
-from refinery.formats import Format, Item, format_info, open_format
+from refinery.formats import Format, Item, domain_of, format_info, open_format
 from refinery.samples import (
     DUPLICATE,
     MALFORMED,
@@ -271,9 +271,11 @@ _WORKER: tuple[Format, str] | None = None
 
 
 def _init_worker(format_name: str, src: str, options: dict[str, Any]) -> None:
-    # Spawned workers rebuild the reader from its name, root and options.
+    # Spawned workers rebuild the reader from its name, root and options (its domain with it:
+    # the ``images`` format takes it from an option).
     global _WORKER
-    _WORKER = (open_format(format_name, src, **options), format_info(format_name).domain)
+    reader = open_format(format_name, src, **options)
+    _WORKER = (reader, domain_of(reader, format_info(format_name)))
 
 
 def _work(item: Item) -> Outcome:
@@ -359,15 +361,31 @@ def _listing(out: str) -> list[str]:
 
 
 def _remove_stale_temporaries(out: str, names: Iterable[str], prefix: str) -> None:
-    """Drop temporary files a killed ingest left in a local ``out`` (their writer is gone)."""
+    """Drop temporary files a killed ingest left in a local ``out`` (their writer is gone).
+
+    Shards are written by ``ShardWriter`` as ``.<name>.tmp-<host>-<pid>-<hex8>``; stats files,
+    ``ingest.json`` and ``rejects.jsonl`` by ``_write_text`` as ``.<name>.tmp-<pid>-<hex8>``.
+    A temporary is removed only when its pid is dead on this host; one named for another host
+    (a node sharing ``out``) is left alone, since its pid means nothing here.
+    """
     if not _is_local(out):
         return
+    from refinery.shards import temp_tag
+
+    this_host = temp_tag().rsplit("-", 1)[0]
+    owners = (
+        rf"{re.escape(prefix)}-\d{{6}}\.(?:tar|stats\.json)"
+        rf"|{re.escape(SUMMARY_FILE)}|{re.escape(REJECTS_FILE)}"
+    )
     pattern = re.compile(
-        rf"^\.{re.escape(prefix)}-\d{{6}}\.(?:tar|stats\.json)\.tmp-(\d+)-[0-9a-f]{{8}}$"
+        rf"^\.(?:{owners})"
+        r"\.tmp-(?:(?P<host>[A-Za-z0-9_]+)-)?(?P<pid>\d+)-[0-9a-f]{8}$"
     )
     for name in names:
         match = pattern.match(name)
-        if match and not _alive(int(match.group(1))):
+        if match is None or match["host"] not in (None, this_host):
+            continue
+        if not _alive(int(match["pid"])):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(_local_path(out), name))
 
@@ -550,6 +568,7 @@ def ingest(
         raise ValueError(f"shard prefix {prefix!r} must be a non-empty name without '/' or '.'")
 
     reader = open_format(format_name, src, **options)
+    domain = domain_of(reader, info)
     if shard_size is None:
         shard_size = int(getattr(reader, "default_shard_size", DEFAULT_SHARD_SIZE))
     if shard_size < 1:
@@ -597,7 +616,7 @@ def ingest(
         outcomes = _outcomes(
             pending,
             reader=reader,
-            domain=info.domain,
+            domain=domain,
             format_name=format_name,
             src=src,
             options=options,

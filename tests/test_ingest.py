@@ -349,3 +349,34 @@ def test_cli_scene_flags_reach_the_format_and_unlabeled_real_scenes_are_valid(tm
         main(["ingest", "gta5", str(tmp_path), "--out", str(tmp_path / "o3"), "--no-depth"])
     assert caught.value.code == 2
     assert "--no-depth does not apply to format 'gta5'" in capsys.readouterr().err
+
+
+def test_a_rerun_removes_temporaries_of_dead_writers_on_this_host_only(tmp_path):
+    src = tree(tmp_path / "src", 4)
+    out = tmp_path / "out"
+    run(src, out, shard_size=2)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    pid, live = int(dead.stdout), os.getppid()
+    host = S.temp_tag().rsplit("-", 1)[0]
+    gone = [
+        f".unityeyes-000001.tar.tmp-{host}-{pid}-0123abcd",  # a killed ShardWriter
+        f".unityeyes-000000.stats.json.tmp-{pid}-89abcdef",  # a killed _write_text
+        f".ingest.json.tmp-{pid}-12345678",
+    ]
+    kept = [
+        f".unityeyes-000001.tar.tmp-other_node-{live}-0123abcd",  # another host's writer
+        f".unityeyes-000001.tar.tmp-other_node-{pid}-0123abcd",  # its pid means nothing here
+        f".unityeyes-000000.tar.tmp-{host}-{live}-fedcba98",  # a live writer on this host
+        ".notes.tmp-1-0123abcd",  # not ingest's
+    ]
+    for name in gone + kept:
+        (out / name).write_bytes(b"partial")
+    summary = run(src, out, shard_size=2)
+    assert summary.shards_skipped == 2
+    left = {p.name for p in out.iterdir() if p.name.startswith(".")}
+    assert left == set(kept)

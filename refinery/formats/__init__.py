@@ -10,6 +10,9 @@ A format is one module in this package that registers one class::
 
 - ``__init__`` takes the source root and keyword-only options (the CLI maps ``--flag`` values
   onto them by name; an unknown option is a ``TypeError`` naming what the format takes).
+- A format registered with ``domain=None`` (``images``: any folder of images) takes its domain
+  from its ``domain`` option; its reader says which in a ``domain`` attribute, and ``domain_of``
+  is what the ingest driver reads.
 - ``items()`` lists every unit of input in a deterministic order (sorted), *including*
   incomplete ones (an image without its label): those are listed so ``convert`` can report
   them. It reads as little as it can (names, sizes; an index file when one holds the labels).
@@ -25,6 +28,7 @@ resuming, progress, the rejects list and the summary.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -51,26 +55,39 @@ class Format(Protocol):
 @dataclass(frozen=True)
 class FormatInfo:
     name: str
-    domain: str
+    domain: str | None  # None: the reader's ``domain`` option decides (see ``domain_of``)
     summary: str
     factory: Callable[..., Format]
 
 
 FORMATS: dict[str, FormatInfo] = {}
-_MODULES = ("unityeyes", "mpiigaze", "nyu_hand", "scenes")
+_MODULES = ("unityeyes", "mpiigaze", "nyu_hand", "scenes", "images")
 
 
-def register_format(name: str, *, domain: str, summary: str) -> Callable[[type], type]:
-    if domain not in DOMAINS:
+def register_format(name: str, *, domain: str | None, summary: str) -> Callable[[type], type]:
+    """Register a format class under ``name``; ``domain=None`` for one whose ``domain`` keyword
+    option says which domain its samples are (the reader keeps it as ``reader.domain``)."""
+    if domain is not None and domain not in DOMAINS:
         raise ValueError(f"format {name!r}: unknown domain {domain!r}")
 
     def add(cls: type) -> type:
         if name in FORMATS:
             raise ValueError(f"format {name!r} is already registered")
+        if domain is None and "domain" not in inspect.signature(cls).parameters:
+            raise ValueError(f"format {name!r} has no fixed domain and takes no domain option")
         FORMATS[name] = FormatInfo(name, domain, summary, cls)
         return cls
 
     return add
+
+
+def domain_of(reader: Format, info: FormatInfo) -> str:
+    """The domain of the samples ``reader`` makes: its own ``domain`` attribute, else the
+    format's registered one."""
+    domain = getattr(reader, "domain", None) or info.domain
+    if domain not in DOMAINS:
+        raise ValueError(f"format {info.name!r}: no domain (got {domain!r})")
+    return domain
 
 
 def _load_all() -> None:
