@@ -133,7 +133,8 @@ def test_a_failing_task_names_its_shards_and_a_rerun_redoes_only_the_rest(data, 
     assert failed.value.shards == ["bad-000.tar"]
     # what finished before the failure stopped the job is complete and kept
     kept = {p.name for p in (root / "failed").glob("*.tar")}
-    assert {p.name.removesuffix(job.STATS_SUFFIX) for p in (root / "failed").glob("*.json")} == kept
+    stats = (root / "failed").glob("*" + job.STATS_SUFFIX)
+    assert {p.name.removesuffix(job.STATS_SUFFIX) for p in stats} == kept
     rerun = run_on_ray(_config(root, "failed"), urls, tasks=2)
     assert {s.shard for s in rerun.shards if s.skipped} == kept and rerun.written == 48
 

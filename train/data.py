@@ -10,6 +10,10 @@ samples through a shuffle buffer, both from ``numpy.random.default_rng([seed, ep
 stream's position is just (epoch, samples drawn in the epoch), so ``state_dict()`` is two
 integers and a resumed stream replays the epoch's reading (without decoding) up to that
 position: the batches after a resume are exactly the batches the uninterrupted run would see.
+
+Real images are unlabeled by nature: a real pool is read with ``labels=False``, where a sample
+may be its image alone or carry a ``json`` that says ``"labeled": false``
+(``refinery.samples``); synthetic pools keep ``labels=True`` and need their labels.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from refinery.samples import DEPTH16, image_component, spec
+from refinery.ontology import IGNORE
+from refinery.samples import DEPTH16, image_component, is_labeled, spec
 from refinery.shards import Handler, decoded, expand_urls, reraise, tar_samples
 
 
@@ -55,7 +60,11 @@ def scaling_for(domain: str, depth_range: tuple[float, float] | None = None) -> 
 
 
 class ImageStream:
-    """Endless shuffled batches ``(B, C, H, W)`` float32 in [-1, 1] from shards."""
+    """Endless shuffled batches ``(B, C, H, W)`` float32 in [-1, 1] from shards.
+
+    ``labels=False`` reads a real pool: a sample needs only its image (see the module
+    docstring); a label it does carry is still checked.
+    """
 
     def __init__(
         self,
@@ -70,6 +79,7 @@ class ImageStream:
         rank: int = 0,
         world_size: int = 1,
         handler: Handler = reraise,
+        labels: bool = True,
     ):
         shards = expand_urls(urls)
         self.shards = shards[rank::world_size]
@@ -82,6 +92,7 @@ class ImageStream:
         self.scaling = scaling_for(domain, depth_range)
         self.shuffle_buffer = shuffle_buffer
         self.handler = handler
+        self.labels = labels
         self.epoch = 0
         self.position = 0  # raw samples drawn in the current epoch (good or rejected)
         self._samples: Iterator[dict] | None = None
@@ -95,7 +106,7 @@ class ImageStream:
         for emitted, chosen in enumerate(_shuffled(raw, self.shuffle_buffer, rng), start=1):
             if emitted > skip:  # skipped draws are replayed without decoding
                 self.position = emitted
-                yield from decoded([chosen], self.domain, handler=self.handler)
+                yield from decoded([chosen], self.domain, handler=self.handler, labels=self.labels)
 
     def _next_sample(self) -> dict:
         for _ in range(2):
@@ -182,6 +193,10 @@ class SceneStream:
     65535 (sky in the street simulator) are invalid. With ``crop=(h, w)`` every sample is cut at
     one random offset for its image, seg and depth, drawn from torch's global generator, which
     the checkpoints save, so a resumed run cuts the same crops.
+
+    ``"labeled"`` (B,) bool says which samples carry labels. With ``labels=False`` (a real pool)
+    a sample may be unlabeled (its image alone, or ``"labeled": false``): its ``seg`` and
+    ``seg_fine`` are all ``IGNORE``. With ``labels=True`` an unlabeled sample is an error.
     """
 
     def __init__(
@@ -197,6 +212,7 @@ class SceneStream:
         shuffle_buffer: int = 2000,
         rank: int = 0,
         world_size: int = 1,
+        labels: bool = True,
     ):
         self.images = ImageStream(
             urls,
@@ -206,6 +222,7 @@ class SceneStream:
             shuffle_buffer=shuffle_buffer,
             rank=rank,
             world_size=world_size,
+            labels=labels,
         )
         self.ontology, self.crop, self.depth_max = ontology, crop, depth_max
         self.fine_ontology = fine_ontology  # a second map, e.g. classes finer than the groups
@@ -218,16 +235,33 @@ class SceneStream:
     def epoch(self) -> int:
         return self.images.epoch
 
-    def _seg(self, sample: dict) -> np.ndarray:
-        return scene_labels(sample, self.ontology)
+    @property
+    def labels(self) -> bool:
+        return self.images.labels
+
+    def _seg(self, sample: dict, ontology: str) -> np.ndarray:
+        """(H, W) ids of ``ontology``; all ``IGNORE`` for an unlabeled sample."""
+        if is_labeled(sample):
+            return scene_labels(sample, ontology)
+        if self.labels:
+            raise ValueError(
+                f"sample {sample['__key__']!r} is unlabeled, but this stream needs labels "
+                "(only a real pool, labels=False, may hold unlabeled scenes)"
+            )
+        height, width = sample[image_component(sample, "scene")].shape[:2]
+        return np.full((height, width), IGNORE, np.uint8)
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         images, samples = self.images.next_batch()  # (B, 3, H, W)
-        seg = torch.from_numpy(np.stack([self._seg(s) for s in samples]).astype(np.int64))
-        batch = {"image": images, "seg": seg}
+        seg = np.stack([self._seg(s, self.ontology) for s in samples])  # (B, H, W)
+        batch = {
+            "image": images,
+            "seg": torch.from_numpy(seg.astype(np.int64)),
+            "labeled": torch.tensor([is_labeled(s) for s in samples]),  # (B,) bool
+        }
         if self.fine_ontology is not None:
-            fine = [scene_labels(s, self.fine_ontology) for s in samples]
-            batch["seg_fine"] = torch.from_numpy(np.stack(fine).astype(np.int64))
+            fine = np.stack([self._seg(s, self.fine_ontology) for s in samples])
+            batch["seg_fine"] = torch.from_numpy(fine.astype(np.int64))
         if all("depth.png" in s for s in samples):
             raw = np.stack([s["depth.png"] for s in samples])[:, None].astype(np.float32)
             batch["depth_valid"] = torch.from_numpy((raw > 0) & (raw < 65535))
@@ -246,7 +280,10 @@ class SceneStream:
             top = int(torch.randint(0, height - ch + 1, ()))
             left = int(torch.randint(0, width - cw + 1, ()))
             for key, value in batch.items():
-                out[key].append(value[i, ..., top : top + ch, left : left + cw])
+                if value.ndim < 3:  # per-sample values, e.g. "labeled" (B,)
+                    out[key].append(value[i])
+                else:
+                    out[key].append(value[i, ..., top : top + ch, left : left + cw])
         return {k: torch.stack(v) for k, v in out.items()}
 
     def state_dict(self) -> dict[str, int]:

@@ -15,6 +15,20 @@ CycleGAN's (``HistoryBuffer(policy="swap")``), storing each translated image wit
 One generator step updates both generators on one synthetic and one real batch; one
 discriminator step updates both discriminators on the same batches' translations, drawn
 through the pools. The generator that ``refinery export`` deploys is ``generator_ab``.
+
+Unlabeled real images. Real images are unlabeled by nature, so the real pool is read with
+``labels=False``: a real sample may be its image alone (or say ``"labeled": false``), and its
+maps are all ``IGNORE``. The semantic-aware discriminators need a map for every image they
+judge, and F(real) is judged with its source's map, so each step picks one mode for all four
+judgements (real and translated, both domains, so that D cannot tell the modes apart): when
+every real sample of the step's batch is labeled, ``semantic_select`` as above (bit-identical to
+a run on a labeled pool); otherwise the mean of the K group logits, semantic-agnostic
+(``judge``). So with an unlabeled real pool SG-GAN trains as a semantic-agnostic Grad-GAN
+(CycleGAN with the gradient-sensitive loss). The real→virtual gradient-sensitive loss then
+weighs an unlabeled image with β alone (an all-``IGNORE`` map has no boundaries: in the first
+``HARD_BOUNDARY_EPOCHS`` epochs, where β = 0, that term is 0). The pools store each translated
+image with its source's map as before (all ``IGNORE`` for an unlabeled source). The scalar
+``discriminator/semantic`` logs the mode: 1 semantic-aware, 0 semantic-agnostic.
 """
 
 from __future__ import annotations
@@ -41,6 +55,15 @@ from refinery.registry import build_network, network_info
 from train.config import OptimiserConfig, load_run_config, make_optimiser
 from train.data import SceneStream
 from train.loop import Schedule, bare, fit, image_tile
+
+
+def judge(logits: torch.Tensor, seg: torch.Tensor, *, semantic: bool) -> torch.Tensor:
+    """A discriminator's verdict (B, 1, h, w) from its K group logits (B, K, h, w): SG-GAN's
+    ``semantic_select`` with the judged image's map (B, H, W), or, in a step whose real batch is
+    not all labeled, the mean over the K groups (semantic-agnostic; `seg` unused)."""
+    if semantic:
+        return semantic_select(logits, seg)
+    return logits.mean(dim=1, keepdim=True)
 
 
 def _adam() -> OptimiserConfig:
@@ -133,21 +156,28 @@ class SGGAN:
             world_size=world_size,
         )
         self.synthetic = SceneStream(synthetic, seed=config.seed * 2 + 1, **stream)
-        self.real = SceneStream(real, seed=config.seed * 2 + 2, **stream)
-        self._last: dict[str, torch.Tensor] | None = None
+        self.real = SceneStream(real, seed=config.seed * 2 + 2, labels=False, **stream)
+        self._last: dict[str, Any] | None = None
         self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _batch(self, stream: SceneStream) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Image, the discriminator's group map, and the map whose edges are boundaries."""
+    def _batch(self, stream: SceneStream) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """Image, the discriminator's group map, the map whose edges are boundaries, and
+        whether every sample is labeled (unlabeled ones' maps are all IGNORE)."""
         batch = stream.next_batch()
         device = self.device
-        return (batch["image"].to(device), batch["seg"].to(device), batch["seg_fine"].to(device))
+        labeled = bool(batch["labeled"].all())  # a CPU tensor: no device sync
+        return (
+            batch["image"].to(device),
+            batch["seg"].to(device),
+            batch["seg_fine"].to(device),
+            labeled,
+        )
 
     def generator_step(self, *, pretrain: bool) -> dict[str, torch.Tensor]:
         """Both generators: LSGAN + λ_c cycle + λ_g gradient-sensitive terms (eq. 12)."""
         config = self.config
-        a, seg_a, edges_a = self._batch(self.synthetic)  # (B, 3, H, W), (B, H, W), (B, H, W)
-        b, seg_b, edges_b = self._batch(self.real)
+        a, seg_a, edges_a, _ = self._batch(self.synthetic)  # (B, 3, H, W), (B, H, W), (B, H, W)
+        b, seg_b, edges_b, semantic = self._batch(self.real)  # semantic: all of b labeled
         alpha, beta = gradient_weights(self.synthetic.epoch)
         g_ab, g_ba = self.modules["generator_ab"], self.modules["generator_ba"]
         d_a, d_b = bare(self.modules["discriminator_a"]), bare(self.modules["discriminator_b"])
@@ -157,13 +187,14 @@ class SGGAN:
             for d in (d_a, d_b):
                 d.requires_grad_(False)
             # a translated image is judged with its source's semantic map
-            adv_ab = lsgan_generator_loss(semantic_select(d_b(fake_b), seg_a))
-            adv_ba = lsgan_generator_loss(semantic_select(d_a(fake_a), seg_b))
+            adv_ab = lsgan_generator_loss(judge(d_b(fake_b), seg_a, semantic=semantic))
+            adv_ba = lsgan_generator_loss(judge(d_a(fake_a), seg_b, semantic=semantic))
             for d in (d_a, d_b):
                 d.requires_grad_(True)
             cycle = config.cycle_weight * (cycle_loss(rec_a, a) + cycle_loss(rec_b, b))
             # boundaries from the class map (SG-GAN filters its colour label images, where every
-            # Cityscapes class has its own colour), not from the 8 groups
+            # Cityscapes class has its own colour), not from the 8 groups; an unlabeled real
+            # image's all-IGNORE map has none, so its pixels weigh β alone
             grad = config.gradient_weight * (
                 gradient_sensitive_loss(a, fake_b, edges_a, alpha=alpha, beta=beta, num_groups=None)
                 + gradient_sensitive_loss(
@@ -179,6 +210,7 @@ class SGGAN:
         self._last = {
             "a": a, "seg_a": seg_a, "b": b, "seg_b": seg_b,
             "fake_b": fake_b.detach().float(), "fake_a": fake_a.detach().float(),
+            "semantic": semantic,
         }  # fmt: skip
         return {
             "generator/adversarial_ab": adv_ab.detach(),
@@ -191,11 +223,12 @@ class SGGAN:
 
     def discriminator_step(self) -> dict[str, torch.Tensor]:
         """Both discriminators: real with its own map vs pooled translations with their
-        sources' maps (least squares)."""
+        sources' maps (least squares); semantic-agnostic when the step's real batch is not
+        all labeled (see the module docstring)."""
         last = self._last
         if last is None:  # no generator step yet (a discriminator-first schedule)
-            a, seg_a, _ = self._batch(self.synthetic)
-            b, seg_b, _ = self._batch(self.real)
+            a, seg_a, _, _ = self._batch(self.synthetic)
+            b, seg_b, _, semantic = self._batch(self.real)
             with torch.no_grad(), self.autocast:
                 fake_b = self.modules["generator_ab"](a).float()
                 fake_a = self.modules["generator_ba"](b).float()
@@ -206,18 +239,20 @@ class SGGAN:
                 "seg_b": seg_b,
                 "fake_b": fake_b,
                 "fake_a": fake_a,
+                "semantic": semantic,
             }
         fake_b, fake_b_seg = self.pool_ab.mix(last["fake_b"], last["seg_a"])
         fake_a, fake_a_seg = self.pool_ba.mix(last["fake_a"], last["seg_b"])
         d_a, d_b = self.modules["discriminator_a"], self.modules["discriminator_b"]
+        semantic = last["semantic"]  # one mode for all four judgements
         with self.autocast:
             loss_b = lsgan_discriminator_loss(
-                semantic_select(d_b(last["b"]), last["seg_b"]),
-                semantic_select(d_b(fake_b), fake_b_seg),
+                judge(d_b(last["b"]), last["seg_b"], semantic=semantic),
+                judge(d_b(fake_b), fake_b_seg, semantic=semantic),
             )
             loss_a = lsgan_discriminator_loss(
-                semantic_select(d_a(last["a"]), last["seg_a"]),
-                semantic_select(d_a(fake_a), fake_a_seg),
+                judge(d_a(last["a"]), last["seg_a"], semantic=semantic),
+                judge(d_a(fake_a), fake_a_seg, semantic=semantic),
             )
             total = loss_a + loss_b
         optimiser, scaler = self.optimisers["discriminators"], self.scalers["discriminators"]
@@ -230,6 +265,7 @@ class SGGAN:
             "discriminator/real_domain": loss_b.detach(),
             "discriminator/virtual_domain": loss_a.detach(),
             "discriminator/total": total.detach(),
+            "discriminator/semantic": torch.tensor(float(semantic)),
         }
 
     def images_per_iteration(self, phase: str) -> int:
@@ -241,7 +277,7 @@ class SGGAN:
         if self._fixed is None:
             streams = [
                 SceneStream(s.shards, batch_size=count, seed=0, ontology=self.config.ontology,
-                            crop=self.config.crop, shuffle_buffer=1)
+                            crop=self.config.crop, shuffle_buffer=1, labels=s.labels)
                 for s in (self.synthetic, self.real)
             ]  # fmt: skip
             rng = torch.get_rng_state()  # crops must not move the training generator

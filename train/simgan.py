@@ -8,6 +8,9 @@ Code (paper): ``refiner`` (R_θ), ``discriminator`` (D_φ), ``self_regularisatio
 Schedule (§3.1): R is pretrained on self-regularisation alone, then D alone on the pretrained
 R's images, then each iteration makes K_g refiner updates and K_d discriminator updates.
 The values per preset are in ``train/recipes/simgan-*.yaml`` with their sources.
+
+The real pool is read unlabeled (``labels=False``): SimGAN never looks at a real label, so a
+real sample may be its image alone.
 """
 
 from __future__ import annotations
@@ -196,7 +199,8 @@ class SimGAN:
             world_size=world_size,
         )
         self.synthetic = ImageStream(synthetic, seed=config.seed * 2 + 1, **stream)
-        self.real = ImageStream(real, seed=config.seed * 2 + 2, **stream)
+        # real images are unlabeled by nature: a sample may be its image alone
+        self.real = ImageStream(real, seed=config.seed * 2 + 2, labels=False, **stream)
         self._fixed: torch.Tensor | None = None  # synthetic images shown on every sheet
         self._fixed_real: torch.Tensor | None = None
 
@@ -250,6 +254,7 @@ class SimGAN:
                     image_key=self.config.image_key,
                     depth_range=self.config.depth_range,
                     shuffle_buffer=1,
+                    labels=stream.labels,
                 ).next_batch()[0]
                 for stream in (self.synthetic, self.real)
             )

@@ -22,6 +22,9 @@ significantly and consistently below the generator's adversarial loss; here: onc
 means satisfy D < ``early_stop_ratio`` · G_adv for ``early_stop_patience`` iterations in a row
 (after ``early_stop_warmup``). ``refinery export`` deploys G; T is the downstream
 segmentation model (``evaluate_task`` reports its mIoU).
+
+Only the synthetic pool needs labels (and depth): the real images are seen by D alone, so the
+real pool is read unlabeled (``labels=False``; image-only samples are fine).
 """
 
 from __future__ import annotations
@@ -161,7 +164,8 @@ class SPIGAN:
             world_size=world_size,
         )
         self.synthetic = SceneStream(synthetic, seed=config.seed * 2 + 1, **stream)
-        self.real = SceneStream(real, seed=config.seed * 2 + 2, **stream)
+        # D sees only the real images: a real pool may be unlabeled (image-only samples)
+        self.real = SceneStream(real, seed=config.seed * 2 + 2, labels=False, **stream)
         self._running: dict[str, float] = {}
         self._below = 0
         self._iterations = 0
@@ -267,7 +271,7 @@ class SPIGAN:
         if self._fixed is None:
             streams = [
                 SceneStream(s.shards, batch_size=count, seed=0, ontology=self.config.ontology,
-                            crop=self.config.crop, shuffle_buffer=1)
+                            crop=self.config.crop, shuffle_buffer=1, labels=s.labels)
                 for s in (self.synthetic, self.real)
             ]  # fmt: skip
             rng = torch.get_rng_state()  # crops must not move the training generator
