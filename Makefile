@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.ingest
 	$(BIN)/python -m benchmarks.refine
 	$(BIN)/python -m benchmarks.evaluate  # ~40 min on 2 cores: refinery evaluate for every domain
+	$(BIN)/python -m benchmarks.real_gaze  # ~10 min: ingest, train, refine on real MPIIGaze crops (skipped without ../shared)
 	$(BIN)/python -m benchmarks.table
 
 gpu-check:  # everything that needs a GPU, in one run (sized for < 8 min on one H200); --device cpu dry-runs it

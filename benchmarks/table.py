@@ -100,6 +100,41 @@ def _simgan_gaze(record: dict) -> list[str]:
     ]
 
 
+def _real_gaze(record: dict) -> list[str]:
+    """``benchmarks/real_gaze.py``: the "with real eyes" walk-through on MPIIGaze crops."""
+    f = record["figures"]
+    ingest, train, refine = f["ingest"], f["train"], f["refine"]
+    tone, distance = f["intensity"], f["histogram_distance_grey_levels"]
+    last = train.get("last", {})
+
+    def row(name: str, label: str) -> str:
+        d = distance.get(f"{name}_vs_real")
+        return (
+            f"| {label} | {_fmt(tone[name]['mean'])} | {_fmt(tone[name]['std'])} | "
+            f"{_fmt(d) if d is not None else '—'} |"
+        )
+
+    return [
+        f"`ingest images`: {ingest['files']} real MPIIGaze crops → {ingest['written']} samples, "
+        f"{ingest['rejected']} rejected, {_fmt(ingest['seconds'])} s. `train simgan` (small "
+        f"preset): {train['steps']} steps in {_fmt(train['seconds'])} s; last discriminator "
+        f"accuracy on real {_fmt(last.get('discriminator/accuracy_real'))}, on refined "
+        f"{_fmt(last.get('discriminator/accuracy_refined'))}. `refine`: {refine['read']} read = "
+        f"{refine['written']} written + {refine['rejected']} rejected, "
+        f"{_fmt(refine['seconds'])} s.",
+        "",
+        "| eyes | mean grey level | std | intensity-histogram distance to real (W1, grey levels) |",
+        "|---|---|---|---|",
+        row("synthetic", "procedural synthetic"),
+        row("refined", "refined"),
+        row("real", "real MPIIGaze"),
+        "",
+        "The distance sees tone only, not content; it is not a realism measure (that is a "
+        "classifier two-sample test, still to come). Contact sheet: "
+        f"`{record['settings'].get('contact_sheet', 'out/bench-real-gaze/contact-sheet.png')}`.",
+    ]
+
+
 def _engines(record: dict) -> list[str]:
     labels = {
         "torch_eager_cpu": "torch eager, CPU",
@@ -371,6 +406,7 @@ RENDERERS = {
     "refine": _refine,
     "scene_uda": _scene_uda,
     "gpu-check": _gpu_check,
+    "real_gaze": _real_gaze,
 }
 
 

@@ -582,7 +582,10 @@ def ingest(
         raise ValueError(f"format {format_name!r} lists items twice: {', '.join(twice[:5])}")
 
     # Recorded with the defaults filled in, so "--size 35x55" and no --size are one setting.
-    json_options = _jsonable(resolved_options(format_name, options))
+    # a reader whose defaults depend on another option (images: --size by --domain) says what
+    # it resolved them to
+    resolved = {**resolved_options(format_name, options), **getattr(reader, "resolved", {})}
+    json_options = _jsonable(resolved)
     settings = {"format": format_name, "options": json_options, "shard_size": shard_size}
     shards = _plan(items, out, prefix, shard_size, settings)
     summary = IngestSummary(

@@ -259,3 +259,23 @@ def test_conv_flops_counts_the_gaze_refiner_as_the_paper_sizes_it():
     # 4 ResNet blocks of two 3x3 64->64 convolutions at 35x55 dominate: 8 x 2 x 35 x 55 x 64 x 576
     assert conv_flops(module, (1, 1, 35, 55)) == 1_137_875_200
     assert conv_flops(module, (2, 1, 35, 55)) == 2 * 1_137_875_200
+
+
+def test_real_gaze_quick_run_goes_through_every_command(tmp_path, shared_fixture):
+    """The README's "with real eyes" walk-through: ingest images -> train -> export -> refine ->
+    inspect, on the real MPIIGaze crops (skipped without ../shared)."""
+    from benchmarks import real_gaze
+
+    fixture = shared_fixture("mpiigaze_unlabeled")
+    work, results = tmp_path / "work", tmp_path / "results"
+    assert real_gaze.main(["--quick", "--fixture", str(fixture), "--out", str(work),
+                           "--results", str(results)]) == 0  # fmt: skip
+    figures = json.loads((results / "real_gaze.json").read_text())["figures"]
+    assert figures["ingest"] == {**figures["ingest"], "files": 2000, "written": 2000, "rejected": 0}
+    assert figures["refine"]["read"] == figures["refine"]["written"] == 64
+    assert set(figures["train"]["last"]) == {
+        "discriminator/accuracy_real",
+        "discriminator/accuracy_refined",
+    }
+    assert (work / "contact-sheet.png").stat().st_size > 0
+    assert real_gaze.main(["--fixture", str(tmp_path / "absent"), "--results", str(results)]) == 0

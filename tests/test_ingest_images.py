@@ -250,6 +250,8 @@ def test_a_rerun_skips_finished_shards(tmp_path):
     assert (out / "images-000001.tar").read_bytes() == before
     with pytest.raises(ValueError, match="other settings"):
         run(src, out, "gaze", shard_size=2, options={"crop": "none"})
+    # the gaze default size said out loud is the same setting
+    assert run(src, out, "gaze", shard_size=2, options={"size": (35, 55)}).shards_skipped == 3
 
 
 def test_workers_give_byte_identical_shards(tmp_path):

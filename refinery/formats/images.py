@@ -112,6 +112,7 @@ class Images:
         self.domain = domain
         self.size = check_size(size) if size is not None else DEFAULT_SIZE[domain]
         self.crop = crop
+        self.resolved = {"size": self.size}  # what the ingest records (the domain's default)
 
     def items(self) -> list[Item]:
         found = []
