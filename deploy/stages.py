@@ -37,7 +37,6 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
@@ -344,9 +343,6 @@ def decode_item(kind: str) -> Callable[[Item], None]:
             item.image = decode_image(data, kind)
         except Undecodable as exc:
             item.error = SampleError(UNDECODABLE, str(exc), key=item.key, component=item.component)
-        except cv2.error as exc:  # e.g. zero bytes: OpenCV asserts rather than returning None
-            detail = f"not a decodable image ({len(data)} bytes): {str(exc).strip()}"
-            item.error = SampleError(UNDECODABLE, detail, key=item.key, component=item.component)
         except ValueError as exc:
             item.error = SampleError(MALFORMED, str(exc), key=item.key, component=item.component)
 

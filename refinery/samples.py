@@ -260,9 +260,21 @@ def _check_array(array: np.ndarray, kind: str) -> None:
         )
 
 
+def imdecode(data: bytes, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray | None:
+    """``cv2.imdecode`` that says "cannot decode" one way: None, also for empty bytes (where
+    OpenCV raises an assertion error instead), so every reader turns both into one reject
+    that names its key."""
+    if not data:
+        return None
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
+
+
 def decode_image(data: bytes, kind: str) -> np.ndarray:
     """Decode image bytes of the given kind; raises ValueError (undecodable or wrong kind)."""
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    array = imdecode(data)
     if array is None:
         raise Undecodable(f"not a decodable image ({len(data)} bytes)")
     if kind == RGB8 and array.ndim == 3 and array.shape[2] == 3:

@@ -212,18 +212,21 @@ def test_bad_unityeyes_files_are_rejects_naming_the_file(tmp_path):
     write_unityeyes(tmp_path, "3", look_vec="(0.1, 0.2)")
     write_unityeyes(tmp_path, "4")
     write_unityeyes(tmp_path, "5", look_vec="__import__('os')")
+    write_unityeyes(tmp_path, "6")
+    (tmp_path / "imgs" / "6.jpg").write_bytes(b"")  # zero bytes: OpenCV asserts, not None
     (tmp_path / "imgs" / "1.jpg").unlink()
     (tmp_path / "imgs" / "2.json").unlink()
     (tmp_path / "imgs" / "4.jpg").write_bytes(b"not a jpeg")
     reader = open_format("unityeyes", str(tmp_path))
     items = reader.items()
-    assert [i.name for i in items] == [f"imgs/{n}" for n in range(1, 6)]
+    assert [i.name for i in items] == [f"imgs/{n}" for n in range(1, 7)]
     expected = {
         "1": (MISSING, "1.jpg", "png"),
         "2": (MISSING, "2.json", "json"),
         "3": (MALFORMED, "3.json", "json"),
         "4": (UNDECODABLE, "4.jpg", "png"),
         "5": (MALFORMED, "5.json", "json"),
+        "6": (UNDECODABLE, "6.jpg", "png"),
     }
     for item in items:
         with pytest.raises(SampleError) as caught:

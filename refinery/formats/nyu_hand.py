@@ -70,6 +70,7 @@ from refinery.samples import (
     SampleError,
     encode_image,
     encode_json,
+    imdecode,
 )
 from refinery.sim.hands import JOINT_NAMES
 
@@ -263,7 +264,7 @@ class NYUHand:
             raise SampleError(
                 MISSING, f"cannot read the depth PNG: {exc}", component="depth.png"
             ) from None
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        bgr = imdecode(data, cv2.IMREAD_UNCHANGED)
         if bgr is None:
             raise SampleError(
                 UNDECODABLE, f"not a decodable image ({len(data)} bytes)", component="depth.png"

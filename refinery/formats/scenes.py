@@ -84,6 +84,7 @@ from refinery.samples import (
     SampleError,
     encode_image,
     encode_json,
+    imdecode,
 )
 
 IMAGE, LABEL, DEPTH = "image", "label", "depth"  # the parts of a frame
@@ -150,14 +151,14 @@ def png_indices(data: bytes) -> np.ndarray:
     grey = np.repeat(np.arange(1 << bit_depth, dtype=np.uint8), 3).tobytes()
     out = [_PNG_SIGNATURE, _chunk(b"IHDR", ihdr[:9] + b"\x03" + ihdr[10:]), _chunk(b"PLTE", grey)]
     out += [_chunk(kind, body) for kind, body in chunks[1:] if kind in (b"IDAT", b"IEND")]
-    array = cv2.imdecode(np.frombuffer(b"".join(out), np.uint8), cv2.IMREAD_UNCHANGED)
+    array = imdecode(b"".join(out), cv2.IMREAD_UNCHANGED)
     if array is None:
         raise SampleError(UNDECODABLE, "OpenCV could not decode the PNG's pixel data")
     return np.ascontiguousarray(array[:, :, 0] if array.ndim == 3 else array)  # (H, W)
 
 
 def _imdecode(data: bytes) -> np.ndarray:
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    array = imdecode(data, cv2.IMREAD_UNCHANGED)
     if array is None:
         raise SampleError(UNDECODABLE, f"not a decodable image ({len(data)} bytes)")
     return array

@@ -79,6 +79,7 @@ from refinery.samples import (
     SampleError,
     encode_image,
     encode_json,
+    imdecode,
 )
 
 EYE_WIDTH_FACTOR = 1.5  # crop width / interior-margin width (GazeML)
@@ -345,7 +346,7 @@ class UnityEyes:
 
         with open(jpg, "rb") as f:
             data = f.read()
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        image = imdecode(data, cv2.IMREAD_GRAYSCALE)
         if image is None:
             raise SampleError(
                 UNDECODABLE,
