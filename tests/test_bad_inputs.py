@@ -234,6 +234,25 @@ def test_an_output_of_another_engine_is_refused_naming_both(dataset, tmp_path):
     assert sorted(p.name for p in claimed.iterdir()) == ["refinery-output.json"]
 
 
+def test_two_engines_started_at_once_into_one_output_do_not_mix(dataset, tmp_path):
+    root, engine, _ = dataset
+    other = gaze_engine(tmp_path / "other", seed=2)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "refinery", "refine", "--engine", str(e), "--input",
+             str(root / "in"), "--output", str(out), "--batch", "4"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        for e in (engine, other)
+    ]  # fmt: skip
+    codes = sorted(job.wait(timeout=300) for job in jobs)
+    assert codes == [0, 1]
+    hashes = {json.loads(p.read_text())["engine_hash"] for p in out.glob("*.stats.json")}
+    assert len(hashes) == 1 and len(list(out.glob("*.stats.json"))) == 15
+
+
 def test_a_failing_pipe_names_its_command_and_shard(dataset, tmp_path):
     root, engine, _ = dataset
     failed = _refine(
