@@ -87,7 +87,7 @@ def test_a_tree_of_images_becomes_gaze_samples(tmp_path):
     out = tmp_path / "out"
     summary = run(src, out, "gaze")
     assert (summary.items, summary.samples_written, summary.total_rejected) == (4, 4, 0)
-    assert summary.options == {"domain": "gaze", "size": None, "crop": "center"}
+    assert summary.options == {"domain": "gaze", "size": [35, 55], "crop": "center"}
     got = samples(out)
     assert [s["__key__"] for s in got] == [
         "p00/day01/0001",
