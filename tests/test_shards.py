@@ -387,10 +387,15 @@ def _raw_tar(path, members) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["fast-reader", "tarfile"])
-def test_unsafe_keys_are_bad_key_rejects_and_reading_goes_on(tmp_path, monkeypatch, fast):
-    if not fast:  # the same shard through tarfile's reader
+@pytest.fixture(params=["fast-reader", "tarfile"])
+def reader(request, monkeypatch):
+    """Each test twice: through the block parser, and the same shard through tarfile's."""
+    if request.param == "tarfile":
         monkeypatch.setattr(H, "_plain_members", lambda h, s: H._tarfile_members(H._Prefixed(h, s)))
+    return request.param
+
+
+def test_unsafe_keys_are_bad_key_rejects_and_reading_goes_on(tmp_path, reader):
     good = gaze(1)
     url = _raw_tar(
         tmp_path / "keys.tar",
@@ -412,10 +417,7 @@ def test_unsafe_keys_are_bad_key_rejects_and_reading_goes_on(tmp_path, monkeypat
     ]
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["fast-reader", "tarfile"])
-def test_link_members_reject_their_sample_instead_of_vanishing(tmp_path, monkeypatch, fast):
-    if not fast:
-        monkeypatch.setattr(H, "_plain_members", lambda h, s: H._tarfile_members(H._Prefixed(h, s)))
+def test_link_members_reject_their_sample_instead_of_vanishing(tmp_path, reader):
     good = gaze(2)
     url = _raw_tar(
         tmp_path / "links.tar",
