@@ -26,6 +26,13 @@ Exactly once. A shard is finished when its output and its stats file both exist;
 renamed into place first, the stats file last, so a kill at any moment leaves either a finished
 shard or one that a rerun redoes from scratch. Conservation: per shard, written + rejected =
 read, and every reject is listed with key, component and reason.
+
+Bad input never stops a job: a bad sample is one reject wherever it stands (the first of the
+job too; ``preflight`` refuses only an engine that none of the first samples fits), and the
+``--max-reject-rate`` verdict is given once every shard is refined, over the stats of all the
+job's shards, so a rerun gives the same verdict. An output directory belongs to one engine
+(``refinery-output.json``, created atomically by the first job): another engine's job is
+refused, naming both, and a finished shard is finished only for the engine that wrote it.
 """
 
 from __future__ import annotations
