@@ -302,6 +302,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"label drift: {drift['mean']:.4f} {drift['unit']} ({drift['label']})")
     labels = report["labels"]
     print(f"labels identical for {labels['identical']} of {labels['paired']} paired keys")
+    if not report["real_test_labeled"]:
+        print("real test set unlabeled: task networks not scored, realism only")
+    for name, entry in report["realism"]["sets"].items():
+        c2st, kid = entry["c2st_accuracy"], entry["kid"]
+        print(
+            f"realism, {name:9s} vs real: two-sample test accuracy {c2st['mean']:.3f} ± "
+            f"{c2st['std']:.3f} (0.5 = indistinguishable, null band ±"
+            f"{entry['c2st_null_band']:.3f}), KID {kid['mean']:.4f}"
+        )
     print(f"report: {args.out}/report.html")
     return 0
 
@@ -653,7 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the domain's task network on --synthetic, on --refined and (given "
         "--real-train) on real shards, for each seed; test each on --real-test; report errors "
         "(mean and spread over seeds), the share of the synthetic-to-real gap refinement closed, "
-        "label drift and label preservation in REPORT_DIR/report.html and report.json.",
+        "label drift, label preservation and realism (a classifier two-sample test and a kernel "
+        "distance of synthetic and refined against real images, no labels needed) in "
+        "REPORT_DIR/report.html and report.json. An unlabeled --real-test (image only, or "
+        "'labeled': false) gives realism and label drift without task scores.",
     )
     evaluate.add_argument("domain", choices=TASK_DOMAINS)
     evaluate.add_argument("--synthetic", nargs="+", required=True, help="synthetic shard URLs")
@@ -661,7 +673,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--refined", nargs="+", required=True, help="the same samples refined (same keys)"
     )
     evaluate.add_argument("--real-train", nargs="+", help="labeled real training shard URLs")
-    evaluate.add_argument("--real-test", nargs="+", required=True, help="labeled real test URLs")
+    evaluate.add_argument(
+        "--real-test",
+        nargs="+",
+        required=True,
+        help="real test URLs (labeled: task scores and realism; unlabeled: realism)",
+    )
     evaluate.add_argument("--out", required=True, metavar="REPORT_DIR", help="report directory")
     evaluate.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="task network seeds (0 1 2)"

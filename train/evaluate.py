@@ -36,7 +36,9 @@ import numpy as np
 
 from refinery import __version__, sheets
 from refinery.records import machine, versions
+from refinery.samples import is_labeled
 from refinery.shards import read
+from train import realism
 from train.downstream import LabeledSet, TaskConfig, fit, get_task
 
 FORMAT = "refinery-evaluate/1"
@@ -126,17 +128,33 @@ def evaluate(
     began = time.perf_counter()
 
     # -- data ---------------------------------------------------------------------------------
+    labeled_test = all_labeled(real_test, domain)
+    if not labeled_test and real_train is not None:
+        raise ValueError(
+            "the real test set is unlabeled: a network trained on --real-train could not be "
+            "scored on it (give a labeled --real-test, or leave out --real-train)"
+        )
     sets: dict[str, LabeledSet] = {"synthetic": task.load(synthetic)}
     options = task.options(sets["synthetic"])
-    sets["refined"] = task.load(refined, **options)
-    if real_train is not None:
-        sets["real"] = task.load(real_train, **options)
-    test = task.load(real_test, **options)
+    refined_set = task.load(refined, **options)
+    if labeled_test:  # task networks on every training set, scored on the real test set
+        sets["refined"] = refined_set
+        if real_train is not None:
+            sets["real"] = task.load(real_train, **options)
+        test = task.load(real_test, **options)
+        real_images = test.inputs
+    else:  # only realism and label drift: the synthetic-trained network, no task scores
+        test = None
+        info = sets["synthetic"].info
+        real_images = realism.images(
+            real_test, domain, size=info["size"], depth_input=info["size"][0]
+        )
     seconds["load"] = time.perf_counter() - began
-    labels = label_check(sets["synthetic"], sets["refined"])
-    paired_synthetic, paired_refined = _paired(sets["synthetic"], sets["refined"])
+    labels = label_check(sets["synthetic"], refined_set)
+    paired_synthetic, paired_refined = _paired(sets["synthetic"], refined_set)
     say(
-        f"{domain}: {', '.join(f'{k} {len(v)}' for k, v in sets.items())}, real test {len(test)}; "
+        f"{domain}: {', '.join(f'{k} {len(v)}' for k, v in sets.items())}, real test "
+        f"{len(real_images)}{'' if labeled_test else ' (unlabeled: realism only)'}; "
         f"labels identical for {labels['identical']} of {labels['paired']} paired keys"
     )
 
@@ -144,14 +162,18 @@ def evaluate(
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sets}
     per_sample: dict[str, list[np.ndarray]] = {name: [] for name in sets}
     drift: list[float] = []
+    feature_model = None  # the synthetic-trained network of the first seed: realism's features
     started = time.perf_counter()
     for seed in seeds:
         for name, data in sets.items():
             fit_began = time.perf_counter()
             model = fit(task, data, replace(base, seed=seed), device=device)
-            metrics, values = task.score(task.predict(model, test), test)
-            runs[name].append({"seed": seed, **metrics})
-            per_sample[name].append(values)
+            if name == "synthetic" and feature_model is None:
+                feature_model = model
+            if test is not None:
+                metrics, values = task.score(task.predict(model, test), test)
+                runs[name].append({"seed": seed, **metrics})
+                per_sample[name].append(values)
             if name == "synthetic" and len(paired_synthetic):
                 drift.append(
                     task.disagreement(
@@ -160,12 +182,38 @@ def evaluate(
                         paired_synthetic,
                     )
                 )
+            scored = (
+                f"{task.metric.label} on real test {metrics[task.metric.key]:.4f} "
+                f"{task.metric.unit}"
+                if test is not None
+                else "not scored (unlabeled real test)"
+            )
             say(
-                f"seed {seed}, trained on {name}: {task.metric.label} on real test "
-                f"{metrics[task.metric.key]:.4f} {task.metric.unit} "
-                f"({time.perf_counter() - fit_began:.0f} s)"
+                f"seed {seed}, trained on {name}: {scored} ({time.perf_counter() - fit_began:.0f} s)"
             )
     seconds["train_and_test"] = time.perf_counter() - started
+
+    # -- realism: no labels needed (after the task networks, which keep their RNG streams) ----
+    started = time.perf_counter()
+    network = base.network or task.network
+    realism_report = realism.realism(
+        real_images,
+        {"synthetic": sets["synthetic"].inputs, "refined": refined_set.inputs},
+        seeds=seeds,
+        feature_model=feature_model,
+        feature_network=(
+            f"{network} trained on the synthetic set (seed {seeds[0]}; the input of its last "
+            "layer, averaged over space)"
+        ),
+        device=device or "cpu",
+    )
+    for name, entry in realism_report["sets"].items():
+        say(
+            f"realism, {name} vs real: two-sample accuracy "
+            f"{entry['c2st_accuracy']['mean']:.3f} ± {entry['c2st_accuracy']['std']:.3f}, "
+            f"KID {entry['kid']['mean']:.4f}"
+        )
+    seconds["realism"] = time.perf_counter() - started
 
     # -- the report ---------------------------------------------------------------------------
     key = task.metric.key
@@ -178,6 +226,7 @@ def evaluate(
             "runs": runs[name],
         }
         for name in sets
+        if runs[name]
     }
     gap = None
     if "real" in sets:
@@ -207,10 +256,11 @@ def evaluate(
         },
         "counts": {
             "synthetic": len(sets["synthetic"]),
-            "refined": len(sets["refined"]),
+            "refined": len(refined_set),
             "real_train": len(sets["real"]) if "real" in sets else None,
-            "real_test": len(test),
+            "real_test": len(real_images),
         },
+        "real_test_labeled": labeled_test,
         "seeds": seeds,
         "settings": {
             **{k: v for k, v in asdict(base).items() if k != "seed"},
@@ -232,11 +282,13 @@ def evaluate(
             ),
         },
         "labels": labels,
+        "realism": realism_report,
         "distributions": {
             "label": _DISTRIBUTION_LABELS[domain],
             "values": {
                 name: np.round(np.concatenate(values), 4).tolist()
                 for name, values in per_sample.items()
+                if values
             },
         },
         "pck": _pck(runs) if domain == "hand" else None,
@@ -255,7 +307,12 @@ def evaluate(
         from train.report import write_report
 
         sheet = contact_sheet(
-            domain, synthetic, refined, real_test, paired_refined.keys[: SHEET_SAMPLES[domain]]
+            domain,
+            synthetic,
+            refined,
+            real_test,
+            paired_refined.keys[: SHEET_SAMPLES[domain]],
+            real_labeled=labeled_test,
         )
         path = write_report(report, out, sheet=sheet)
         say(f"report: {path}")
@@ -272,6 +329,12 @@ _DISTRIBUTION_LABELS = {
     "hand": "error per joint on the real test set (crop px), all seeds",
     "scene": "mIoU per real test frame, all seeds",
 }
+
+
+def all_labeled(urls: str | Sequence[str], domain: str) -> bool:
+    """Whether every sample of a set carries labels (a real set may be unlabeled: image only,
+    or ``"labeled": false``)."""
+    return all(is_labeled(s) for s in read(urls, domain, labels=False))
 
 
 def _list(urls: str | Sequence[str]) -> list[str]:
@@ -303,12 +366,14 @@ def _per_class(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return {"classes": classes, "values": values}
 
 
-def _samples(urls, domain: str, keys: Sequence[str] | None, count: int) -> list[dict[str, Any]]:
+def _samples(
+    urls, domain: str, keys: Sequence[str] | None, count: int, *, labels: bool = True
+) -> list[dict[str, Any]]:
     """The decoded samples of ``keys`` in that order (or the first ``count``), reading no further
     than needed."""
     wanted = None if keys is None else set(keys)
     found: dict[str, dict[str, Any]] = {}
-    for sample in read(urls, domain):
+    for sample in read(urls, domain, labels=labels):
         if wanted is None or sample["__key__"] in wanted:
             found[sample["__key__"]] = sample
         if len(found) >= (count if wanted is None else len(wanted)):
@@ -317,7 +382,14 @@ def _samples(urls, domain: str, keys: Sequence[str] | None, count: int) -> list[
 
 
 def contact_sheet(
-    domain: str, synthetic, refined, real_test, keys: Sequence[str], *, height: int = 96
+    domain: str,
+    synthetic,
+    refined,
+    real_test,
+    keys: Sequence[str],
+    *,
+    height: int = 96,
+    real_labeled: bool = True,
 ) -> np.ndarray | None:
     """Rows: synthetic and refined samples of ``keys``, then real test samples; RGB uint8."""
     if not keys:
@@ -325,7 +397,7 @@ def contact_sheet(
     rows = [
         _samples(synthetic, domain, keys, len(keys)),
         _samples(refined, domain, keys, len(keys)),
-        _samples(real_test, domain, None, len(keys)),
+        _samples(real_test, domain, None, len(keys), labels=real_labeled),
     ]
     tiles = [[sheets.tile(s, domain, height=height) for s in row] for row in rows]
     return sheets.grid(tiles, titles=["synthetic", "refined", "real (test)"])

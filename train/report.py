@@ -34,6 +34,7 @@ SECTIONS: tuple[str, ...] = (
     "results",
     "gap",
     "drift",
+    "realism",
     "labels",
     "plots",
     "samples",
@@ -317,6 +318,7 @@ def _page(record: dict, images: dict[str, bytes]) -> str:
         "results": ("Results on the real test set", _results(record)),
         "gap": ("Synthetic-to-real gap closed", _gap(record)),
         "drift": ("Label drift", _drift(record)),
+        "realism": ("Realism (no labels needed)", _realism(record)),
         "labels": ("Labels kept", _labels(record)),
         "plots": ("Plots", _plots(record, images)),
         "samples": ("Samples", _samples(record, images)),
@@ -366,7 +368,23 @@ def _summary(record: dict) -> str:
         f"{_esc(metric.get('label') or metric['key'])}{test} ({_esc(_better(metric))}), "
         f"trained on {figures}{over} (mean ± std)."
     )
+    if not _sets(record):
+        first = (
+            f"Domain <b>{_esc(record['domain'])}</b>: the real test set "
+            f"({_esc(_num(counts.get('real_test')))} samples) has no labels, so no task network "
+            "was scored on it; realism and label drift are measured without them."
+        )
     parts = [first, _gap_sentence(record)]
+    sets = (record.get("realism") or {}).get("sets") or {}
+    if sets:
+        parts.append(
+            "Realism: a classifier tells "
+            + ", ".join(
+                f"{_esc(name)} from real {_esc(_pct(entry['c2st_accuracy']['mean']))}"
+                for name, entry in sets.items()
+            )
+            + " of the time (50% = indistinguishable)."
+        )
     drift = record.get("label_drift")
     if drift and drift.get("mean") is not None:
         parts.append(
@@ -393,6 +411,8 @@ def _summary(record: dict) -> str:
 
 def _gap_sentence(record: dict) -> str:
     gap = record.get("gap_closed")
+    if record.get("real_test_labeled") is False:
+        return "The share of the synthetic-to-real gap closed was not measured: no real labels."
     if not gap or gap.get("mean") is None:
         if "real" not in (record.get("results") or {}):
             return "The share of the synthetic-to-real gap closed was not measured: no real training data given."
@@ -409,6 +429,8 @@ def _gap_sentence(record: dict) -> str:
 
 
 def _results(record: dict) -> str:
+    if not _sets(record):
+        return '<p class="absent">Not measured: the real test set has no labels.</p>'
     metric = _metric(record)
     key = metric["key"]
     keys = [key]
@@ -461,6 +483,8 @@ def _results(record: dict) -> str:
 
 def _gap(record: dict) -> str:
     gap = record.get("gap_closed")
+    if record.get("real_test_labeled") is False:
+        return '<p class="absent">Not measured: the real test set has no labels.</p>'
     if not gap:
         if "real" not in (record.get("results") or {}):
             return '<p class="absent">Not measured: no real training data given.</p>'
@@ -507,6 +531,39 @@ def _drift(record: dict) -> str:
     if drift.get("description"):
         out.append(f'<p class="note">{_esc(drift["description"])}</p>')
     return "\n".join(out)
+
+
+def _realism(record: dict) -> str:
+    realism = record.get("realism")
+    if not realism or not realism.get("sets"):
+        return '<p class="absent">Not measured.</p>'
+    sets = realism["sets"]
+    seeds = record.get("seeds") or []
+    head = ["images", "two-sample test accuracy", "null band (95%)", "KID", *(
+        f"seed {s}" for s in seeds
+    )]  # fmt: skip
+    rows = []
+    for name, entry in sets.items():
+        c2st, kid = entry["c2st_accuracy"], entry.get("kid") or {}
+        runs = list(c2st.get("runs") or [])
+        rows.append(
+            [
+                _esc(f"{name} vs real"),
+                f"<b>{_esc(_pm(c2st))}</b>",
+                _esc(f"0.5 ± {_num(entry.get('c2st_null_band'))}"),
+                _esc(_pm(kid) if kid else "–"),
+                *(_esc(_num(runs[i])) if i < len(runs) else "–" for i in range(len(seeds))),
+            ]
+        )
+    tested = next(iter(sets.values())).get("c2st_test_images")
+    notes = [
+        f"Two-sample test: {realism.get('note', '')}; {_num(tested)} held-out images per test, "
+        f"{_num(realism.get('real_images'))} real images in all; mean ± std over seeds (split, "
+        "draw and initialisation). A value inside the null band is not told apart."
+    ]
+    if realism.get("kid_note"):
+        notes.append(f"KID: {realism['kid_note']}; mean ± std over random subsets.")
+    return _table(head, rows) + "\n" + "\n".join(f'<p class="note">{_esc(n)}</p>' for n in notes)
 
 
 def _labels(record: dict) -> str:
