@@ -9,14 +9,16 @@ of 60x36 JPEGs, no labels) go through the commands a user types, each in a proce
     refinery export W/run --out W/engine
     refinery refine --engine W/engine --input W/synthetic --output W/refined
     refinery inspect W/synthetic W/refined W/real --sheet W/contact-sheet.png
+    refinery evaluate gaze --synthetic ... --refined ... --real-test W/real   (realism, drift)
 
 and the record holds what each step did (counts, rejects, seconds), the discriminator's last
-accuracies on real and refined images (TensorBoard scalars of the run), and a crude look at
-appearance: mean and standard deviation of pixel intensity and the 1-D Wasserstein distance
-between the intensity histograms of synthetic vs real and refined vs real. That distance sees
-tone only, not content; it is not the realism measure (a classifier two-sample test), which is
-the refinement-quality issue's work. The contact sheet (synthetic | refined | real) stays in the
-work directory (``out/bench-real-gaze/contact-sheet.png``): open it.
+accuracies on real and refined images (TensorBoard scalars of the run), the realism that
+``evaluate`` measures without labels (a classifier two-sample test and KID of synthetic and
+refined against the real crops, over 3 seeds) with the label drift of the refined eyes, and a
+crude look at tone: mean and standard deviation of pixel intensity and the 1-D Wasserstein
+distance between the intensity histograms of synthetic vs real and refined vs real. The
+contact sheet (synthetic | refined | real) stays in the work directory
+(``out/bench-real-gaze/contact-sheet.png``): open it.
 
 Skipped (exit 0, nothing written) when the fixture is absent, as on a fresh clone.
 
@@ -129,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     sheet = work / "contact-sheet.png"
     _refinery("inspect", str(synthetic), str(refined), str(real), "--sheet", str(sheet))
+    # the real crops have no labels: evaluate reports realism and label drift only
+    seeds = ["0"] if args.quick else ["0", "1", "2"]
+    seconds["evaluate"] = _refinery(
+        "evaluate", "gaze", "--synthetic", str(synthetic), "--refined", str(refined),
+        "--real-test", str(real), "--out", str(work / "report"), "--seeds", *seeds,
+        *(["--epochs", "1"] if args.quick else []),
+    )  # fmt: skip
+    report = json.loads((work / "report" / "report.json").read_text())
 
     stats = [json.loads(p.read_text()) for p in sorted(refined.glob("*.stats.json"))]
     pixels = {
@@ -165,6 +175,16 @@ def main(argv: list[str] | None = None) -> int:
         "intensity": appearance,
         "histogram_distance_grey_levels": distance,
         "refined_closer_to_real": distance["refined_vs_real"] < distance["synthetic_vs_real"],
+        "realism": {
+            name: {
+                "c2st_accuracy": entry["c2st_accuracy"],
+                "c2st_null_band": entry["c2st_null_band"],
+                "kid": entry["kid"],
+            }
+            for name, entry in report["realism"]["sets"].items()
+        },
+        "label_drift_deg": report["label_drift"],
+        "evaluate_seconds": round(seconds["evaluate"], 1),
     }
     settings = {
         "fixture": "shared/fixtures/real/mpiigaze_unlabeled (2,000 MPIIGaze 60x36 JPEG crops)",
@@ -175,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         "backend": "onnxruntime (refine's default)",
         "quick": args.quick,
         "contact_sheet": str(sheet.relative_to(ROOT)) if sheet.is_relative_to(ROOT) else str(sheet),
+        "realism": "refinery evaluate with the unlabeled real crops as --real-test, seeds "
+        + " ".join(seeds)
+        + ": "
+        + report["realism"]["note"]
+        + "; "
+        + report["realism"]["kid_note"],
     }
     write_result("real_gaze", figures, settings, results=args.results)
     print(json.dumps(figures, indent=1))
