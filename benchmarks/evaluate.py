@@ -24,7 +24,7 @@ subprocesses, each command line recorded with the work directory written ``$WORK
 
 SPIGAN's own task network T is not what is scored here: its generator refines the synthetic
 shards like SG-GAN's does and a fresh ``fcn8s-small`` is trained on them, so both scene
-experiments answer the same question (``benchmarks/scene_uda.py`` scores T). The two scene
+experiments answer the same question (``train.spigan.evaluate_task`` scores T itself). The two scene
 experiments use the same data seeds, so their synthetic and real rows are the same networks
 trained on the same frames (equal on one machine; a check on the run).
 
@@ -36,8 +36,8 @@ Sizes (FULL), planned for about 40 minutes on an otherwise idle 2-core CPU for a
 3 evaluate seeds. The machine they were planned on was shared, so wall times there meant
 little; costs were taken as single-thread CPU time (``time.process_time`` under
 ``torch.set_num_threads(1)``: what an idle core takes), and two threads on an idle machine are
-taken to need 1/1.5 of it (``simgan_gaze.json``: 0.55 s per SimGAN-small iteration with two
-threads against 0.78 s of one-thread CPU):
+taken to need 1/1.5 of it (a retired SimGAN benchmark measured 0.55 s per SimGAN-small
+iteration with two threads against 0.78 s of one-thread CPU):
 
 | work (1 thread)                                       | CPU time                        |
 |-------------------------------------------------------|---------------------------------|
@@ -45,7 +45,7 @@ threads against 0.78 s of one-thread CPU):
 | SimGAN small refiner + discriminator, hand 64×64, b16 | 1.55 s per iteration            |
 | SG-GAN small, 64×128, batch 4                         | 0.12 s per iteration            |
 | SPIGAN small, 64×64 crops, batch 4                    | 0.48 s per iteration            |
-| gaze-estimator-small, batch 32                        | 5.0 ms per sample-epoch (2.3 ms with 2 threads, simgan_gaze.json) |
+| gaze-estimator-small, batch 32                        | 5.0 ms per sample-epoch (2.3 ms with 2 threads) |
 | hand-hourglass-small, 64×64, batch 32                 | 6.9 ms per sample-epoch         |
 | fcn8s-small, 64×128, batch 8                          | 14.4 ms per frame-epoch         |
 | every command: interpreter and torch start-up         | ~4 s (8 commands)               |
@@ -55,7 +55,7 @@ From the ``--quick`` runs the fixed part is about 50 s per experiment. Per exper
 (evaluate = 3 sets × 3 seeds × samples × epochs × cost, plus predictions):
 
 - gaze-simgan (~6.5 min): SimGAN small, 100 + 50 pretraining updates and 300 iterations
-  (~3.3 min; simgan_gaze.py ran its 600 in 6 min); 800 samples per training set, 400 real
+  (~3.3 min; 600 iterations took 6 min); 800 samples per training set, 400 real
   test; the estimator's own 8 epochs: 9 × 800 × 8 × 2.3 ms ≈ 2.2 min.
 - hand-simgan (~14 min): crops rendered at 64 px, not the simulator's 128: the task network
   sees a 64×64 input whatever the crop (nearest resize), so a 128-px refiner would cost 4×
@@ -459,7 +459,9 @@ def summarise(
         },
     }
     gap = report.get("gap_closed")
-    figures["gap_closed"] = None if gap is None else {"mean": gap["mean"], "runs": gap["runs"]}
+    figures["gap_closed"] = (
+        None if gap is None else {k: gap[k] for k in ("of_means", "mean_over_seeds", "runs")}
+    )
     drift = report.get("label_drift")
     figures["label_drift"] = (
         None

@@ -295,8 +295,13 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"trained on {name:9s} {metric['label']} on real test: "
             f"{value['mean']:.4f} ± {value['std']:.4f} {metric['unit']}"
         )
-    if report["gap_closed"] is not None and report["gap_closed"]["mean"] is not None:
-        print(f"gap closed by refinement: {100 * report['gap_closed']['mean']:.1f}%")
+    gap = report["gap_closed"]
+    if gap is not None and gap["of_means"] is not None:
+        over = gap["mean_over_seeds"]
+        print(
+            f"gap closed by refinement: {100 * gap['of_means']:.1f}% of the means"
+            + (f", {100 * over:.1f}% mean over seeds" if over is not None else "")
+        )
     if report["label_drift"] is not None:
         drift = report["label_drift"]
         print(f"label drift: {drift['mean']:.4f} {drift['unit']} ({drift['label']})")

@@ -45,7 +45,12 @@ def _base(domain, metric, metrics, *, real=True):
         "seeds": [0, 1, 2],
         "settings": {"epochs": 4, "batch_size": 32, "lr": 1e-3, "input_size": [64, 64]},
         "results": {s: {"metrics": {k: _stat(v[s]) for k, v in metrics.items()}} for s in sets},
-        "gap_closed": {"mean": 0.42, "runs": [0.4, 0.45, None], "note": "(E_syn - E_ref) / ..."}
+        "gap_closed": {
+            "of_means": 0.42,
+            "mean_over_seeds": 0.425,
+            "runs": [0.4, 0.45, None],
+            "note": "(E_syn - E_ref) / ...",
+        }
         if real
         else None,
         "label_drift": {
@@ -249,7 +254,12 @@ def test_numbers_appear(tmp_path):
 
 def test_negative_gap_is_reported_not_clamped(tmp_path):
     report = hand_report()
-    report["gap_closed"] = {"mean": -0.15, "runs": [-0.1, -0.2, -0.15], "note": "worse"}
+    report["gap_closed"] = {
+        "of_means": -0.15,
+        "mean_over_seeds": -0.15,
+        "runs": [-0.1, -0.2, -0.15],
+        "note": "worse",
+    }
     page = rp.write_report(report, tmp_path).read_text()
     assert "-15.0%" in _section(page, "summary")
     assert "worse" in _section(page, "summary")

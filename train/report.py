@@ -413,19 +413,20 @@ def _gap_sentence(record: dict) -> str:
     gap = record.get("gap_closed")
     if record.get("real_test_labeled") is False:
         return "The share of the synthetic-to-real gap closed was not measured: no real labels."
-    if not gap or gap.get("mean") is None:
+    if not gap or gap.get("of_means") is None:
         if "real" not in (record.get("results") or {}):
             return "The share of the synthetic-to-real gap closed was not measured: no real training data given."
         return "The share of the synthetic-to-real gap closed was not measured."
-    mean = gap["mean"]
+    mean, over = gap["of_means"], gap.get("mean_over_seeds")
+    seeds = f" (mean of the per-seed values: {_pct(over)})" if over is not None else ""
     if mean < 0:
         return (
             f'<span class="bad">Refinement made it worse: it closed {_pct(mean)} of the '
-            "synthetic-to-real gap</span> (the network trained on refined data is further from "
-            "the real-data one than the synthetic-data network)."
+            f"synthetic-to-real gap on the mean errors</span>{seeds} (the network trained on "
+            "refined data is further from the real-data one than the synthetic-data network)."
         )
     beyond = " (more than 100%: refined beat real training data)" if mean > 1 else ""
-    return f"Refinement closed {_pct(mean)} of the synthetic-to-real gap{beyond}."
+    return f"Refinement closed {_pct(mean)} of the synthetic-to-real gap on the mean errors{seeds}{beyond}."
 
 
 def _results(record: dict) -> str:
@@ -490,7 +491,10 @@ def _gap(record: dict) -> str:
             return '<p class="absent">Not measured: no real training data given.</p>'
         return '<p class="absent">Not measured.</p>'
     runs = list(gap.get("runs") or [])
-    rows = [["mean over seeds", _pct_cell(gap.get("mean"))]]
+    rows = [
+        ["of the means (formula on each set's mean error)", _pct_cell(gap.get("of_means"))],
+        ["mean over seeds (of the per-seed values)", _pct_cell(gap.get("mean_over_seeds"))],
+    ]
     rows += [
         [_esc(f"seed {s}"), _pct_cell(r)]
         for s, r in zip(_seed_names(record, runs), runs, strict=True)
