@@ -15,10 +15,19 @@ clip sclera and iris. A small head pose (labelled, radians) rolls the eye and sl
 against the eyeball. Pixel coordinates in the labels are (x, y) = (column, row) of pixel
 centres in the crop; ``eyeball`` gives the centre and radii used to draw it.
 
-Synthetic: smooth skin shading, bright sclera, a striated iris, a dark pupil, a specular glint.
-Real: what separates MPIIGaze from UnityEyes, kept local so a fully convolutional refiner can
-learn it: skin texture, darker and more often brown irises, a greyer sclera, lower and
-re-curved contrast, a smooth illumination gain field, blur and sensor noise.
+Both variants share the anatomy, framed as MPIIGaze's normalised crops and GazeML's UnityEyes
+crops frame it: the eye spans about 0.8 of the crop's width, the iris about 0.4 of the eye's,
+the upper lid covers the top of the iris, and the gaze range is MPIIGaze's (pitch -20..+9
+degrees, yaw +-23). The skin has a lid crease, lashes along the upper lid margin (longer
+towards the outer corner) and a fainter line under the lower lid, a shadow of the upper lid
+on the eyeball, darker eye corners and sometimes an eyebrow along the top edge.
+
+Synthetic (UnityEyes-like): a clean render: smooth skin shading, a bright sclera, a striated
+iris, a dark pupil, a specular glint. Real (MPIIGaze-like, tuned against 2,000 real MPIIGaze
+crops with a classifier two-sample test, ``tests/test_sim.py``): skin texture, mostly dark
+irises with little pupil contrast, a greyer sclera, heavier lashes and lid shadow, a smooth
+illumination gain field, blur, sensor noise, then what MPIIGaze's pipeline does to every crop:
+histogram equalisation and JPEG compression.
 """
 
 from __future__ import annotations
@@ -80,19 +89,23 @@ def look_vector(pitch: float, yaw: float) -> np.ndarray:
 
 def sample_geometry(rng: np.random.Generator, options: Options) -> Geometry:
     scale = min(options.height / BASE_HEIGHT, options.width / BASE_WIDTH)
-    # Uniform ranges, biased downwards like MPIIGaze / UnityEyes crops from a laptop camera.
-    pitch = rng.uniform(-0.5, 0.4)
-    yaw = rng.uniform(-0.6, 0.6)
+    # Uniform ranges, biased downwards like MPIIGaze's laptop users (its normalised gaze spans
+    # about -20..+8 degrees of pitch and +-22 of yaw: the mean crop has its iris in the middle
+    # third).
+    pitch = rng.uniform(-0.35, 0.15)
+    yaw = rng.uniform(-0.4, 0.4)
     head = (
         float(np.clip(rng.normal(0.0, 0.08), -0.2, 0.2)),
         float(np.clip(rng.normal(0.0, 0.10), -0.25, 0.25)),
         float(np.clip(rng.normal(0.0, 0.06), -0.15, 0.15)),
     )
-    eye_width = scale * rng.uniform(33.0, 41.0)  # corner to corner
+    # corner to corner: MPIIGaze's normalised crops (and GazeML's UnityEyes crops, 1.5x the
+    # interior margin's width) frame the eye at about 0.75-0.85 of the crop's width
+    eye_width = scale * rng.uniform(44.0, 50.0)
     radius = eye_width * rng.uniform(0.40, 0.46)
     iris_radius = radius * rng.uniform(0.42, 0.50)
     pupil_ratio = rng.uniform(0.30, 0.48)
-    jitter = np.clip(rng.normal(0.0, 1.3, 2), -3.0, 3.0) * scale
+    jitter = np.clip(rng.normal(0.0, 0.8, 2), -1.5, 1.5) * scale
     centre = np.array([(options.width - 1) / 2, (options.height - 1) / 2]) + jitter
     # The fissure sits a little below the eyeball centre and slides with head yaw / pitch.
     middle = centre + radius * np.array([0.35 * np.sin(head[1]), 0.08 - 0.3 * np.sin(head[0])])
@@ -101,7 +114,7 @@ def sample_geometry(rng: np.random.Generator, options: Options) -> Geometry:
     corners = np.stack([middle - axis * eye_width / 2, middle + axis * eye_width / 2])
     openness = rng.uniform(0.8, 1.15)
     upper_open = radius * openness * max(0.15, 0.42 + 0.6 * np.sin(pitch))
-    lower_open = radius * rng.uniform(0.85, 1.1) * (0.30 + 0.28 * max(0.0, -np.sin(pitch)))
+    lower_open = radius * rng.uniform(0.85, 1.1) * (0.40 + 0.28 * max(0.0, -np.sin(pitch)))
     return Geometry(
         pitch=float(pitch),
         yaw=float(yaw),
@@ -157,29 +170,45 @@ class Look:
     glint: float  # peak added grey level; 0 for none
     light: tuple[float, float]  # direction of the skin shading gradient
     lash: float  # darkening of the upper lid margin, 0..1
+    lash_width: float  # px of the lash band above the upper lid margin
+    fold: float  # depth of the lid crease's shadow, 0..1
+    brow: float  # darkness of an eyebrow along the top edge, 0 for none
+    lid_shadow: float  # darkening of the eyeball just under the upper lid, 0..1
 
 
 def _sample_look(rng: np.random.Generator, real: bool) -> Look:
     if real:
         # MPIIGaze: mostly dark irises, greyer sclera, weaker and sometimes missing glints.
-        iris = rng.uniform(30.0, 95.0) if rng.random() < 0.85 else rng.uniform(90.0, 140.0)
+        # MPIIGaze (infrared-free laptop webcam, normalised): bright skin, a large iris that
+        # is mostly dark with little pupil contrast, weaker glints, heavy lash lines.
+        iris = rng.uniform(20.0, 70.0) if rng.random() < 0.85 else rng.uniform(70.0, 120.0)
         return Look(
-            skin=rng.uniform(95.0, 190.0),
-            sclera=rng.uniform(150.0, 200.0),
+            skin=rng.uniform(150.0, 225.0),
+            sclera=rng.uniform(175.0, 230.0),
             iris=iris,
-            pupil=rng.uniform(10.0, 30.0),
-            glint=rng.uniform(30.0, 90.0) if rng.random() < 0.7 else 0.0,
+            pupil=rng.uniform(5.0, 25.0),
+            glint=rng.uniform(40.0, 120.0) if rng.random() < 0.6 else 0.0,
             light=tuple(rng.normal(0.0, 1.0, 2).tolist()),
-            lash=rng.uniform(0.25, 0.55),
+            lash=rng.uniform(0.55, 0.8),
+            lash_width=rng.uniform(2.5, 4.0),
+            fold=rng.uniform(0.25, 0.5),
+            brow=rng.uniform(0.2, 0.45) if rng.random() < 0.25 else 0.0,
+            lid_shadow=rng.uniform(0.45, 0.7),
         )
+    # UnityEyes: rendered skin with soft shading, a textured iris (brown to blue), lashes and
+    # a lid crease, a bright sclera and a sharp corneal glint.
     return Look(
-        skin=rng.uniform(110.0, 215.0),
-        sclera=rng.uniform(205.0, 245.0),
-        iris=rng.uniform(45.0, 170.0),
-        pupil=rng.uniform(5.0, 20.0),
+        skin=rng.uniform(120.0, 215.0),
+        sclera=rng.uniform(200.0, 240.0),
+        iris=rng.uniform(40.0, 150.0),
+        pupil=rng.uniform(5.0, 15.0),
         glint=rng.uniform(120.0, 200.0),
         light=tuple(rng.normal(0.0, 1.0, 2).tolist()),
-        lash=rng.uniform(0.35, 0.6),
+        lash=rng.uniform(0.5, 0.7),
+        lash_width=rng.uniform(1.5, 2.8),
+        fold=rng.uniform(0.25, 0.45),
+        brow=rng.uniform(0.3, 0.55) if rng.random() < 0.3 else 0.0,
+        lid_shadow=rng.uniform(0.3, 0.5),
     )
 
 
@@ -218,11 +247,27 @@ def draw(
     # Lid features fade out within a few px beyond the corners instead of running on as lines.
     beyond = np.clip(np.maximum(-t, t - 1.0), 0.0, None) * eye_width
     fade = np.exp(-((beyond / (0.12 * eye_width)) ** 2))
-    crease_height = 1.4 * upper - 0.4 * geo.radius
-    skin *= 1.0 - 0.22 * fade * np.exp(-(((across - crease_height) / (0.16 * geo.radius)) ** 2))
-    above_lid = np.clip((upper - across) / 1.6, 0.0, None)
-    skin *= 1.0 - look.lash * fade * np.exp(-above_lid) * (across < upper + 1.0)
-    skin *= 1.0 + 0.08 * fade * np.exp(-(((across - lower - 1.0) / 1.2) ** 2))
+    # The lid fold: a shadowed crease above the upper lid, the lid skin below it lit a little.
+    crease_height = upper - 0.32 * geo.radius
+    crease = np.exp(-(((across - crease_height) / (0.1 * geo.radius)) ** 2))
+    skin *= 1.0 - look.fold * fade * crease
+    # Lashes: a dark band on the upper margin, broken into strands, longer towards the outer
+    # corner; a fainter line under the lower lid, with the bright rim of the lid margin.
+    above_lid = np.clip(upper - across, 0.0, None)
+    strands = 0.92 + 0.08 * np.sin(2 * np.pi * 23.0 * t + 3.0 * look.light[0])
+    reach = look.lash_width * (0.8 + 0.4 * np.clip(t, 0.0, 1.0))
+    band = np.exp(-((above_lid / reach) ** 2)) * (across < upper + 0.8)
+    skin *= 1.0 - look.lash * fade * band * strands
+    below_lid = np.clip(across - lower, 0.0, None)
+    skin *= 1.0 - 0.2 * look.lash * fade * np.exp(-((below_lid / 1.5) ** 2))
+    # the cheek brightens away from the lower lid, the brow ridge above the crease
+    skin *= 1.0 + 0.12 * np.tanh(np.clip(across - lower, 0.0, None) / (0.5 * geo.radius))
+    if look.brow > 0:  # an eyebrow along the top edge, following the lid's arch
+        brow_height = crease_height - 0.55 * geo.radius
+        texture = 0.92 + 0.08 * np.sin(2 * np.pi * 23.0 * t + 1.7 * look.light[1])
+        skin *= 1.0 - look.brow * texture * np.exp(
+            -(((across - brow_height) / (0.22 * geo.radius)) ** 2)
+        )
     if real:
         # Pores and wrinkles: fine grain plus a few-pixel mottling.
         grain = cv2.GaussianBlur(rng.standard_normal((height, width), np.float32), (0, 0), 0.6)
@@ -236,11 +281,13 @@ def draw(
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     x, y, across, upper, aperture = x[box], y[box], across[box], upper[box], aperture[box]
 
-    # Sclera: a shaded sphere, shadowed under the upper lid.
+    # Sclera: a shaded sphere, shadowed under the upper lid and darker in the corners (the
+    # caruncle at the inner one).
     cx, cy = geo.centre.tolist()
     r2 = ((x - cx) ** 2 + (y - cy) ** 2) / geo.radius**2
-    sclera = look.sclera * np.clip(1.0 - 0.3 * r2, 0.45, 1.0)
-    sclera *= 1.0 - 0.35 * np.exp(-np.clip(across - upper, 0.0, None) / (0.12 * geo.radius))
+    sclera = look.sclera * np.clip(1.0 - 0.35 * r2, 0.45, 1.0)
+    tb = t[box]
+    sclera *= 1.0 - 0.3 * np.exp(-((np.minimum(tb, 1.0 - tb) / 0.07) ** 2))
 
     # Iris: the disc perpendicular to g, foreshortened by |g_z| along (g_x, g_y).
     g = geo.look_vec.tolist()
@@ -268,6 +315,10 @@ def draw(
     iris = iris * (1.0 - pupil_mask) + look.pupil * pupil_mask
 
     eyeball = sclera * (1.0 - iris_mask) + iris * iris_mask
+    # the upper lid and its lashes shade the top of the eyeball, iris included
+    eyeball = eyeball * (
+        1.0 - look.lid_shadow * np.exp(-np.clip(across - upper, 0.0, None) / (0.22 * geo.radius))
+    )
     if look.glint > 0:
         gx, gy = ix - 0.35 * geo.iris_radius * lx / norm, iy - 0.35 * geo.iris_radius * ly / norm
         eyeball = eyeball + look.glint * np.exp(-((x - gx) ** 2 + (y - gy) ** 2) / (2 * 0.6**2))
@@ -284,14 +335,16 @@ def _camera(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     gain = np.exp(
         a[0] * x + a[1] * y + 0.5 * a[2] * x * x + 0.5 * a[3] * y * y + 0.5 * a[4] * x * y
     )
-    image = image * gain * rng.uniform(0.6, 0.9)
+    # MPIIGaze's normalised crops are bright and contrasty (auto-exposure on a face, skin
+    # often clipped white), slightly soft from the normalising warp, with mild sensor noise.
+    image = image * gain * rng.uniform(0.75, 1.0)  # not clipped: equalising comes last
     mean = float(image.mean())
-    image = mean + (image - mean) * rng.uniform(0.65, 0.85)
-    gamma = rng.uniform(1.05, 1.35)
-    image = 255.0 * (np.clip(image, 0.0, 255.0) / 255.0) ** gamma + rng.uniform(4.0, 12.0)
-    image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 0.9))
-    shot = np.sqrt(np.clip(image, 1.0, None)) * rng.uniform(0.1, 0.25)
-    sigma = rng.uniform(1.0, 2.5) + shot
+    image = mean + (image - mean) * rng.uniform(0.9, 1.15)
+    gamma = rng.uniform(0.75, 1.05)
+    image = 255.0 * (np.clip(image, 0.0, 255.0) / 255.0) ** gamma + rng.uniform(-6.0, 4.0)
+    image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.6, 1.1))
+    shot = np.sqrt(np.clip(image, 1.0, None)) * rng.uniform(0.02, 0.08)
+    sigma = rng.uniform(0.4, 1.2) + shot
     return image + sigma * rng.standard_normal(image.shape, np.float32)
 
 
@@ -304,6 +357,11 @@ def render(
     if real:
         image = _camera(image, appearance)
     png = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    if real:  # MPIIGaze's normalised eye images are histogram-equalised (Zhang et al. 2015)
+        png = cv2.equalizeHist(png)  # and published as JPEG
+        quality = int(appearance.integers(70, 96))
+        _, jpeg = cv2.imencode(".jpg", png, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        png = cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE)
     upper, lower = lid_curves(geo)
     labels = {
         "gaze": {"pitch": geo.pitch, "yaw": geo.yaw},
