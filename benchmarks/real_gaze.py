@@ -88,6 +88,32 @@ def _last_scalars(run: Path, names: tuple[str, ...]) -> dict[str, float]:
     return {name: float(events.Scalars(name)[-1].value) for name in names if name in have}
 
 
+def _variants(real: Path, *, count: int, seeds: list[int], quick: bool) -> dict[str, dict]:
+    """The two procedural variants against the real crops: the two-sample test over seeds
+    (how far the built-in "real" variant is from real MPIIGaze, next to the synthetic one)."""
+    import torch
+
+    from refinery import sim
+    from train.evaluate import summary
+    from train.realism import null_band, two_sample_test
+
+    def unit(pixels: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(pixels.astype(np.float32)[:, None] / 127.5 - 1.0)
+
+    crops = unit(_pixels(str(real)))
+    out = {}
+    for variant in ("synthetic", "real"):
+        rendered = unit(np.stack([s["png"] for s in sim.generate("gaze", variant, count, seed=11)]))
+        runs = [
+            two_sample_test(crops, rendered, seed=seed, epochs=2 if quick else 10) for seed in seeds
+        ]
+        out[variant] = {
+            "c2st_accuracy": summary([r["accuracy"] for r in runs]),
+            "c2st_null_band": null_band(runs[0]["test"]),
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=600, help="adversarial iterations")
@@ -139,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         *(["--epochs", "1"] if args.quick else []),
     )  # fmt: skip
     report = json.loads((work / "report" / "report.json").read_text())
+    variants = _variants(real, count=count, seeds=[int(s) for s in seeds], quick=args.quick)
 
     stats = [json.loads(p.read_text()) for p in sorted(refined.glob("*.stats.json"))]
     pixels = {
@@ -184,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, entry in report["realism"]["sets"].items()
         },
         "label_drift_deg": report["label_drift"],
+        "procedural_variants": variants,
         "evaluate_seconds": round(seconds["evaluate"], 1),
     }
     settings = {

@@ -131,6 +131,12 @@ def _realism_rows(f: dict) -> list[str]:
         c2st = entry["c2st_accuracy"]
         runs = ", ".join(_fmt(r) for r in c2st["runs"])
         rows.append(f"| {name} | {pm(c2st)} | {runs} | {pm(entry['kid'])} |")
+    variants = f.get("procedural_variants") or {}
+    labels = {"synthetic": "procedural synthetic variant", "real": 'procedural "real" variant'}
+    for name, entry in variants.items():
+        c2st = entry["c2st_accuracy"]
+        runs = ", ".join(_fmt(r) for r in c2st["runs"])
+        rows.append(f"| {labels.get(name, name)} (unrefined) | {pm(c2st)} | {runs} | — |")
     drift = f.get("label_drift_deg") or {}
     if drift.get("mean") is not None:
         rows += [

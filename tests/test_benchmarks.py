@@ -261,5 +261,6 @@ def test_real_gaze_quick_run_goes_through_every_command(tmp_path, shared_fixture
         "discriminator/accuracy_real",
         "discriminator/accuracy_refined",
     }
+    assert set(figures["procedural_variants"]) == {"synthetic", "real"}
     assert (work / "contact-sheet.png").stat().st_size > 0
     assert real_gaze.main(["--fixture", str(tmp_path / "absent"), "--results", str(results)]) == 0
