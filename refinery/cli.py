@@ -181,7 +181,6 @@ def _ingest(args: argparse.Namespace) -> int:
         workers=args.workers,
         prefix=args.prefix,
         options=options,
-        progress=sys.stderr.isatty(),
     )
     print("\n".join(summary.lines()))
     return 1 if summary.total_rejected else 0
@@ -190,8 +189,7 @@ def _ingest(args: argparse.Namespace) -> int:
 def _train_adversarial(args: argparse.Namespace) -> int:
     import importlib
 
-    from tqdm import tqdm
-
+    from refinery.progress import Progress
     from train.loop import NonFiniteLoss, RunDir
 
     method = importlib.import_module(f"train.{args.method}")
@@ -210,22 +208,18 @@ def _train_adversarial(args: argparse.Namespace) -> int:
     )
     total = config.schedule.total
     rank = int(os.environ.get("RANK", 0))  # under torchrun only rank 0 shows progress
-    with tqdm(
-        total=total,
-        desc=f"{args.method} {config.domain}",
-        unit="it",
-        dynamic_ncols=True,
-        disable=rank != 0,
+    with Progress(
+        total, what=f"train {args.method} {config.domain}", unit="iterations", enabled=rank == 0
     ) as bar:
 
         def progress(done: int, values: dict[str, float]) -> None:
-            bar.n = done
             shown = {
-                k.split("/")[-1]: v
+                k.split("/")[-1]: float(v)
                 for k, v in values.items()
                 if k.endswith(("total", "speed/images_per_s"))
             }
-            bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=True)
+            bar.set(**shown)
+            bar.moveto(done)
 
         try:
             latest = method.train(
@@ -409,10 +403,9 @@ def _rate(text: str) -> float:
 def _refine(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from tqdm import tqdm
-
     from deploy import launch
     from deploy.job import JobStopped, RefineConfig, RejectRateExceeded, run
+    from refinery.progress import Progress
     from refinery.shards import expand_urls
 
     config = RefineConfig(
@@ -448,18 +441,14 @@ def _refine(args: argparse.Namespace) -> int:
         if args.device == "cuda" and local is not None and "torchrun" in place.source:
             config = replace(config, device=f"cuda:{int(local)}")  # one GPU per torchrun worker
     print(f"refine: {len(mine)} of {len(urls)} shards on {where} -> {args.output}", file=sys.stderr)
-    with tqdm(
-        total=len(mine), unit="shard", dynamic_ncols=True, disable=not sys.stderr.isatty()
-    ) as bar:
-        samples = 0
-        began = time.perf_counter()
+    with Progress(len(mine), what="refine", unit="shards", rate_of="samples") as bar:
+        counts = {"samples": 0, "rejected": 0}
 
         def progress(stats) -> None:
-            nonlocal samples
-            samples += stats.read
+            counts["samples"] += stats.read
+            counts["rejected"] += stats.rejected
+            bar.set(**counts)
             bar.update(1)
-            rate = samples / max(time.perf_counter() - began, 1e-9)
-            bar.set_postfix({"samples/s": f"{rate:.0f}", "rejected": stats.rejected})
 
         try:
             if args.distributor == "ray":

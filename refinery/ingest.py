@@ -538,7 +538,7 @@ def ingest(
     workers: int = 1,
     prefix: str | None = None,
     options: Mapping[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool = True,  # a bar on a terminal, else a plain line every 30 s
 ) -> IngestSummary:
     """Turn the source tree ``src`` of format ``format_name`` into shards under ``out``.
 
@@ -547,7 +547,7 @@ def ingest(
     option it does not take raises ``TypeError`` naming it. Returns the summary; also writes
     ``{out}/ingest.json`` and ``{out}/rejects.jsonl``.
     """
-    from tqdm import tqdm
+    from refinery.progress import Progress
 
     start = time.perf_counter()
     options = dict(options or {})
@@ -608,13 +608,7 @@ def ingest(
 
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(
-            tqdm(
-                total=len(pending),
-                desc=f"ingest {format_name}",
-                unit="item",
-                dynamic_ncols=True,
-                disable=not progress,
-            )
+            Progress(len(pending), what=f"ingest {format_name}", unit="items", enabled=progress)
         )
         outcomes = _outcomes(
             pending,
@@ -675,6 +669,7 @@ def _write_shard(
             )
         rejected[record["reason"]] += 1
         rejects.append(record)
+        bar.set(rejected=bar.fields.get("rejected", 0) + 1)
 
     try:
         with ShardWriter(shard.url) as writer:
