@@ -20,32 +20,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from engines.export import export_module
-from engines.spec import PixelIO, Profile, Shape
+from engines.spec import Profile, Shape
 from refinery import sim
-from refinery.registry import build_network
 from refinery.samples import encode_json, encode_sample
 from refinery.shards import shard_samples
+from tests.test_refine_job import _engine
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def gaze_engine(out: Path, *, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    export_module(
-        build_network("simgan-refiner-small", channels=1),
-        out,
-        network="simgan-refiner-small",
-        kwargs={"channels": 1},
-        method="test",
-        domain="gaze",
-        pixels=PixelIO("png", "gray8", 1, low=0.0, high=255.0),
-        profile=Profile(Shape(1, 16, 16), Shape(8, 35, 55), Shape(64, 70, 110)),
-        source={"run": None, "checkpoint": None, "recipe": {"test": True}},
+    """The small refiner with random weights of ``seed``, as a 35x55 gaze engine."""
+    profile = Profile(Shape(1, 16, 16), Shape(8, 35, 55), Shape(64, 70, 110))
+    return _engine(
+        out, domain="gaze", channels=1, kind="gray8", component="png", profile=profile, seed=seed
     )
-    return out
 
 
 def _good(prefix: str, count: int, seed: int) -> list[tuple[str, bytes]]:

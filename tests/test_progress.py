@@ -56,21 +56,9 @@ def test_no_lines_on_a_terminal_or_when_turned_off():
 
 
 def test_refine_writes_progress_lines_into_a_log(tmp_path):
-    from engines.export import export_module
-    from engines.spec import PixelIO, Profile, Shape
-    from refinery.registry import build_network
+    from tests.test_bad_inputs import gaze_engine
 
-    export_module(
-        build_network("simgan-refiner-small", channels=1),
-        tmp_path / "engine",
-        network="simgan-refiner-small",
-        kwargs={"channels": 1},
-        method="test",
-        domain="gaze",
-        pixels=PixelIO("png", "gray8", 1, low=0.0, high=255.0),
-        profile=Profile(Shape(1, 16, 16), Shape(8, 35, 55), Shape(64, 70, 110)),
-        source={},
-    )
+    gaze_engine(tmp_path / "engine")
     samples = (encode_sample(s, "gaze") for s in sim.generate("gaze", "synthetic", 30, seed=1))
     write_shards(samples, str(tmp_path / "in" / "g-%03d.tar"), shard_size=10)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "REFINERY_PROGRESS_EVERY": "0.001"}

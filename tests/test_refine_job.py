@@ -34,10 +34,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _engine(
-    out: Path, *, domain: str, channels: int, kind: str, component: str, profile, high=255.0
+    out: Path,
+    *,
+    domain: str,
+    channels: int,
+    kind: str,
+    component: str,
+    profile,
+    high=255.0,
+    seed: int = 0,
 ):
-    """The small refiner with seed-0 random weights, exported as an engine for ``domain``."""
-    torch.manual_seed(0)
+    """The small refiner with random weights (of ``seed``), exported as an engine for
+    ``domain``."""
+    torch.manual_seed(seed)
     export_module(
         build_network("simgan-refiner-small", channels=channels),
         out,
