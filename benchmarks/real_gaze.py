@@ -88,7 +88,7 @@ def _last_scalars(run: Path, names: tuple[str, ...]) -> dict[str, float]:
     return {name: float(events.Scalars(name)[-1].value) for name in names if name in have}
 
 
-def _variants(real: Path, *, count: int, seeds: list[int], quick: bool) -> dict[str, dict]:
+def _variants(real: np.ndarray, *, count: int, seeds: list[int], quick: bool) -> dict[str, dict]:
     """The two procedural variants against the real crops: the two-sample test over seeds
     (how far the built-in "real" variant is from real MPIIGaze, next to the synthetic one)."""
     import torch
@@ -100,7 +100,7 @@ def _variants(real: Path, *, count: int, seeds: list[int], quick: bool) -> dict[
     def unit(pixels: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(pixels.astype(np.float32)[:, None] / 127.5 - 1.0)
 
-    crops = unit(_pixels(str(real)))
+    crops = unit(real)
     out = {}
     for variant in ("synthetic", "real"):
         rendered = unit(np.stack([s["png"] for s in sim.generate("gaze", variant, count, seed=11)]))
@@ -165,7 +165,6 @@ def main(argv: list[str] | None = None) -> int:
         *(["--epochs", "1"] if args.quick else []),
     )  # fmt: skip
     report = json.loads((work / "report" / "report.json").read_text())
-    variants = _variants(real, count=count, seeds=[int(s) for s in seeds], quick=args.quick)
 
     stats = [json.loads(p.read_text()) for p in sorted(refined.glob("*.stats.json"))]
     pixels = {
@@ -173,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         "refined": _pixels(str(refined)),
         "real": _pixels(str(real)),
     }
+    variants = _variants(
+        pixels["real"], count=count, seeds=[int(s) for s in seeds], quick=args.quick
+    )
     appearance = {
         name: {"mean": float(p.mean()), "std": float(p.std())} for name, p in pixels.items()
     }

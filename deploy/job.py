@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import time
 from collections import Counter
@@ -80,6 +79,7 @@ from refinery.shards import (
     expand_urls,
     open_url,
     shard_name,
+    stale_temp,
     temp_tag,
 )
 from refinery.stopping import stop_requests
@@ -309,16 +309,8 @@ def _clean_stale_temps(config: RefineConfig) -> None:
     if not root.is_dir():
         return
     for path in root.glob(".*.tmp-*"):
-        host = temp_tag().rsplit("-", 1)[0]
-        match = re.search(rf"\.tmp-{re.escape(host)}-(\d+)", path.name)
-        if match is None:
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-        except ProcessLookupError:
+        if stale_temp(path.name):
             path.unlink(missing_ok=True)
-        except PermissionError:
-            pass
 
 
 # -- the last stage: shards and their stats ----------------------------------------------------

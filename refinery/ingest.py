@@ -370,36 +370,17 @@ def _remove_stale_temporaries(out: str, names: Iterable[str], prefix: str) -> No
     """
     if not _is_local(out):
         return
-    from refinery.shards import temp_tag
+    from refinery.shards import stale_temp
 
-    this_host = temp_tag().rsplit("-", 1)[0]
     owners = (
         rf"{re.escape(prefix)}-\d{{6}}\.(?:tar|stats\.json)"
         rf"|{re.escape(SUMMARY_FILE)}|{re.escape(REJECTS_FILE)}"
     )
-    pattern = re.compile(
-        rf"^\.(?:{owners})"
-        r"\.tmp-(?:(?P<host>[A-Za-z0-9_]+)-)?(?P<pid>\d+)-[0-9a-f]{8}$"
-    )
+    ours = re.compile(rf"^\.(?:{owners})\.tmp-")  # this ingest's files, no one else's
     for name in names:
-        match = pattern.match(name)
-        if match is None or match["host"] not in (None, this_host):
-            continue
-        if not _alive(int(match["pid"])):
+        if ours.match(name) and stale_temp(name, this_process=True):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(_local_path(out), name))
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process has not started writing yet
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- planning ---------------------------------------------------------------------------------

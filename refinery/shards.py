@@ -161,6 +161,34 @@ def temp_tag() -> str:
     return f"{host}-{os.getpid()}"
 
 
+_TEMPS = (  # temporary names: "-<pid>-<hex8>" (no host), then "-<host>-<pid>[-<hex8>]"
+    re.compile(r"\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$"),
+    re.compile(r"\.tmp-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)(?:-[0-9a-f]{8})?$"),
+)
+
+
+def stale_temp(name: str, *, this_process: bool = False) -> bool:
+    """Whether ``name`` is a temporary file (``.<name>.tmp-<host>-<pid>[-<hex8>]``, or
+    ``.tmp-<pid>-<hex8>`` without a host) left by a writer that is gone: a process of this
+    host that no longer runs (``this_process``: count this process's own files as left over
+    too, for a caller that cleans up before it writes anything). Another host's file is never
+    stale here, since its pid means nothing on this one."""
+    match = next((m for m in (p.search(name) for p in _TEMPS) if m), None)
+    host = match.groupdict().get("host") if match else None
+    if match is None or host not in (None, temp_tag().rsplit("-", 1)[0]):
+        return False
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return this_process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class ShardWriter:
     """Write one shard atomically, with deterministic tar members.
 
@@ -214,7 +242,9 @@ class ShardWriter:
         try:
             self._stream.write(data)
         except OSError as exc:
-            raise self._pipe_failure(exc) from exc
+            if self._tmp is None:  # a pipe: say which command failed
+                raise self._pipe_failure(exc) from exc
+            raise
         self.count += 1
 
     def close(self) -> None:
@@ -244,13 +274,13 @@ class ShardWriter:
                 os.fsync(self._stream.fileno())
             self._stream.close()
         except OSError as exc:
-            raise self._pipe_failure(exc) from exc
+            if self._tmp is None:
+                raise self._pipe_failure(exc) from exc
+            raise
 
     def _pipe_failure(self, exc: OSError) -> OSError:
         """A ``pipe:`` command that failed, said as such (webdataset reports any pipe's exit
         as ``exit N (read)``): which command, while writing which shard, with what status."""
-        if not self.url.startswith("pipe:"):
-            return exc
         process = getattr(self._stream, "proc", None)
         status = None
         if process is not None:

@@ -36,8 +36,8 @@ import numpy as np
 
 from refinery import __version__, sheets
 from refinery.records import machine, versions
-from refinery.samples import is_labeled
-from refinery.shards import read
+from refinery.samples import decode_component, is_labeled
+from refinery.shards import read, shard_samples
 from train import realism
 from train.downstream import LabeledSet, TaskConfig, fit, get_task
 
@@ -340,8 +340,12 @@ _DISTRIBUTION_LABELS = {
 
 def all_labeled(urls: str | Sequence[str], domain: str) -> bool:
     """Whether every sample of a set carries labels (a real set may be unlabeled: image only,
-    or ``"labeled": false``)."""
-    return all(is_labeled(s) for s in read(urls, domain, labels=False))
+    or ``"labeled": false``). Only labels are decoded, not images; it stops at the first
+    unlabeled sample."""
+    return all(
+        "json" in s and is_labeled({"json": decode_component("json", s["json"], domain)})
+        for s in shard_samples(urls)
+    )
 
 
 def _list(urls: str | Sequence[str]) -> list[str]:

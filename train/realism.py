@@ -64,7 +64,7 @@ def images(
     from train.downstream import hand_input
 
     height, width = (int(s) for s in size)
-    scaling = scaling_for("gaze") if domain != "hand" else None
+    scaling = scaling_for(domain) if domain != "hand" else None  # 8-bit; depth: hand_input
     out = []
     for sample in read(urls, domain, labels=False):
         image = sample[image_component(sample, domain)]
