@@ -7,13 +7,21 @@ subprocesses, each command line recorded with the work directory written ``$WORK
    synthetic (labeled: the GAN's synthetic domain, refined, and the "synthetic" training set),
    real unlabeled (the GAN's real domain), real train (labeled: the "real" upper bound) and
    real test;
-2. ``refinery train <method>`` on synthetic + real unlabeled, with the preset and overrides
-   recorded (``--config`` YAML where the preset alone does not fit two CPU cores);
+then, for each seed s (0 1 2):
+
+2. ``refinery train <method>`` on synthetic + real unlabeled with ``--config`` giving
+   ``seed: s`` and the experiment's overrides (where the preset alone does not fit two CPU
+   cores), all recorded;
 3. ``refinery export`` the generator, ``refinery refine`` the synthetic shards with it (keys,
    labels and file names kept; refinery.json and stats added);
-4. ``refinery evaluate DOMAIN`` trains the domain's default task network on synthetic, refined
-   and real train, seeds 0 1 2, tests each on real test, and writes ``report.json`` and
+4. ``refinery evaluate DOMAIN --seeds s`` trains the domain's default task network on
+   synthetic, refined and real train, tests each on real test, and writes ``report.json`` and
    ``report.html``.
+
+So run s is a GAN trained with seed s, scored by task networks trained with seed s, and the
+mean ± std over runs holds the GAN's variance as well as the task network's. A GAN trained
+once (as before) hid the larger of the two. The record keeps every run's figures; the sample
+report is run 0's.
 
 | experiment       | domain | refiner                          | task network          |
 |------------------|--------|----------------------------------|-----------------------|
@@ -21,6 +29,10 @@ subprocesses, each command line recorded with the work directory written ``$WORK
 | ``hand-simgan``    | hand   | SimGAN, ``--preset hand`` reduced | hand-hourglass-small  |
 | ``streets-sggan``  | scene  | SG-GAN, ``--preset small``        | fcn8s-small           |
 | ``streets-spigan`` | scene  | SPIGAN, ``--preset small``        | fcn8s-small           |
+
+Two ablations vary one setting on the same data, seeds and budget: ``gaze-simgan-zeros`` pads
+the refiner with zeros (the paper's TF "SAME") instead of the recipes' reflect, and
+``streets-spigan-nopi`` trains SPIGAN with γ = 0 (no privileged depth network).
 
 SPIGAN's own task network T is not what is scored here: its generator refines the synthetic
 shards like SG-GAN's does and a fresh ``fcn8s-small`` is trained on them, so both scene
@@ -95,6 +107,7 @@ import json
 import math
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,6 +120,7 @@ from typing import Any
 import yaml
 
 from benchmarks import common
+from train.evaluate import gap_closed, summary
 
 SETS = ("synthetic", "refined", "real")
 SEEDS = (0, 1, 2)
@@ -233,6 +247,23 @@ FULL: dict[str, Experiment] = {
     )
 }
 
+# Ablations: an experiment with one change, on the same data, seeds and budget, so its row
+# sits beside the experiment it varies.
+FULL["gaze-simgan-zeros"] = replace(
+    FULL["gaze-simgan"],
+    name="gaze-simgan-zeros",
+    overrides={"refiner_padding": "zeros"},
+    cpu_scale=FULL["gaze-simgan"].cpu_scale
+    + "; ablation: the refiner pads with zeros (the paper's TF SAME), not the recipe's reflect",
+)
+FULL["streets-spigan-nopi"] = replace(
+    FULL["streets-spigan"],
+    name="streets-spigan-nopi",
+    overrides={"gamma": 0.0},
+    cpu_scale=FULL["streets-spigan"].cpu_scale
+    + "; ablation: gamma 0, no privileged depth network (SPIGAN without PI)",
+)
+
 _QUICK_GAN = {
     "simgan": {
         "batch_size": 8,
@@ -292,10 +323,11 @@ class Runner:
         text = shlex.join(["python", "-m", "refinery", *argv])
         return text.replace(str(self.workdir), "$WORK")
 
-    def __call__(self, step: str, *argv: str, device: bool = False) -> str:
+    def __call__(self, step: str, *argv: str, device: bool = False, tag: str = "") -> str:
+        """Run one command; its seconds add up under ``step``, its log is ``step[-tag].log``."""
         argv = [*argv, *(["--device", self.device] if device and self.device else [])]
         self.commands.append(self.shown(argv))
-        log = self.workdir / "logs" / f"{step}.log"
+        log = self.workdir / "logs" / f"{step}{'-' + tag if tag else ''}.log"
         began = time.perf_counter()
         with log.open("w") as out:
             done = subprocess.run(
@@ -314,7 +346,8 @@ class Runner:
                 f"{step} failed with exit status {done.returncode}: {self.shown(argv)}\n{tail}"
             )
         last = [line.rsplit("\r", 1)[-1] for line in text.splitlines() if line.strip()]
-        print(f"  {step}: {seconds:.1f} s  {last[-1][:100] if last else ''}", flush=True)
+        shown = f"{step} {tag}".strip()
+        print(f"  {shown}: {seconds:.1f} s  {last[-1][:100] if last else ''}", flush=True)
         return text
 
 
@@ -358,42 +391,51 @@ def run_experiment(
         )
         shards[name] = _tars(data / name)
 
-    config_file = None
-    if e.overrides:
-        config_file = workdir / "overrides.yaml"
-        config_file.write_text(yaml.safe_dump(e.overrides, sort_keys=False))
-    gan = workdir / "run"
-    run(
-        "train",
-        *("train", e.method, "--synthetic", *shards["synthetic"]),
-        *("--real", *shards["real_unlabeled"], "--out", str(gan), "--preset", e.preset),
-        *("--steps", str(e.steps)),
-        *(["--config", str(config_file)] if config_file else []),
-        device=True,
-    )
-    engine, refined = workdir / "engine", workdir / "refined"
-    run("export", "export", str(gan), "--out", str(engine))
-    run(
-        "refine",
-        *("refine", "--engine", str(engine), "--input", *shards["synthetic"]),
-        *("--output", str(refined)),
-    )
-    report_dir = workdir / "report"
-    run(
-        "evaluate",
-        *("evaluate", e.domain, "--synthetic", *shards["synthetic"]),
-        *("--refined", *_tars(refined), "--real-train", *shards["real_train"]),
-        *("--real-test", *shards["real_test"], "--out", str(report_dir)),
-        *("--seeds", *(str(s) for s in seeds)),
-        *(["--epochs", str(e.epochs)] if e.epochs else []),
-        *(["--batch-size", str(e.batch_size)] if e.batch_size else []),
-        device=True,
-    )
+    # One run per seed: the GAN trains with seed s, and refinement is scored by task networks
+    # trained with seed s, so the spread over runs holds the GAN's variance as well as the
+    # task network's (the larger of the two: a GAN trained once hides it).
+    runs: list[tuple[int, dict[str, Any], list[dict[str, Any]]]] = []
+    for seed in seeds:
+        tag = f"s{seed}"
+        config_file = workdir / f"overrides-{tag}.yaml"
+        config_file.write_text(yaml.safe_dump({**e.overrides, "seed": seed}, sort_keys=False))
+        gan = workdir / f"run-{tag}"
+        run(
+            "train",
+            *("train", e.method, "--synthetic", *shards["synthetic"]),
+            *("--real", *shards["real_unlabeled"], "--out", str(gan), "--preset", e.preset),
+            *("--steps", str(e.steps), "--config", str(config_file)),
+            device=True,
+            tag=tag,
+        )
+        engine, refined = workdir / f"engine-{tag}", workdir / f"refined-{tag}"
+        run("export", "export", str(gan), "--out", str(engine), tag=tag)
+        run(
+            "refine",
+            *("refine", "--engine", str(engine), "--input", *shards["synthetic"]),
+            *("--output", str(refined)),
+            tag=tag,
+        )
+        report_dir = workdir / f"report-{tag}"
+        run(
+            "evaluate",
+            *("evaluate", e.domain, "--synthetic", *shards["synthetic"]),
+            *("--refined", *_tars(refined), "--real-train", *shards["real_train"]),
+            *("--real-test", *shards["real_test"], "--out", str(report_dir)),
+            *("--seeds", str(seed)),
+            *(["--epochs", str(e.epochs)] if e.epochs else []),
+            *(["--batch-size", str(e.batch_size)] if e.batch_size else []),
+            device=True,
+            tag=tag,
+        )
+        report = json.loads((report_dir / "report.json").read_text())
+        stats = [json.loads(p.read_text()) for p in sorted(refined.glob("*.stats.json"))]
+        runs.append((seed, report, stats))
     run.seconds["total"] = time.perf_counter() - began
 
-    report = json.loads((report_dir / "report.json").read_text())
-    stats = [json.loads(p.read_text()) for p in sorted(refined.glob("*.stats.json"))]
-    figures = summarise(report, stats, run.seconds)
+    figures = combine(runs, run.seconds)
+    first = workdir / f"run-s{seeds[0]}"
+    report = runs[0][1]
     settings = {
         "experiment": e.name,
         "domain": e.domain,
@@ -401,7 +443,7 @@ def run_experiment(
         "preset": e.preset,
         "steps": e.steps,
         "config_overrides": dict(e.overrides),
-        "resolved_gan_config": yaml.safe_load((gan / "config.yaml").read_text()),
+        "resolved_gan_config": yaml.safe_load((first / "config.yaml").read_text()),
         "synth_size": e.image_size,  # refinery synth --size (None: the simulator's default)
         "image_size": _image_size(e, report),
         "sizes": asdict(e.sizes),
@@ -409,12 +451,17 @@ def run_experiment(
         "task_network": report["task"]["network"],
         "task_settings": {k: v for k, v in report["settings"].items() if k != "input"},
         "task_input": report["settings"]["input"],
-        "evaluate_seeds": list(seeds),
+        "seeds": list(seeds),
+        "seeding": (
+            "run s: the GAN trained with seed s (--config seed: s; resolved_gan_config is run "
+            f"{seeds[0]}'s), its refined set scored by task networks trained with seed s "
+            "(evaluate --seeds s) on synthetic, refined and real train; mean ± std over runs"
+        ),
         "cpu_scale": e.cpu_scale,
         "commands": run.commands,
         "work_directory": "$WORK: a temporary directory (--keep DIR keeps it)",
     }
-    return figures, settings, report_dir / "report.html"
+    return figures, settings, workdir / f"report-s{seeds[0]}" / "report.html"
 
 
 def _image_size(e: Experiment, report: dict[str, Any]) -> str:
@@ -434,59 +481,104 @@ def _round(value: Any, digits: int = 4) -> Any:
     return value
 
 
-def summarise(
-    report: dict[str, Any], stats: list[dict[str, Any]], seconds: dict[str, float]
+def combine(
+    runs: Sequence[tuple[int, dict[str, Any], list[dict[str, Any]]]], seconds: dict[str, float]
 ) -> dict[str, Any]:
-    """The figures a reader compares, from ``report.json`` (no per-sample distributions)."""
-    metric = report["task"]["metric"]
+    """The figures a reader compares, over the runs (one per seed: its GAN, its task networks),
+    from each run's ``report.json`` and refine stats; no per-sample distributions."""
+    reports = [report for _, report, _ in runs]
+    first = reports[0]
+    metric = first["task"]["metric"]
     key = metric["key"]
-    results = report["results"]
+
+    def over_runs(values: list[float | None]) -> dict[str, Any] | None:
+        defined = [float(v) for v in values if v is not None]
+        if not defined:
+            return None
+        return {**summary(defined), "runs": [None if v is None else float(v) for v in values]}
+
+    names = [name for name in SETS if all(name in r["results"] for r in reports)]
     figures: dict[str, Any] = {
-        "task": {"network": report["task"]["network"], **metric},
+        "task": {"network": first["task"]["network"], **metric},
+        "seeds": [seed for seed, _, _ in runs],
         "metric": {
-            name: {k: results[name]["metrics"][key][k] for k in ("mean", "std", "runs")}
-            for name in SETS
-            if name in results
+            name: over_runs([r["results"][name]["metrics"][key]["mean"] for r in reports])
+            for name in names
         },
         # "seed" is not a metric (report.json lists it among them)
         "other_metrics": {
             name: {
-                m: v["mean"]
-                for m, v in results[name]["metrics"].items()
+                m: statistics.fmean(r["results"][name]["metrics"][m]["mean"] for r in reports)
+                for m in first["results"][name]["metrics"]
                 if m not in (key, "seed") and not m.startswith("pck_")
             }
-            for name in results
+            for name in names
         },
     }
-    gap = report.get("gap_closed")
+    gaps = [(r.get("gap_closed") or {}).get("runs", [None])[0] for r in reports]
+    means = {name: figures["metric"][name]["mean"] for name in names}
+    defined = [g for g in gaps if g is not None]
     figures["gap_closed"] = (
-        None if gap is None else {k: gap[k] for k in ("of_means", "mean_over_seeds", "runs")}
+        None
+        if "real" not in means
+        else {
+            # the formula on the mean errors, and the mean of the per-run values: they differ
+            # when one run's gap is small
+            "of_means": gap_closed(means["synthetic"], means["refined"], means["real"]),
+            "mean_over_seeds": statistics.fmean(defined) if defined else None,
+            "std_over_seeds": statistics.stdev(defined) if len(defined) > 1 else 0.0,
+            "runs": gaps,
+        }
     )
-    drift = report.get("label_drift")
+    drifts = [r.get("label_drift") for r in reports]
     figures["label_drift"] = (
         None
-        if drift is None
-        else {k: drift[k] for k in ("label", "unit", "mean", "std", "runs") if k in drift}
+        if any(d is None for d in drifts)
+        else {
+            "label": drifts[0]["label"],
+            "unit": drifts[0]["unit"],
+            **over_runs([d["mean"] for d in drifts]),
+        }
     )
-    labels = report["labels"]
-    figures["labels"] = {
-        k: labels[k]
-        for k in ("paired", "identical", "differing", "unpaired_refined", "missing_from_refined")
-        if k in labels
+    realism = [r.get("realism") or {} for r in reports]
+    figures["realism"] = {
+        name: {
+            "c2st_accuracy": over_runs([x["sets"][name]["c2st_accuracy"]["mean"] for x in realism]),
+            "c2st_null_band": realism[0]["sets"][name].get("c2st_null_band"),
+            "kid": over_runs([(x["sets"][name].get("kid") or {}).get("mean") for x in realism]),
+        }
+        for name in (realism[0].get("sets") or {})
+        if all(name in (x.get("sets") or {}) for x in realism)
     }
-    if report.get("pck"):
-        thresholds = report["pck"]["thresholds"]
+    figures["labels"] = {
+        k: sum(r["labels"][k] for r in reports)
+        for k in ("paired", "identical", "differing", "unpaired_refined", "missing_from_refined")
+        if all(k in r["labels"] for r in reports)
+    }
+    if first.get("pck"):
+        thresholds = first["pck"]["thresholds"]
         figures["pck"] = {
-            name: {f"{d}px": curve["mean"][thresholds.index(d)] for d in PCK_AT if d in thresholds}
-            for name, curve in report["pck"]["curves"].items()
+            name: {
+                f"{d}px": statistics.fmean(
+                    r["pck"]["curves"][name]["mean"][thresholds.index(d)] for r in reports
+                )
+                for d in PCK_AT
+                if d in thresholds
+            }
+            for name in first["pck"]["curves"]
         }
-    if report.get("per_class_iou"):
-        classes = report["per_class_iou"]["classes"]
-        values = report["per_class_iou"]["values"]
+    if first.get("per_class_iou"):
+        classes = first["per_class_iou"]["classes"]
         figures["per_class_iou"] = {
-            name: {c: v for c, v in zip(classes, row, strict=True) if v is not None}
-            for name, row in values.items()
+            name: {
+                c: statistics.fmean(vals)
+                for i, c in enumerate(classes)
+                if (vals := [r["per_class_iou"]["values"][name][i] for r in reports])
+                and all(v is not None for v in vals)
+            }
+            for name in first["per_class_iou"]["values"]
         }
+    stats = [s for _, _, run_stats in runs for s in run_stats]
     written = sum(s["written"] for s in stats)
     job_seconds = sum(s["seconds"] for s in stats)
     figures["refine_job"] = {
@@ -494,12 +586,17 @@ def summarise(
         "written": written,
         "rejected": sum(s["rejected"] for s in stats),
         "shards": len(stats),
+        "refined_sets": len(runs),
         "samples_per_s": written / job_seconds if job_seconds > 0 else None,
     }
-    figures["counts"] = report["counts"]
+    figures["counts"] = first["counts"]
+    inside: dict[str, float] = {}
+    for r in reports:
+        for k, v in (r.get("seconds") or {}).items():
+            inside[k] = inside.get(k, 0.0) + v
     figures["seconds"] = {
         **{k: round(v, 1) for k, v in seconds.items()},
-        "evaluate_inside": report.get("seconds", {}),
+        "evaluate_inside": {k: round(v, 1) for k, v in inside.items()},
     }
     return _round(figures)
 
@@ -522,7 +619,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         "--keep", type=Path, default=None, help="keep shards, runs, logs and reports in DIR"
     )
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=None, help="evaluate seeds (default 0 1 2)"
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="one run per seed: the GAN and the task networks trained with it (default 0 1 2)",
     )
     parser.add_argument("--device", default=None, help="torch device for train and evaluate")
     args = parser.parse_args(argv)

@@ -239,6 +239,24 @@ def _unit(unit: str, label: str = "") -> str:
     return f" ({unit})" if label or " " in unit else f" {unit}".rstrip()
 
 
+def _runs(settings: dict) -> str:
+    """ "3 GANs × " when the record trained one GAN per seed."""
+    seeds = settings.get("seeds")
+    return f"{len(seeds)} GANs × " if seeds and len(seeds) > 1 else ""
+
+
+def _realism_note(realism: dict | None) -> str:
+    """ ", realism vs real test: two-sample accuracy synthetic 1.0, refined 0.97" or ""."""
+    if not realism:
+        return ""
+    parts = [
+        f"{name} {_fmt(entry['c2st_accuracy']['mean'])}"
+        for name, entry in realism.items()
+        if entry.get("c2st_accuracy")
+    ]
+    return f"; two-sample accuracy against the real test set: {', '.join(parts)}" if parts else ""
+
+
 def _mean_std(metric: dict, key: str) -> str:
     if key not in metric:
         return "—"
@@ -274,7 +292,7 @@ def _evaluate(records: list[tuple[Path, dict]]) -> list[str]:
             else f"{sum(per_seed) / len(per_seed):.0%} ({', '.join(f'{g:.0%}' for g in per_seed)})",
             "—" if drift is None else f"{_fmt(drift['mean'])}{_unit(drift['unit'])}",
             f"{labels['identical']:,}/{labels['paired']:,}",
-            " ".join(str(s) for s in settings["evaluate_seeds"]),
+            " ".join(str(s) for s in settings.get("seeds") or settings["evaluate_seeds"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
         sizes = settings["sizes"]
@@ -283,21 +301,25 @@ def _evaluate(records: list[tuple[Path, dict]]) -> list[str]:
         notes.append(
             f"- {name}: {settings['method']} `--preset {settings['preset']}`"
             f"{' + `--config` overrides' if settings['config_overrides'] else ''}, "
-            f"{settings['steps']:,} iterations ({_fmt(seconds['train'])} s); "
+            f"{_runs(settings)}{settings['steps']:,} iterations ({_fmt(seconds['train'])} s); "
             f"{sizes['synthetic']:,} synthetic / {sizes['real_unlabeled']:,} real unlabeled / "
             f"{sizes['real_train']:,} real train / {sizes['real_test']:,} real test samples "
             f"({settings['image_size']} px); `{settings['task_network']}`, {epochs} "
             f"epoch{'' if epochs == 1 else 's'} "
-            f"({_fmt(seconds['evaluate'])} s); "
+            f"({_fmt(seconds['evaluate'])} s)"
+            f"{_realism_note(f.get('realism'))}; "
             f"[report](benchmarks/results/{settings['report']['path']})"
         )
     lines += [
         "",
-        "Mean ± std over the task network's seeds, each tested on held-out real data. Gap "
-        "closed = (E_syn − E_ref) / (E_syn − E_real): 100% = refined as good as real, negative "
-        '= worse than synthetic; "of the means" puts each set\'s mean error in that formula, '
-        '"mean of per-seed gaps" averages the formula over task seeds (the two differ when '
-        "one seed's gap is small). The GAN itself is trained once per experiment. Label drift: the synthetic-trained network's "
+        "Mean ± std over seeds, each tested on held-out real data. Seed s trains the GAN "
+        "with seed s and the task networks (on synthetic, refined and real) with seed s, so "
+        "the spread holds the GAN's variance, not only the task network's (records from "
+        "before the GAN was trained per seed say `evaluate_seeds` and vary the task network "
+        "only). Gap closed = (E_syn − E_ref) / (E_syn − E_real): 100% = refined as good as "
+        'real, negative = worse than synthetic; "of the means" puts each set\'s mean error in '
+        'that formula, "mean of per-seed gaps" averages the formula over seeds (the two differ '
+        "when one seed's gap is small). Label drift: the synthetic-trained network's "
         "disagreement between each synthetic sample and its refined version. Labels kept: "
         "refined samples whose labels are identical to their synthetic source's, of those "
         "paired by key. CPU scale (small presets, few iterations, small sets; each record "

@@ -78,27 +78,40 @@ def _finite_numbers(value) -> bool:
 def test_evaluate_quick_run_records_the_report_and_keeps_labels(tmp_path):
     from benchmarks import evaluate
 
-    evaluate.main(["--quick", "--experiments", "gaze-simgan", "--out", str(tmp_path)])
+    evaluate.main(
+        ["--quick", "--experiments", "gaze-simgan", "--out", str(tmp_path), "--seeds", "0", "1"]
+    )
     record = json.loads((tmp_path / "evaluate_gaze-simgan.json").read_text())
     figures, settings = record["figures"], record["settings"]
     assert figures["task"]["key"] == "mean_angular_error_deg"
+    assert settings["seeds"] == figures["seeds"] == [0, 1]
     for name in ("synthetic", "refined", "real"):
         assert set(figures["metric"][name]) == {"mean", "std", "runs"}
-        assert len(figures["metric"][name]["runs"]) == len(settings["evaluate_seeds"])
+        assert len(figures["metric"][name]["runs"]) == 2
     assert _finite_numbers(figures)
-    assert figures["gap_closed"]["of_means"] is not None and figures["label_drift"]["unit"] == "deg"
+    gap = figures["gap_closed"]
+    assert gap["of_means"] is not None and len(gap["runs"]) == 2
+    assert figures["label_drift"]["unit"] == "deg" and len(figures["label_drift"]["runs"]) == 2
+    assert set(figures["realism"]) == {"synthetic", "refined"}
+    assert len(figures["realism"]["refined"]["c2st_accuracy"]["runs"]) == 2
+    # one GAN per seed: two refined sets, every label kept in both
     labels = figures["labels"]
-    assert labels["identical"] == labels["paired"] == settings["sizes"]["synthetic"]
-    assert figures["refine_job"]["written"] == settings["sizes"]["synthetic"]
-    assert figures["refine_job"]["rejected"] == 0
+    assert labels["identical"] == labels["paired"] == 2 * settings["sizes"]["synthetic"]
+    assert figures["refine_job"]["written"] == 2 * settings["sizes"]["synthetic"]
+    assert figures["refine_job"]["rejected"] == 0 and figures["refine_job"]["refined_sets"] == 2
     for step in ("synth", "train", "export", "refine", "evaluate", "total"):
         assert figures["seconds"][step] > 0
-    assert [c.split()[3] for c in settings["commands"]] == ["synth"] * 4 + [
-        "train",
-        "export",
-        "refine",
-        "evaluate",
+    per_seed = ["train", "export", "refine", "evaluate"]
+    assert [c.split()[3] for c in settings["commands"]] == ["synth"] * 4 + per_seed * 2
+    trains = [c for c in settings["commands"] if c.split()[3] == "train"]
+    assert [c.split("--config ")[1].split()[0] for c in trains] == [
+        "$WORK/overrides-s0.yaml",
+        "$WORK/overrides-s1.yaml",
     ]
+    evaluates = [c for c in settings["commands"] if c.split()[3] == "evaluate"]
+    assert [c.split("--seeds ")[1].split()[0] for c in evaluates] == ["0", "1"]
+    # the two GANs differ (their seeds do): different refined sets, different figures
+    assert figures["metric"]["refined"]["runs"][0] != figures["metric"]["refined"]["runs"][1]
     html = tmp_path / "reports" / "gaze-simgan.html"
     assert html.stat().st_size == settings["report"]["bytes"] > 0
     assert "<html" in html.read_text()[:500].lower()
@@ -139,7 +152,7 @@ def _evaluate_record(experiment: str, domain: str, *, higher: bool) -> dict:
             "image_size": "64x128",
             "task_network": "fcn8s-small",
             "task_settings": {"epochs": 6},
-            "evaluate_seeds": [0, 1, 2],
+            "seeds": [0, 1, 2],
             "report": {"path": f"reports/{experiment}.html", "bytes": 1000},
         },
     }

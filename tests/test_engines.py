@@ -163,6 +163,24 @@ def test_export_from_a_run_records_contract_2(run_engine):
     assert read_spec(root / "engine") == spec
 
 
+def test_the_recipes_reflect_padding_reaches_the_exported_graph(run_engine):
+    """The small recipe trains with reflect padding; export must rebuild it so (a graph with
+    zero padding would load the same weights and refine differently at every border)."""
+    root, spec = run_engine
+    import onnx
+
+    assert spec.weights["kwargs"]["padding"] == "reflect"
+    graph = onnx.load(str(root / "engine" / "model.onnx"), load_external_data=False).graph
+    modes = {
+        a.s.decode()
+        for node in graph.node
+        if node.op_type == "Pad"
+        for a in node.attribute
+        if a.name == "mode"
+    }
+    assert modes == {"reflect"}
+
+
 def test_backends_agree_on_the_exported_run(run_engine):
     root, _ = run_engine
     ort = engines.load(root / "engine", backend="onnxruntime")

@@ -164,6 +164,24 @@ def test_instance_norm_refiner_is_batch_independent():
         build_network("simgan-refiner-small", norm="batch")
 
 
+@pytest.mark.parametrize("name", [param(n) for n in REFINERS if n.startswith("simgan")])
+def test_reflect_padding_leaves_no_frame(name):
+    """A flat image refines to a flat image with reflect padding: no layer sees a border. With
+    zeros the borders differ from the centre (the frame lines of refined eyes)."""
+    flat = torch.full((1, 1, 24, 30), 0.3)
+    torch.manual_seed(0)
+    reflect = build_network(name, padding="reflect").eval()
+    torch.manual_seed(0)
+    zeros = build_network(name, padding="zeros").eval()
+    with torch.no_grad():
+        out = reflect(flat)
+        framed = zeros(flat)
+    assert float(out.max() - out.min()) < 1e-5
+    assert float(framed.max() - framed.min()) > 1e-3
+    with pytest.raises(ValueError, match="padding"):
+        build_network(name, padding="circular-ish")
+
+
 @pytest.mark.parametrize("name", DISCRIMINATORS)
 def test_discriminator_emits_unbounded_logits(name):
     net = copy.deepcopy(model(name))

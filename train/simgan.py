@@ -47,6 +47,9 @@ class SimGANConfig:
     image_key: str | None = None  # default: the domain's image component
     depth_range: tuple[float, float] | None = None  # mm, for 16-bit depth domains
     refiner: str = "simgan-refiner-gaze"
+    # zeros: the paper's TF "SAME"; reflect (the recipes): no black frame for the refiner to
+    # draw along the borders (refinery.nets.simgan). Missing from old runs' config: zeros.
+    refiner_padding: str = "zeros"
     discriminator: str = "simgan-discriminator-gaze"
     channels: int = 1
     batch_size: int = 512
@@ -171,7 +174,9 @@ class SimGAN:
         self.config = config
         self.device = device
         torch.manual_seed(config.seed)
-        refiner = build_network(config.refiner, channels=config.channels).to(device)
+        refiner = build_network(
+            config.refiner, channels=config.channels, padding=config.refiner_padding
+        ).to(device)
         discriminator = build_network(config.discriminator, channels=config.channels).to(device)
         if world_size > 1:
             ids = [device.index] if device.type == "cuda" else None
@@ -276,7 +281,7 @@ class SimGAN:
             "method": "simgan",
             "module": "refiner",
             "network": config.refiner,
-            "kwargs": {"channels": config.channels},
+            "kwargs": {"channels": config.channels, "padding": config.refiner_padding},
             "domain": config.domain,
             "image_component": config.image_key or spec(config.domain).default_image,
             "pixel_kind": spec(config.domain).image_kind,

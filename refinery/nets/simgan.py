@@ -6,9 +6,13 @@ history of §2.3 in ``refinery.history``.
 
 Refiner. A ResNet without striding or pooling (§3.1 "Implementation details"; the ResNet block
 is Fig. 6 of arXiv v1): a k×k conv to F feature maps and ReLU, N ResNet blocks (conv k×k, ReLU,
-conv k×k, add the block's input, ReLU), a 1×1 conv back to the image's channels and tanh. Every conv pads k//2 with zeros
-(TensorFlow "SAME", as the paper's TF-era ports do), so the output has the input's H×W for any
-H, W and the network exports to ONNX with dynamic height and width. Inputs and outputs are in
+conv k×k, add the block's input, ReLU), a 1×1 conv back to the image's channels and tanh. Every conv
+pads k//2, so the output has the input's H×W for any H, W and the network exports to ONNX with
+dynamic height and width. ``padding="zeros"`` is TensorFlow's "SAME", as the paper's TF-era ports
+do; ``padding="reflect"`` mirrors the image instead (CycleGAN's generators): with zeros every
+layer sees a black frame around the crop, and refiners learn to draw lines along the borders,
+which reflection does not invite. The recipes choose reflect; a config without the key (runs
+recorded before it existed) builds zeros, as those weights were trained. Inputs and outputs are in
 [-1, 1] (``value_range``): the tanh can only produce that range, so the synthetic images must be
 scaled into it too, or the self-regularisation term compares images on different scales.
 
@@ -52,6 +56,7 @@ from torch import nn
 from refinery.registry import register_network
 
 NORMS = ("none", "instance")
+PADDINGS = ("zeros", "reflect")
 
 
 def _check_positive(owner: str, **values: int) -> None:
@@ -70,6 +75,7 @@ class RefinerConfig:
     kernel_size: int = 3  # k; odd, so that padding k // 2 keeps H x W
     blocks: int = 4  # N ResNet blocks
     norm: str = "none"  # "none" (paper) or "instance"; see the module docstring
+    padding: str = "zeros"  # "zeros" (paper, TF "SAME") or "reflect"; see the module docstring
 
     def __post_init__(self) -> None:
         _check_positive(
@@ -83,6 +89,10 @@ class RefinerConfig:
             raise ValueError(f"RefinerConfig.kernel_size must be odd, got {self.kernel_size}")
         if self.norm not in NORMS:
             raise ValueError(f"RefinerConfig.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.padding not in PADDINGS:
+            raise ValueError(
+                f"RefinerConfig.padding must be one of {PADDINGS}, got {self.padding!r}"
+            )
 
 
 def _norm(kind: str, features: int) -> nn.Module:
@@ -94,12 +104,12 @@ def _norm(kind: str, features: int) -> nn.Module:
 class ResnetBlock(nn.Module):
     """conv k×k, ReLU, conv k×k, + input, ReLU (the paper's Fig. 6, after He et al.)."""
 
-    def __init__(self, features: int, kernel_size: int, norm: str = "none"):
+    def __init__(self, features: int, kernel_size: int, norm: str = "none", padding: str = "zeros"):
         super().__init__()
-        padding = kernel_size // 2
-        self.conv1 = nn.Conv2d(features, features, kernel_size, padding=padding)
+        same = dict(padding=kernel_size // 2, padding_mode=padding)
+        self.conv1 = nn.Conv2d(features, features, kernel_size, **same)
         self.norm1 = _norm(norm, features)
-        self.conv2 = nn.Conv2d(features, features, kernel_size, padding=padding)
+        self.conv2 = nn.Conv2d(features, features, kernel_size, **same)
         self.norm2 = _norm(norm, features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, H, W) -> (B, F, H, W)
@@ -117,8 +127,11 @@ class SimGANRefiner(nn.Module):
         super().__init__()
         self.config = config
         k, f = config.kernel_size, config.features
-        self.stem = nn.Conv2d(config.channels, f, k, padding=k // 2)
-        self.blocks = nn.Sequential(*(ResnetBlock(f, k, config.norm) for _ in range(config.blocks)))
+        pad = config.padding
+        self.stem = nn.Conv2d(config.channels, f, k, padding=k // 2, padding_mode=pad)
+        self.blocks = nn.Sequential(
+            *(ResnetBlock(f, k, config.norm, pad) for _ in range(config.blocks))
+        )
         self.head = nn.Conv2d(f, config.channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,26 +141,38 @@ class SimGANRefiner(nn.Module):
 
 
 @register_network("simgan-refiner-gaze", role="refiner", input_size=(35, 55))
-def simgan_refiner_gaze(*, channels: int = 1, norm: str = "none") -> SimGANRefiner:
+def simgan_refiner_gaze(
+    *, channels: int = 1, norm: str = "none", padding: str = "zeros"
+) -> SimGANRefiner:
     """The paper's eye refiner (§3.1): 3×3 convs, 64 maps, 4 ResNet blocks; 35×55 crops."""
     return SimGANRefiner(
-        RefinerConfig(channels=channels, features=64, kernel_size=3, blocks=4, norm=norm)
+        RefinerConfig(
+            channels=channels, features=64, kernel_size=3, blocks=4, norm=norm, padding=padding
+        )
     )
 
 
 @register_network("simgan-refiner-hand", role="refiner", input_size=(224, 224))
-def simgan_refiner_hand(*, channels: int = 1, norm: str = "none") -> SimGANRefiner:
+def simgan_refiner_hand(
+    *, channels: int = 1, norm: str = "none", padding: str = "zeros"
+) -> SimGANRefiner:
     """The paper's hand-depth refiner (§3.2): 7×7 convs, 64 maps, 10 ResNet blocks; 224×224."""
     return SimGANRefiner(
-        RefinerConfig(channels=channels, features=64, kernel_size=7, blocks=10, norm=norm)
+        RefinerConfig(
+            channels=channels, features=64, kernel_size=7, blocks=10, norm=norm, padding=padding
+        )
     )
 
 
 @register_network("simgan-refiner-small", role="refiner", input_size=(35, 55))
-def simgan_refiner_small(*, channels: int = 1, norm: str = "none") -> SimGANRefiner:
+def simgan_refiner_small(
+    *, channels: int = 1, norm: str = "none", padding: str = "zeros"
+) -> SimGANRefiner:
     """A CPU-sized refiner: 3×3 convs, 32 maps, 3 ResNet blocks (~56k parameters)."""
     return SimGANRefiner(
-        RefinerConfig(channels=channels, features=32, kernel_size=3, blocks=3, norm=norm)
+        RefinerConfig(
+            channels=channels, features=32, kernel_size=3, blocks=3, norm=norm, padding=padding
+        )
     )
 
 
