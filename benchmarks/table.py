@@ -83,6 +83,11 @@ def _real_gaze(record: dict) -> list[str]:
     ingest, train, refine = f["ingest"], f["train"], f["refine"]
     tone, distance = f["intensity"], f["histogram_distance_grey_levels"]
     last = train.get("last", {})
+    seeds = f.get("seeds") or [0]
+    lasts = last if isinstance(last, list) else [last]  # one per GAN (a dict: one GAN)
+
+    def accuracy(key: str) -> str:
+        return ", ".join(_fmt(x.get(key)) for x in lasts)
 
     def row(name: str, label: str) -> str:
         d = distance.get(f"{name}_vs_real")
@@ -94,9 +99,11 @@ def _real_gaze(record: dict) -> list[str]:
     return [
         f"`ingest images`: {ingest['files']} real MPIIGaze crops → {ingest['written']} samples, "
         f"{ingest['rejected']} rejected, {_fmt(ingest['seconds'])} s. `train simgan` (small "
-        f"preset): {train['steps']} steps in {_fmt(train['seconds'])} s; last discriminator "
-        f"accuracy on real {_fmt(last.get('discriminator/accuracy_real'))}, on refined "
-        f"{_fmt(last.get('discriminator/accuracy_refined'))}. `refine`: {refine['read']} read = "
+        f"preset), {len(seeds)} GAN{'s' if len(seeds) > 1 else ''} (seed"
+        f"{'s' if len(seeds) > 1 else ''} {', '.join(str(x) for x in seeds)}): "
+        f"{train['steps']} steps each, {_fmt(train['seconds'])} s in all; last discriminator "
+        f"accuracy on real {accuracy('discriminator/accuracy_real')}, on refined "
+        f"{accuracy('discriminator/accuracy_refined')}. `refine`: {refine['read']} read = "
         f"{refine['written']} written + {refine['rejected']} rejected, "
         f"{_fmt(refine['seconds'])} s.",
         "",
@@ -143,7 +150,8 @@ def _realism_rows(f: dict) -> list[str]:
             "",
             f"Label drift of the refined eyes: {pm(drift)}° (the gaze estimator trained on "
             "the synthetic eyes, applied to each synthetic eye and its refined version; mean ± "
-            "std over its seeds). Two-sample null band: ±"
+            "std over seeds). Refined rows: mean ± std over the GANs, each scored with its own "
+            "seed. Two-sample null band: ±"
             f"{_fmt(next(iter(realism.values()))['c2st_null_band'])}.",
         ]
     return rows

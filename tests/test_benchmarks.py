@@ -270,10 +270,14 @@ def test_real_gaze_quick_run_goes_through_every_command(tmp_path, shared_fixture
     figures = json.loads((results / "real_gaze.json").read_text())["figures"]
     assert figures["ingest"] == {**figures["ingest"], "files": 2000, "written": 2000, "rejected": 0}
     assert figures["refine"]["read"] == figures["refine"]["written"] == 64
-    assert set(figures["train"]["last"]) == {
+    assert figures["seeds"] == [0] and len(figures["train"]["last"]) == 1
+    assert set(figures["train"]["last"][0]) == {
         "discriminator/accuracy_real",
         "discriminator/accuracy_refined",
     }
     assert set(figures["procedural_variants"]) == {"synthetic", "real"}
+    assert set(figures["realism"]) == {"synthetic", "refined"}
+    assert figures["realism"]["refined"]["c2st_accuracy"]["runs"]
+    assert (work / "config-s0.yaml").read_text().startswith("seed: 0\n")
     assert (work / "contact-sheet.png").stat().st_size > 0
     assert real_gaze.main(["--fixture", str(tmp_path / "absent"), "--results", str(results)]) == 0
