@@ -209,28 +209,6 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(v).all() for v in _weights(kept).values())
 
 
-@pytest.mark.slow
-def test_torchrun_ddp_on_cpu_trains_and_checkpoints(shards, tmp_path):
-    import subprocess
-    import sys
-
-    synthetic, real = shards
-    override = tmp_path / "tiny.yaml"
-    override.write_text(yaml.safe_dump({**TINY, "steps": 3}))
-    run = tmp_path / "ddp"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "refinery", "train", "simgan", "--preset", "small", "--config", str(override),
-        "--synthetic", synthetic, "--real", real, "--out", str(run), "--device", "cpu",
-    ]  # fmt: skip
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    latest = RunDir(run).latest()
-    assert latest is not None and latest.name == "iter-00000008"
-    assert all(torch.isfinite(v).all() for v in _weights(latest).values())
-
-
 def test_sigterm_finishes_the_iteration_checkpoints_and_resumes(shards, tmp_path):
     import os
     import signal

@@ -144,8 +144,8 @@ def test_simgan_trains_on_an_unlabeled_real_pool(eyes, variant):
     config = simgan.load_config(preset="small", batch_size=4, shuffle_buffer=4, buffer_size=8)
     method = simgan.SimGAN(config, synthetic=eyes["synthetic"], real=eyes[variant], device=CPU)
     for _ in range(2):
-        assert _finite(method.generator_step(pretrain=False))
-        assert _finite(method.discriminator_step())
+        assert _finite(method.generator_step(pretrain=False).losses)
+        assert _finite(method.discriminator_step().losses)
     sheet = method.sample_sheet(count=2)
     assert sheet.ndim in (2, 3) and sheet.size
 
@@ -161,7 +161,8 @@ def _sggan(streets, real: str) -> sggan.SGGAN:
 def _sggan_losses(method: sggan.SGGAN, iterations: int = 2) -> list[dict[str, float]]:
     out = []
     for _ in range(iterations):
-        values = {**method.generator_step(pretrain=False), **method.discriminator_step()}
+        generated = method.generator_step(pretrain=False)
+        values = {**generated.losses, **method.discriminator_step(generated.carry).losses}
         out.append({k: float(v) for k, v in values.items()})
     return out
 
@@ -247,7 +248,8 @@ def test_spigan_trains_on_an_unlabeled_real_pool(streets, variant):
         method = spigan.SPIGAN(config, synthetic=streets["synthetic"], real=streets[variant],
                                device=CPU)  # fmt: skip
     for _ in range(2):
-        assert _finite(method.generator_step(pretrain=False))
-        assert _finite(method.discriminator_step())
+        assert _finite(method.generator_step(pretrain=False).losses)
+        judged = method.discriminator_step()
+        assert _finite(judged.losses) and _finite(method.task_step(judged.carry).losses)
     sheet = method.sample_sheet(count=2)
     assert isinstance(sheet, np.ndarray) and sheet.size

@@ -12,9 +12,11 @@ gradient loss's boundaries come from the finer class map (``boundary_ontology``)
 boundary weight follow the synthetic stream's epoch (``gradient_weights``). The image pools are
 CycleGAN's (``HistoryBuffer(policy="swap")``), storing each translated image with its map.
 
-One generator step updates both generators on one synthetic and one real batch; one
-discriminator step updates both discriminators on the same batches' translations, drawn
-through the pools. The generator that ``refinery export`` deploys is ``generator_ab``.
+One generator step updates both generators on one synthetic and one real batch and returns
+its ``Translations``; the discriminator step that follows updates both discriminators on them,
+drawn through the pools (a discriminator step given none, as in a discriminator-first
+schedule, translates batches of its own). The generator that ``refinery export`` deploys is
+``generator_ab``.
 
 Unlabeled real images. Real images are unlabeled by nature, so the real pool is read with
 ``labels=False``: a real sample may be its image alone (or say ``"labeled": false``), and its
@@ -54,7 +56,7 @@ from refinery.nets.sggan import semantic_select
 from refinery.registry import build_network, network_info
 from train.config import OptimiserConfig, load_run_config, make_optimiser
 from train.data import SceneStream
-from train.loop import Schedule, bare, fit, image_tile
+from train.loop import SINGLE, Ranks, Schedule, Step, bare, fit, image_tile, update
 
 
 def judge(logits: torch.Tensor, seg: torch.Tensor, *, semantic: bool) -> torch.Tensor:
@@ -64,6 +66,20 @@ def judge(logits: torch.Tensor, seg: torch.Tensor, *, semantic: bool) -> torch.T
     if semantic:
         return semantic_select(logits, seg)
     return logits.mean(dim=1, keepdim=True)
+
+
+@dataclass(frozen=True)
+class Translations:
+    """What a generator step gives the discriminator step: both batches with their group maps,
+    their translations (detached, float32) and the step's judging mode."""
+
+    a: torch.Tensor  # (B, 3, H, W) synthetic (virtual)
+    seg_a: torch.Tensor  # (B, H, W) its groups
+    b: torch.Tensor  # (B, 3, H, W) real
+    seg_b: torch.Tensor  # (B, H, W) its groups (all IGNORE where unlabeled)
+    fake_b: torch.Tensor  # G(a): virtual translated to real
+    fake_a: torch.Tensor  # F(b): real translated to virtual
+    semantic: bool  # every real sample labeled: semantic-aware judgements
 
 
 def _adam() -> OptimiserConfig:
@@ -116,10 +132,9 @@ class SGGAN:
         synthetic: str | list[str],
         real: str | list[str],
         device: torch.device,
-        rank: int = 0,
-        world_size: int = 1,
+        ranks: Ranks = SINGLE,
     ):
-        self.config, self.device = config, device
+        self.config, self.device, self.ranks = config, device, ranks
         torch.manual_seed(config.seed)
         generators = [build_network(config.generator, channels=3).to(device) for _ in range(2)]
         discriminators = [
@@ -144,20 +159,21 @@ class SGGAN:
         amp = config.amp and device.type == "cuda"
         self.autocast = torch.autocast(device.type, dtype=torch.float16, enabled=amp)
         self.scalers = {k: torch.amp.GradScaler(device.type, enabled=amp) for k in self.optimisers}
-        self.pool_ab = HistoryBuffer(capacity=config.pool_size, seed=config.seed + 1, policy="swap")
-        self.pool_ba = HistoryBuffer(capacity=config.pool_size, seed=config.seed + 2, policy="swap")
+        own = config.seed + 7919 * ranks.rank  # each rank's pools draw their own
+        self.pool_ab = HistoryBuffer(capacity=config.pool_size, seed=own + 1, policy="swap")
+        self.pool_ba = HistoryBuffer(capacity=config.pool_size, seed=own + 2, policy="swap")
         stream = dict(
             batch_size=config.batch_size,
             ontology=config.ontology,
             fine_ontology=config.boundary_ontology,
             crop=config.crop,
             shuffle_buffer=config.shuffle_buffer,
-            rank=rank,
-            world_size=world_size,
+            rank=ranks.rank,
+            world_size=ranks.world_size,
         )
         self.synthetic = SceneStream(synthetic, seed=config.seed * 2 + 1, **stream)
         self.real = SceneStream(real, seed=config.seed * 2 + 2, labels=False, **stream)
-        self._last: dict[str, Any] | None = None
+        self.streams = (self.synthetic, self.real)
         self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _batch(self, stream: SceneStream) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
@@ -173,14 +189,18 @@ class SGGAN:
             labeled,
         )
 
-    def generator_step(self, *, pretrain: bool) -> dict[str, torch.Tensor]:
-        """Both generators: LSGAN + λ_c cycle + λ_g gradient-sensitive terms (eq. 12)."""
+    def _update(self, name: str, loss: torch.Tensor) -> None:
+        update(self.optimisers[name], self.scalers[name], loss, self.ranks)
+
+    def generator_step(self, *, pretrain: bool) -> Step:
+        """Both generators: LSGAN + λ_c cycle + λ_g gradient-sensitive terms (eq. 12); carries
+        the ``Translations`` to the discriminator step."""
         config = self.config
         a, seg_a, edges_a, _ = self._batch(self.synthetic)  # (B, 3, H, W), (B, H, W), (B, H, W)
         b, seg_b, edges_b, semantic = self._batch(self.real)  # semantic: all of b labeled
         alpha, beta = gradient_weights(self.synthetic.epoch)
         g_ab, g_ba = self.modules["generator_ab"], self.modules["generator_ba"]
-        d_a, d_b = bare(self.modules["discriminator_a"]), bare(self.modules["discriminator_b"])
+        d_a, d_b = self.modules["discriminator_a"], self.modules["discriminator_b"]
         with self.autocast:
             fake_b, fake_a = g_ab(a), g_ba(b)  # translations
             rec_a, rec_b = g_ba(fake_b), g_ab(fake_a)  # cycles
@@ -202,17 +222,8 @@ class SGGAN:
                 )
             )
             total = adv_ab + adv_ba + cycle + grad
-        optimiser, scaler = self.optimisers["generators"], self.scalers["generators"]
-        optimiser.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        scaler.step(optimiser)
-        scaler.update()
-        self._last = {
-            "a": a, "seg_a": seg_a, "b": b, "seg_b": seg_b,
-            "fake_b": fake_b.detach().float(), "fake_a": fake_a.detach().float(),
-            "semantic": semantic,
-        }  # fmt: skip
-        return {
+        self._update("generators", total)
+        losses = {
             "generator/adversarial_ab": adv_ab.detach(),
             "generator/adversarial_ba": adv_ba.detach(),
             "generator/cycle": cycle.detach(),
@@ -220,53 +231,48 @@ class SGGAN:
             "generator/total": total.detach(),
             "generator/alpha": torch.tensor(alpha),
         }
+        translated = Translations(
+            a, seg_a, b, seg_b, fake_b.detach().float(), fake_a.detach().float(), semantic
+        )
+        return Step(losses, translated)
 
-    def discriminator_step(self) -> dict[str, torch.Tensor]:
+    def _translate(self) -> Translations:
+        """Fresh batches and their translations, for a discriminator step without a carry."""
+        a, seg_a, _, _ = self._batch(self.synthetic)
+        b, seg_b, _, semantic = self._batch(self.real)
+        with torch.no_grad(), self.autocast:
+            fake_b = self.modules["generator_ab"](a).float()
+            fake_a = self.modules["generator_ba"](b).float()
+        return Translations(a, seg_a, b, seg_b, fake_b, fake_a, semantic)
+
+    def discriminator_step(self, carry: Translations | None = None) -> Step:
         """Both discriminators: real with its own map vs pooled translations with their
         sources' maps (least squares); semantic-agnostic when the step's real batch is not
         all labeled (see the module docstring)."""
-        last = self._last
-        if last is None:  # no generator step yet (a discriminator-first schedule)
-            a, seg_a, _, _ = self._batch(self.synthetic)
-            b, seg_b, _, semantic = self._batch(self.real)
-            with torch.no_grad(), self.autocast:
-                fake_b = self.modules["generator_ab"](a).float()
-                fake_a = self.modules["generator_ba"](b).float()
-            last = {
-                "a": a,
-                "seg_a": seg_a,
-                "b": b,
-                "seg_b": seg_b,
-                "fake_b": fake_b,
-                "fake_a": fake_a,
-                "semantic": semantic,
-            }
-        fake_b, fake_b_seg = self.pool_ab.mix(last["fake_b"], last["seg_a"])
-        fake_a, fake_a_seg = self.pool_ba.mix(last["fake_a"], last["seg_b"])
+        t = carry if carry is not None else self._translate()
+        fake_b, fake_b_seg = self.pool_ab.mix(t.fake_b, t.seg_a)
+        fake_a, fake_a_seg = self.pool_ba.mix(t.fake_a, t.seg_b)
         d_a, d_b = self.modules["discriminator_a"], self.modules["discriminator_b"]
-        semantic = last["semantic"]  # one mode for all four judgements
+        semantic = t.semantic  # one mode for all four judgements
         with self.autocast:
             loss_b = lsgan_discriminator_loss(
-                judge(d_b(last["b"]), last["seg_b"], semantic=semantic),
+                judge(d_b(t.b), t.seg_b, semantic=semantic),
                 judge(d_b(fake_b), fake_b_seg, semantic=semantic),
             )
             loss_a = lsgan_discriminator_loss(
-                judge(d_a(last["a"]), last["seg_a"], semantic=semantic),
+                judge(d_a(t.a), t.seg_a, semantic=semantic),
                 judge(d_a(fake_a), fake_a_seg, semantic=semantic),
             )
             total = loss_a + loss_b
-        optimiser, scaler = self.optimisers["discriminators"], self.scalers["discriminators"]
-        optimiser.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        scaler.step(optimiser)
-        scaler.update()
-        self._last = None
-        return {
-            "discriminator/real_domain": loss_b.detach(),
-            "discriminator/virtual_domain": loss_a.detach(),
-            "discriminator/total": total.detach(),
-            "discriminator/semantic": torch.tensor(float(semantic)),
-        }
+        self._update("discriminators", total)
+        return Step(
+            {
+                "discriminator/real_domain": loss_b.detach(),
+                "discriminator/virtual_domain": loss_a.detach(),
+                "discriminator/total": total.detach(),
+                "discriminator/semantic": torch.tensor(float(semantic)),
+            }
+        )
 
     def images_per_iteration(self, phase: str) -> int:
         b = self.config.batch_size
@@ -367,10 +373,11 @@ def train(
     device: str | None = None,
     progress=None,
 ) -> Path:
-    """Train SG-GAN into the run directory ``out``; returns the newest checkpoint's path."""
+    """Train SG-GAN into the run directory ``out`` (under torchrun: data parallel, see
+    ``train.loop``); returns the newest checkpoint's path."""
 
-    def make(device: torch.device) -> SGGAN:
-        return SGGAN(config, synthetic=synthetic, real=real, device=device)
+    def make(device: torch.device, ranks: Ranks) -> SGGAN:
+        return SGGAN(config, synthetic=synthetic, real=real, device=device, ranks=ranks)
 
     return fit(
         make,

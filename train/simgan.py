@@ -15,7 +15,6 @@ real sample may be its image alone.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,9 @@ from refinery.losses import (
 )
 from refinery.registry import build_network, network_info
 from refinery.samples import spec
-from train.config import OptimiserConfig, load_run_config, make_optimiser, write_yaml
+from train.config import OptimiserConfig, load_run_config, make_optimiser
 from train.data import ImageStream, scaling_for
-from train.loop import RunDir, Schedule, bare, image_tile, train_loop
+from train.loop import SINGLE, Ranks, Schedule, Step, bare, fit, image_tile, update
 
 
 @dataclass(frozen=True)
@@ -95,6 +94,7 @@ def refiner_step(
     adversarial: bool,
     scaler: torch.amp.GradScaler,
     autocast: torch.autocast,
+    ranks: Ranks = SINGLE,
 ) -> dict[str, torch.Tensor]:
     """One R update: L_R = ℓ_real(D(R(x))) + λ‖ψ(R(x)) − ψ(x)‖₁ (pretraining: the second term)."""
     with autocast:
@@ -103,17 +103,12 @@ def refiner_step(
         losses = {"refiner/self_reg": reg}
         loss = reg
         if adversarial:
-            # D is frozen for this update; called unwrapped so DDP does not expect its grads
-            d = bare(discriminator)
-            d.requires_grad_(False)
-            adv = local_adversarial_loss(d(refined), REAL)
-            d.requires_grad_(True)
+            discriminator.requires_grad_(False)  # D is fixed for this update
+            adv = local_adversarial_loss(discriminator(refined), REAL)
+            discriminator.requires_grad_(True)
             losses["refiner/adversarial"] = adv
             loss = adv + reg
-    optimiser.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimiser)
-    scaler.update()
+    update(optimiser, scaler, loss, ranks)
     losses["refiner/total"] = loss
     return {k: v.detach() for k, v in losses.items()}
 
@@ -128,22 +123,20 @@ def discriminator_step(
     *,
     scaler: torch.amp.GradScaler,
     autocast: torch.autocast,
+    ranks: Ranks = SINGLE,
 ) -> dict[str, torch.Tensor]:
     """One D update on real images and refined ones, half current and half from the history."""
     with torch.no_grad(), autocast:
-        refined = bare(refiner)(synthetic).float()
+        refined = refiner(synthetic).float()
     (fake,) = buffer.mix(refined)  # (B, C, H, W): b/2 current, b/2 history (§2.3)
     with autocast:
-        # one forward over both halves: one graph for DDP, one kernel launch per layer
+        # one forward over both halves: one kernel launch per layer
         logits = discriminator(torch.cat([real, fake]))  # (2B, 2, h, w)
         logits_real, logits_fake = logits[: len(real)], logits[len(real) :]
         loss_real = local_adversarial_loss(logits_real, REAL)
         loss_fake = local_adversarial_loss(logits_fake, REFINED)
         loss = loss_real + loss_fake
-    optimiser.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimiser)
-    scaler.update()
+    update(optimiser, scaler, loss, ranks)
     return {
         "discriminator/real": loss_real.detach(),
         "discriminator/refined": loss_fake.detach(),
@@ -168,20 +161,17 @@ class SimGAN:
         synthetic: str | list[str],
         real: str | list[str],
         device: torch.device,
-        rank: int = 0,
-        world_size: int = 1,
+        ranks: Ranks = SINGLE,
     ):
         self.config = config
         self.device = device
+        self.ranks = ranks
+        rank = ranks.rank
         torch.manual_seed(config.seed)
         refiner = build_network(
             config.refiner, channels=config.channels, padding=config.refiner_padding
         ).to(device)
         discriminator = build_network(config.discriminator, channels=config.channels).to(device)
-        if world_size > 1:
-            ids = [device.index] if device.type == "cuda" else None
-            refiner = nn.parallel.DistributedDataParallel(refiner, device_ids=ids)
-            discriminator = nn.parallel.DistributedDataParallel(discriminator, device_ids=ids)
         self.modules = {"refiner": refiner, "discriminator": discriminator}
         self.optimisers = {
             "refiner": make_optimiser(refiner.parameters(), config.refiner_optimiser),
@@ -201,11 +191,12 @@ class SimGAN:
             depth_range=config.depth_range,
             shuffle_buffer=config.shuffle_buffer,
             rank=rank,
-            world_size=world_size,
+            world_size=ranks.world_size,
         )
         self.synthetic = ImageStream(synthetic, seed=config.seed * 2 + 1, **stream)
         # real images are unlabeled by nature: a sample may be its image alone
         self.real = ImageStream(real, seed=config.seed * 2 + 2, labels=False, **stream)
+        self.streams = (self.synthetic, self.real)
         self._fixed: torch.Tensor | None = None  # synthetic images shown on every sheet
         self._fixed_real: torch.Tensor | None = None
 
@@ -213,29 +204,36 @@ class SimGAN:
         images, _ = stream.next_batch()
         return images.to(self.device, non_blocking=True)
 
-    def generator_step(self, *, pretrain: bool) -> dict[str, torch.Tensor]:
-        return refiner_step(
-            self.modules["refiner"],
-            self.modules["discriminator"],
-            self.optimisers["refiner"],
-            self._batch(self.synthetic),
-            psi=self.psi,
-            weight=self.config.self_reg_weight,
-            adversarial=not pretrain,
-            scaler=self.scalers["refiner"],
-            autocast=self.autocast,
+    def generator_step(self, *, pretrain: bool) -> Step:
+        return Step(
+            refiner_step(
+                self.modules["refiner"],
+                self.modules["discriminator"],
+                self.optimisers["refiner"],
+                self._batch(self.synthetic),
+                psi=self.psi,
+                weight=self.config.self_reg_weight,
+                adversarial=not pretrain,
+                scaler=self.scalers["refiner"],
+                autocast=self.autocast,
+                ranks=self.ranks,
+            )
         )
 
-    def discriminator_step(self) -> dict[str, torch.Tensor]:
-        return discriminator_step(
-            self.modules["refiner"],
-            self.modules["discriminator"],
-            self.optimisers["discriminator"],
-            self._batch(self.synthetic),
-            self._batch(self.real),
-            self.buffer,
-            scaler=self.scalers["discriminator"],
-            autocast=self.autocast,
+    def discriminator_step(self, carry: None = None) -> Step:
+        """Algorithm 1 refines a fresh synthetic batch for D: nothing is carried over."""
+        return Step(
+            discriminator_step(
+                self.modules["refiner"],
+                self.modules["discriminator"],
+                self.optimisers["discriminator"],
+                self._batch(self.synthetic),
+                self._batch(self.real),
+                self.buffer,
+                scaler=self.scalers["discriminator"],
+                autocast=self.autocast,
+                ranks=self.ranks,
+            )
         )
 
     def images_per_iteration(self, phase: str) -> int:
@@ -319,15 +317,6 @@ class SimGAN:
 # -- entry point ------------------------------------------------------------------------------
 
 
-def distributed_context() -> tuple[int, int, int]:
-    """(rank, local rank, world size) from torchrun's environment; (0, 0, 1) when absent."""
-    return (
-        int(os.environ.get("RANK", 0)),
-        int(os.environ.get("LOCAL_RANK", 0)),
-        int(os.environ.get("WORLD_SIZE", 1)),
-    )
-
-
 def load_config(
     *,
     preset: str = "small",
@@ -360,47 +349,18 @@ def train(
     device: str | None = None,
     progress=None,
 ) -> Path:
-    """Train SimGAN into the run directory ``out``; returns the newest checkpoint's path."""
-    rank, local_rank, world_size = distributed_context()
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    owns_group = world_size > 1 and not torch.distributed.is_initialized()
-    if owns_group:
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    run = RunDir(out, writer=rank == 0)
-    run.path.mkdir(parents=True, exist_ok=True)
-    start = 0
-    latest = run.latest()
-    if latest is not None and not resume:
-        raise FileExistsError(
-            f"{out} already holds a run (checkpoint {latest.name}); pass --resume"
-        )
-    method = SimGAN(
-        config, synthetic=synthetic, real=real, device=dev, rank=rank, world_size=world_size
+    """Train SimGAN into the run directory ``out`` (under torchrun: data parallel, see
+    ``train.loop``); returns the newest checkpoint's path."""
+
+    def make(device: torch.device, ranks: Ranks) -> SimGAN:
+        return SimGAN(config, synthetic=synthetic, real=real, device=device, ranks=ranks)
+
+    return fit(
+        make,
+        config,
+        out=out,
+        resume=resume,
+        stop_after=stop_after,
+        device=device,
+        progress=progress,
     )
-    if resume and latest is not None:
-        start = run.load(method, latest)
-    if rank == 0:
-        write_yaml(run.path / "config.yaml", config)
-    try:
-        train_loop(
-            method,
-            config.schedule,
-            run,
-            config=config,
-            start=start,
-            stop_after=stop_after,
-            checkpoint_every=config.checkpoint_every,
-            log_every=config.log_every,
-            sample_every=config.sample_every,
-            is_main=rank == 0,
-            progress=progress,
-        )
-    finally:
-        run.close()
-        if owns_group:
-            torch.distributed.destroy_process_group()
-    return run.latest()

@@ -13,9 +13,11 @@ VGG19 conv{1..5}_2 features of the synthetic and the generated image, L_GAN leas
 (``refinery.losses_scene.spigan_generator_objective``).
 
 Updates. The paper alternates updates with five generator steps per step of the others; here
-a *generator step* updates G on the whole objective, and a *discriminator step* updates D and
-then T and P (on the synthetic and the freshly generated image). ``k_g`` / ``k_d`` set the
-ratio (recipe: 5 / 1). γ = 0 builds no P at all (the "no privileged information" ablation).
+a *generator step* updates G on the whole objective (``generator_objective``: D, T and P held
+fixed), a *discriminator step* updates D on real vs freshly generated images and carries that
+batch to the *task step*, which updates T and P on the synthetic and the generated image
+(``task_objective``). ``k_g`` / ``k_d`` set the ratio (recipe: 5 / 1). γ = 0 builds no P at all
+(the "no privileged information" ablation).
 
 Early stopping (optional, ``early_stop``): the paper stops once the discriminator loss is
 significantly and consistently below the generator's adversarial loss; here: once the running
@@ -45,7 +47,15 @@ from refinery.metrics import confusion, iou_from_confusion
 from refinery.registry import build_network, network_info
 from train.config import OptimiserConfig, load_run_config, make_optimiser
 from train.data import SceneStream, scene_labels
-from train.loop import Schedule, bare, fit, image_tile
+from train.loop import SINGLE, Ranks, Schedule, Step, bare, fit, image_tile, update
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A discriminator step's synthetic batch and G's images of it, for the task step."""
+
+    batch: dict[str, torch.Tensor]  # image, seg, depth, depth_valid of the synthetic batch
+    images: torch.Tensor  # (B, 3, h, w) G(batch["image"]), float32, no gradient
 
 
 def _adam() -> OptimiserConfig:
@@ -114,12 +124,11 @@ class SPIGAN:
         synthetic: str | list[str],
         real: str | list[str],
         device: torch.device,
-        rank: int = 0,
-        world_size: int = 1,
+        ranks: Ranks = SINGLE,
     ):
         from refinery.nets.vgg import VGGConfig, VGGFeatures, load_vgg_weights
 
-        self.config, self.device = config, device
+        self.config, self.device, self.ranks = config, device, ranks
         torch.manual_seed(config.seed)
         self.modules = {
             "generator": build_network(config.generator, channels=3).to(device),
@@ -160,12 +169,13 @@ class SPIGAN:
             crop=config.crop,
             depth_max=config.depth_max,
             shuffle_buffer=config.shuffle_buffer,
-            rank=rank,
-            world_size=world_size,
+            rank=ranks.rank,
+            world_size=ranks.world_size,
         )
         self.synthetic = SceneStream(synthetic, seed=config.seed * 2 + 1, **stream)
         # D sees only the real images: a real pool may be unlabeled (image-only samples)
         self.real = SceneStream(real, seed=config.seed * 2 + 2, labels=False, **stream)
+        self.streams = (self.synthetic, self.real)
         self._running: dict[str, float] = {}
         self._below = 0
         self._iterations = 0
@@ -177,21 +187,18 @@ class SPIGAN:
             raise ValueError("SPIGAN with gamma > 0 needs depth.png in the synthetic shards")
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def _step(self, name: str, loss: torch.Tensor) -> None:
-        optimiser, scaler = self.optimisers[name], self.scalers[name]
-        optimiser.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimiser)
-        scaler.update()
+    def _update(self, name: str, loss: torch.Tensor) -> None:
+        update(self.optimisers[name], self.scalers[name], loss, self.ranks)
 
-    def _objective(self, batch: dict[str, torch.Tensor], generated: torch.Tensor, *, d_fake=None):
-        config = self.config
-        task = self.modules["task"]
-        privileged = self.modules.get("privileged")
-        x = batch["image"]
-        features_s = features_g = None
-        if d_fake is not None and self.perceptual is not None:
-            features_s, features_g = self.perceptual(x), self.perceptual(generated)
+    def generator_objective(
+        self, batch: dict[str, torch.Tensor], generated: torch.Tensor, d_fake: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """α·L_GAN + β·L_T + γ·L_P + δ·L_perc: the named terms and their weighted "total"."""
+        c, x = self.config, batch["image"]
+        task, privileged = self.modules["task"], self.modules.get("privileged")
+        features = (None, None)
+        if self.perceptual is not None:
+            features = (self.perceptual(x), self.perceptual(generated))
         return spigan_generator_objective(
             d_fake_logits=d_fake,
             task_logits_synthetic=task(x),
@@ -201,49 +208,71 @@ class SPIGAN:
             depth_pred_generated=privileged(generated) if privileged is not None else None,
             depth=batch.get("depth"),
             depth_valid=batch.get("depth_valid"),
-            features_synthetic=features_s,
-            features_generated=features_g,
-            alpha=config.alpha if d_fake is not None else 0.0,
-            beta=config.beta,
-            gamma=config.gamma,
-            delta=config.delta if d_fake is not None else 0.0,
+            features_synthetic=features[0],
+            features_generated=features[1],
+            alpha=c.alpha,
+            beta=c.beta,
+            gamma=c.gamma,
+            delta=c.delta,
             ignore_index=ontologies.IGNORE,
         )
 
-    def generator_step(self, *, pretrain: bool) -> dict[str, torch.Tensor]:
-        """G on α·L_GAN + β·L_T + γ·L_P + δ·L_perc (T, P, D fixed for this update)."""
+    def task_objective(
+        self, batch: dict[str, torch.Tensor], generated: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """β·L_T + γ·L_P, what T and P minimise: on the synthetic image and on G's version of
+        it, against the synthetic labels and depth (no adversarial or perceptual term)."""
+        c, x = self.config, batch["image"]
+        task, privileged = self.modules["task"], self.modules.get("privileged")
+        return spigan_generator_objective(
+            task_logits_synthetic=task(x),
+            task_logits_generated=task(generated),
+            labels=batch["seg"],
+            depth_pred_synthetic=privileged(x) if privileged is not None else None,
+            depth_pred_generated=privileged(generated) if privileged is not None else None,
+            depth=batch.get("depth"),
+            depth_valid=batch.get("depth_valid"),
+            alpha=0.0,
+            beta=c.beta,
+            gamma=c.gamma,
+            delta=0.0,
+            ignore_index=ontologies.IGNORE,
+        )
+
+    def generator_step(self, *, pretrain: bool) -> Step:
+        """G on the whole objective, with D, T and P held fixed for this update."""
         batch = self._synthetic()
-        fixed = [
-            bare(self.modules[k])
-            for k in ("discriminator", "task", "privileged")
-            if k in self.modules
-        ]
-        for module in fixed:
+        d = self.modules["discriminator"]
+        held = [d, self.modules["task"], *filter(None, [self.modules.get("privileged")])]
+        for module in held:
             module.requires_grad_(False)
         with self.autocast:
             generated = self.modules["generator"](batch["image"])
-            terms = self._objective(batch, generated, d_fake=fixed[0](generated))
-        for module in fixed:
+            terms = self.generator_objective(batch, generated, d(generated))
+        for module in held:
             module.requires_grad_(True)
-        self._step("generator", terms["total"])
-        return {f"generator/{k}": v.detach() for k, v in terms.items()}
+        self._update("generator", terms["total"])
+        return Step({f"generator/{k}": v.detach() for k, v in terms.items()})
 
-    def discriminator_step(self) -> dict[str, torch.Tensor]:
-        """D (least squares, real vs generated), then T and P on synthetic + generated."""
+    def discriminator_step(self, carry: None = None) -> Step:
+        """D (least squares): real images vs G's images of a fresh synthetic batch, which it
+        carries to the task step."""
         batch = self._synthetic()
         real = self.real.next_batch()["image"].to(self.device)
         with torch.no_grad(), self.autocast:
             generated = self.modules["generator"](batch["image"]).float()
         with self.autocast:
             d = self.modules["discriminator"]
-            d_loss = spigan_discriminator_loss(d(real), d(generated))
-        self._step("discriminator", d_loss)
+            loss = spigan_discriminator_loss(d(real), d(generated))
+        self._update("discriminator", loss)
+        return Step({"discriminator/total": loss.detach()}, Generated(batch, generated))
+
+    def task_step(self, carry: Generated) -> Step:
+        """T and P on the discriminator step's synthetic batch and G's images of it."""
         with self.autocast:
-            terms = self._objective(batch, generated)
-        self._step("task", terms["total"])
-        out = {"discriminator/total": d_loss.detach()}
-        out.update({f"task/{k}": v.detach() for k, v in terms.items() if k != "gan"})
-        return out
+            terms = self.task_objective(carry.batch, carry.images)
+        self._update("task", terms["total"])
+        return Step({f"task/{k}": v.detach() for k, v in terms.items()})
 
     def should_stop(self, values: dict[str, float]) -> bool:
         """The paper's early-stopping rule, when ``early_stop`` is set (see module docstring)."""
@@ -390,10 +419,11 @@ def train(
     device: str | None = None,
     progress=None,
 ) -> Path:
-    """Train SPIGAN into the run directory ``out``; returns the newest checkpoint's path."""
+    """Train SPIGAN into the run directory ``out`` (under torchrun: data parallel, see
+    ``train.loop``); returns the newest checkpoint's path."""
 
-    def make(device: torch.device) -> SPIGAN:
-        return SPIGAN(config, synthetic=synthetic, real=real, device=device)
+    def make(device: torch.device, ranks: Ranks) -> SPIGAN:
+        return SPIGAN(config, synthetic=synthetic, real=real, device=device, ranks=ranks)
 
     return fit(
         make,
