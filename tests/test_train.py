@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from safetensors.torch import load_file
 
 from refinery import sim
 from refinery.samples import encode_sample
-from refinery.shards import write_shards
+from refinery.shards import expand_urls, write_shards
 from train import simgan
 from train.config import OptimiserConfig, from_dict, resolve
 from train.data import ImageStream, scaling_for
@@ -99,6 +101,56 @@ def test_stream_scales_to_unit_range_and_resumes_exactly(shards):
         images, samples = c.next_batch()
         assert [s["__key__"] for s in samples] == [s["__key__"] for s in expected[1]]
         assert torch.equal(images, expected[0])
+
+
+def test_background_decoding_keeps_the_order_and_the_resume_position(shards, tmp_path):
+    """Threads decode ahead, yet batches, positions and resume equal decoding on the caller's
+    thread, across epochs and with a rejected sample in the stream."""
+    synthetic, _ = shards
+    bad = tmp_path / "bad-000.tar"
+    with tarfile.open(bad, "w") as tar:  # one undecodable sample among the good shards
+        for name, data in (("broken.png", b"not a png"), ("broken.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    urls = [*expand_urls(synthetic), str(bad)]
+    rejected = []
+    common = dict(domain="gaze", batch_size=7, seed=5, shuffle_buffer=8, handler=rejected.append)
+
+    def keys(stream, n):
+        return [[s["__key__"] for s in stream.next_batch()[1]] for _ in range(n)]
+
+    inline = ImageStream(urls, decoders=0, **common)
+    expected = keys(inline, 16)  # 112 samples: more than two epochs of 48 good + 1 rejected
+    assert len(rejected) == 2 and rejected[0].key == "broken"
+    threaded = ImageStream(urls, decoders=3, lookahead=5, **common)
+    assert keys(threaded, 16) == expected
+    half = ImageStream(urls, decoders=3, **common)
+    keys(half, 9)
+    resumed = ImageStream(urls, decoders=2, **common)
+    resumed.load_state_dict(half.state_dict())
+    assert keys(resumed, 7) == expected[9:]
+    assert threaded.waited > 0 and threaded.state_dict() == inline.state_dict()
+    with pytest.raises(ValueError, match="decoders"):
+        ImageStream(urls, decoders=-1, **common)
+
+
+def test_the_loop_logs_the_share_of_time_spent_waiting_for_data(shards, tmp_path):
+    synthetic, real = shards
+    seen = []
+    simgan.train(
+        tiny_config(decode_workers=0),
+        synthetic=synthetic,
+        real=real,
+        out=tmp_path / "run",
+        progress=lambda done, values: seen.append(values["time/data_wait_share"]),
+    )
+    assert seen and all(0 < share < 1 for share in seen)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    assert "time/data_wait_share" in events.Tags()["scalars"]
 
 
 def test_depth_needs_a_declared_range_and_maps_linearly():

@@ -11,6 +11,15 @@ stream's position is just (epoch, samples drawn in the epoch), so ``state_dict()
 integers and a resumed stream replays the epoch's reading (without decoding) up to that
 position: the batches after a resume are exactly the batches the uninterrupted run would see.
 
+Decoding in the background. With ``decoders=N`` (N > 0) a pool of N threads decodes the
+samples ahead of the loop (``lookahead`` of them, two batches by default) while the network
+trains; the loop takes them in the order above, so batches, positions and resume are the same
+as with ``decoders=0`` (decoding on the caller's thread). PNG and JPEG decoding (OpenCV) and
+the validation of numpy arrays release the GIL for most of their time. ``waited`` adds up the
+seconds ``next_batch`` kept its caller waiting: the training loop logs its share of the wall
+time as ``time/data_wait_share``. ``pin=True`` returns batches in page-locked memory, so a
+CUDA copy with ``non_blocking=True`` overlaps the next step's work.
+
 Real images are unlabeled by nature: a real pool is read with ``labels=False``, where a sample
 may be its image alone or carry a ``json`` that says ``"labeled": false``
 (``refinery.samples``); synthetic pools keep ``labels=True`` and need their labels.
@@ -18,8 +27,12 @@ may be its image alone or carry a ``json`` that says ``"labeled": false``
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -80,7 +93,14 @@ class ImageStream:
         world_size: int = 1,
         handler: Handler = reraise,
         labels: bool = True,
+        decoders: int = 0,
+        lookahead: int | None = None,
+        pin: bool = False,
     ):
+        if decoders < 0:
+            raise ValueError(
+                f"decoders must be 0 (decode on the caller's thread) or more, got {decoders}"
+            )
         shards = expand_urls(urls)
         self.shards = shards[rank::world_size]
         if not self.shards:
@@ -96,6 +116,11 @@ class ImageStream:
         self.epoch = 0
         self.position = 0  # raw samples drawn in the current epoch (good or rejected)
         self._samples: Iterator[dict] | None = None
+        self.decoders = decoders
+        self.lookahead = lookahead if lookahead is not None else 2 * batch_size
+        self.pin = pin
+        self.waited = 0.0  # seconds next_batch kept its caller waiting
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- order --------------------------------------------------------------------------------
 
@@ -103,10 +128,27 @@ class ImageStream:
         rng = np.random.default_rng([self.seed, epoch])
         order = [self.shards[i] for i in rng.permutation(len(self.shards))]
         raw = (s for url in order for s in tar_samples(url, handler=self.handler))
-        for emitted, chosen in enumerate(_shuffled(raw, self.shuffle_buffer, rng), start=1):
-            if emitted > skip:  # skipped draws are replayed without decoding
-                self.position = emitted
-                yield from decoded([chosen], self.domain, handler=self.handler, labels=self.labels)
+        draws = (
+            (emitted, chosen)
+            for emitted, chosen in enumerate(_shuffled(raw, self.shuffle_buffer, rng), start=1)
+            if emitted > skip  # skipped draws are replayed without decoding
+        )
+        if self.decoders == 0:
+            decoding = map(self._decode, draws)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.decoders, thread_name_prefix="decode")
+            decoding = _ahead(self._pool, self._decode, draws, self.lookahead)
+        for emitted, samples in decoding:
+            self.position = emitted
+            yield from samples
+
+    def _decode(self, draw: tuple[int, dict]) -> tuple[int, list[dict]]:
+        """One raw draw decoded and checked: [sample], or [] when the handler rejected it."""
+        emitted, chosen = draw
+        return emitted, list(
+            decoded([chosen], self.domain, handler=self.handler, labels=self.labels)
+        )
 
     def _next_sample(self) -> dict:
         for _ in range(2):
@@ -131,9 +173,15 @@ class ImageStream:
 
     def next_batch(self) -> tuple[torch.Tensor, list[dict]]:
         """(B, C, H, W) float32 in [-1, 1], and the decoded samples (labels, keys)."""
+        began = time.perf_counter()
         samples = [self._next_sample() for _ in range(self.batch_size)]
-        images = np.stack([self.scaling.to_unit(self.image_of(s)) for s in samples])
-        return torch.from_numpy(images), samples
+        images = torch.from_numpy(
+            np.stack([self.scaling.to_unit(self.image_of(s)) for s in samples])
+        )
+        if self.pin:
+            images = images.pin_memory()
+        self.waited += time.perf_counter() - began
+        return images, samples
 
     def __iter__(self):
         while True:
@@ -145,6 +193,29 @@ class ImageStream:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._samples = None
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _ahead(
+    pool: ThreadPoolExecutor, work: Callable[[T], R], items: Iterable[T], lookahead: int
+) -> Iterator[R]:
+    """``map(work, items)`` in order, with up to ``lookahead`` items submitted to ``pool``
+    ahead of the one being taken (items are drawn lazily, on the caller's thread)."""
+    pending: deque[Future[R]] = deque()
+    items = iter(items)
+    for item in items:
+        pending.append(pool.submit(work, item))
+        if len(pending) > lookahead:
+            break
+    while pending:
+        result = pending.popleft().result()
+        for item in items:  # keep the window full before handing this one out
+            pending.append(pool.submit(work, item))
+            break
+        yield result
 
 
 def _shuffled(items: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
@@ -213,6 +284,8 @@ class SceneStream:
         rank: int = 0,
         world_size: int = 1,
         labels: bool = True,
+        decoders: int = 0,
+        pin: bool = False,
     ):
         self.images = ImageStream(
             urls,
@@ -223,8 +296,11 @@ class SceneStream:
             rank=rank,
             world_size=world_size,
             labels=labels,
+            decoders=decoders,
         )
         self.ontology, self.crop, self.depth_max = ontology, crop, depth_max
+        self.pin = pin
+        self.waited = 0.0  # seconds next_batch kept its caller waiting (see ImageStream)
         self.fine_ontology = fine_ontology  # a second map, e.g. classes finer than the groups
 
     @property
@@ -252,6 +328,14 @@ class SceneStream:
         return np.full((height, width), IGNORE, np.uint8)
 
     def next_batch(self) -> dict[str, torch.Tensor]:
+        began = time.perf_counter()
+        batch = self._next_batch()
+        if self.pin:
+            batch = {k: v.pin_memory() for k, v in batch.items()}
+        self.waited += time.perf_counter() - began
+        return batch
+
+    def _next_batch(self) -> dict[str, torch.Tensor]:
         images, samples = self.images.next_batch()  # (B, 3, H, W)
         seg = np.stack([self._seg(s, self.ontology) for s in samples])  # (B, H, W)
         batch = {

@@ -109,6 +109,7 @@ class SGGANConfig:
     log_every: int = 50
     sample_every: int = 500
     seed: int = 0
+    decode_workers: int = 2  # threads decoding samples ahead of the loop (0: on the loop's own)
     amp: bool = True  # float16 autocast on CUDA only
 
     @property
@@ -170,6 +171,8 @@ class SGGAN:
             shuffle_buffer=config.shuffle_buffer,
             rank=ranks.rank,
             world_size=ranks.world_size,
+            decoders=config.decode_workers,
+            pin=device.type == "cuda",
         )
         self.synthetic = SceneStream(synthetic, seed=config.seed * 2 + 1, **stream)
         self.real = SceneStream(real, seed=config.seed * 2 + 2, labels=False, **stream)
@@ -183,9 +186,9 @@ class SGGAN:
         device = self.device
         labeled = bool(batch["labeled"].all())  # a CPU tensor: no device sync
         return (
-            batch["image"].to(device),
-            batch["seg"].to(device),
-            batch["seg_fine"].to(device),
+            batch["image"].to(device, non_blocking=True),
+            batch["seg"].to(device, non_blocking=True),
+            batch["seg_fine"].to(device, non_blocking=True),
             labeled,
         )
 

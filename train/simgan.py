@@ -67,6 +67,7 @@ class SimGANConfig:
     log_every: int = 20
     sample_every: int = 200
     seed: int = 0
+    decode_workers: int = 2  # threads decoding samples ahead of the loop (0: on the loop's own)
     amp: bool = True  # float16 autocast + grad scaling, on CUDA only
 
     @property
@@ -192,6 +193,8 @@ class SimGAN:
             shuffle_buffer=config.shuffle_buffer,
             rank=rank,
             world_size=ranks.world_size,
+            decoders=config.decode_workers,
+            pin=device.type == "cuda",
         )
         self.synthetic = ImageStream(synthetic, seed=config.seed * 2 + 1, **stream)
         # real images are unlabeled by nature: a sample may be its image alone

@@ -97,6 +97,7 @@ class SPIGANConfig:
     log_every: int = 50
     sample_every: int = 500
     seed: int = 0
+    decode_workers: int = 2  # threads decoding samples ahead of the loop (0: on the loop's own)
     amp: bool = True
 
     @property
@@ -171,6 +172,8 @@ class SPIGAN:
             shuffle_buffer=config.shuffle_buffer,
             rank=ranks.rank,
             world_size=ranks.world_size,
+            decoders=config.decode_workers,
+            pin=device.type == "cuda",
         )
         self.synthetic = SceneStream(synthetic, seed=config.seed * 2 + 1, **stream)
         # D sees only the real images: a real pool may be unlabeled (image-only samples)
@@ -185,7 +188,7 @@ class SPIGAN:
         batch = self.synthetic.next_batch()
         if self.config.gamma > 0 and "depth" not in batch:
             raise ValueError("SPIGAN with gamma > 0 needs depth.png in the synthetic shards")
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _update(self, name: str, loss: torch.Tensor) -> None:
         update(self.optimisers[name], self.scalers[name], loss, self.ranks)
@@ -258,7 +261,7 @@ class SPIGAN:
         """D (least squares): real images vs G's images of a fresh synthetic batch, which it
         carries to the task step."""
         batch = self._synthetic()
-        real = self.real.next_batch()["image"].to(self.device)
+        real = self.real.next_batch()["image"].to(self.device, non_blocking=True)
         with torch.no_grad(), self.autocast:
             generated = self.modules["generator"](batch["image"]).float()
         with self.autocast:
