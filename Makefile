@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.ingest
 	$(BIN)/python -m benchmarks.refine
 	$(BIN)/python -m benchmarks.simgan_speed  # < 2 min: the trainer's compute ceiling
+	$(BIN)/python -m benchmarks.train_speed  # ~2 min: the real loop, waiting for data
 	$(BIN)/python -m benchmarks.evaluate  # ~40 min on 2 cores: refinery evaluate for every domain
 	$(BIN)/python -m benchmarks.real_gaze  # ~10 min: ingest, train, refine on real MPIIGaze crops (skipped without ../shared)
 	$(BIN)/python -m benchmarks.table

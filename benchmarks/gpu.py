@@ -22,6 +22,11 @@ Steps, each recorded with its seconds and a status (``passed``, ``failed`` with 
    gaze frames (PNG) and on 200 scene frames at 1024x2048 (JPEG in, JPEG out), with the engine
    loaded and warmed first; the gaze job again through the CLI as a user runs it, and as
    several processes sharing the GPU (``--rank``/``--world-size``, ``--device cuda:0``).
+5. ``train``: training through the real loop (shards read, decoded and batched by the
+   trainers' streams): SimGAN's gaze paper preset (batch 512) in FP32 and with AMP (two and
+   eight decoding threads) and SG-GAN's paper preset at 256x512, FP32 and AMP; images/s and
+   the share of the wall time the loop waited for data (targets: ≥ 10,000 images/s with AMP,
+   ≤ 10% waiting).
 
 Records ``benchmarks/results/gpu-check.json`` (``--device cpu``: ``out/gpu-check-cpu/``, which
 is not a result), rewritten after every step, so a run cut short keeps what it measured.
@@ -111,6 +116,23 @@ SIZES = {
         "scene_frames": 200,
         "scene_batch": 4,
         "processes": 4,
+        # training (train_step): the paper presets; iterations after a 2 + 2 pretraining
+        "train_gaze": {
+            "preset": "gaze",
+            "batch_size": 512,
+            "pool": 20_000,
+            "steps": 40,
+            "log_every": 10,
+            "decode_workers": [2, 8],
+        },
+        "train_scene": {
+            "preset": "paper",
+            "size": [256, 512],
+            "batch_size": 1,
+            "pool": 100,
+            "steps": 30,
+            "log_every": 10,
+        },
     },
     "cpu": {
         "gaze-refiner": (35, 55, 64),
@@ -122,6 +144,22 @@ SIZES = {
         "scene_frames": 8,
         "scene_batch": 2,
         "processes": 2,
+        "train_gaze": {
+            "preset": "gaze",
+            "batch_size": 8,
+            "pool": 64,
+            "steps": 6,
+            "log_every": 2,
+            "decode_workers": [2],
+        },
+        "train_scene": {
+            "preset": "small",
+            "size": [64, 128],
+            "batch_size": 1,
+            "pool": 8,
+            "steps": 6,
+            "log_every": 2,
+        },
     },
 }
 
@@ -635,11 +673,48 @@ def job_step(ctx: dict) -> dict[str, Any]:
     return found
 
 
+def train_step(ctx: dict) -> dict[str, Any]:
+    """Training through the real loop (``benchmarks.train_speed.measure``): SimGAN's gaze paper
+    preset and SG-GAN's paper preset at 256x512, FP32 and AMP; images/s and the share of the
+    wall time spent waiting for data."""
+    from benchmarks.train_speed import make_shards, measure
+
+    device, sizes, work = ctx["device"], ctx["sizes"], Path(ctx["work"])
+    dev = f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu"
+    found: dict[str, Any] = {}
+    gaze = sizes["train_gaze"]
+    urls = make_shards(work / "train-gaze", "gaze", gaze["pool"])
+    short = {"pretrain_refiner_steps": 2, "pretrain_discriminator_steps": 2}
+    for amp in (False, True):
+        for workers in gaze["decode_workers"] if amp else gaze["decode_workers"][:1]:
+            key = f"simgan_gaze_{'amp' if amp else 'fp32'}_decode{workers}"
+            found[key] = measure(
+                "simgan", gaze["preset"], urls, device=dev, steps=gaze["steps"],
+                log_every=gaze["log_every"], batch_size=gaze["batch_size"], amp=amp,
+                decode_workers=workers, buffer_size=max(64, 4 * gaze["batch_size"]), **short,
+            )  # fmt: skip
+    scene = sizes["train_scene"]
+    urls = make_shards(work / "train-scene", "scene", scene["pool"], size=tuple(scene["size"]))
+    for amp in (False, True):
+        found[f"sggan_{'amp' if amp else 'fp32'}"] = measure(
+            "sggan", scene["preset"], urls, device=dev, steps=scene["steps"],
+            log_every=scene["log_every"], batch_size=scene["batch_size"], amp=amp,
+        )  # fmt: skip
+        found[f"sggan_{'amp' if amp else 'fp32'}"]["size"] = scene["size"]
+    found["targets"] = {
+        "simgan_gaze_amp_images_per_s": 10_000,
+        "data_wait_share": 0.10,
+        "note": "issue 16, on one H200: SimGAN gaze paper preset with AMP",
+    }
+    return found
+
+
 STEPS: dict[str, Callable[[dict], dict[str, Any]]] = {
     "environment": environment,
     "pytest": pytest_gpu,
     "engines": engines_step,
     "job": job_step,
+    "train": train_step,
 }
 
 
@@ -682,6 +757,20 @@ def main(argv: list[str] | None = None) -> int:
                 "scene_frames": 2,
                 "scene_batch": 1,
                 "processes": 2,
+                "train_gaze": {
+                    **sizes["train_gaze"],
+                    "batch_size": 4,
+                    "pool": 16,
+                    "steps": 4,
+                    "decode_workers": [2],
+                },
+                "train_scene": {
+                    **sizes["train_scene"],
+                    "preset": "small",
+                    "size": [64, 64],
+                    "pool": 4,
+                    "steps": 4,
+                },
             }
         )
     ctx: dict[str, Any] = {

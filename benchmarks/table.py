@@ -393,6 +393,7 @@ def _gpu_check(record: dict) -> list[str]:
                 f"| {label}{procs} | {row.get('engine', '')} | {_fmt(row['frames'])} | "
                 f"{_fmt(row['frames_per_s'])} | {target} |"
             )
+    lines += _training_rows(steps.get("train", {}))
     not_run = record["figures"].get("not_run", [])
     if not_run:
         lines += ["", "Not run: " + "; ".join(not_run) + "."]
@@ -400,6 +401,47 @@ def _gpu_check(record: dict) -> list[str]:
         "",
         "FLOP are direct-convolution counts (2 x multiply-adds); Winograd or FFT kernels can "
         "exceed 100% of the measured matrix peak.",
+    ]
+    return lines
+
+
+def _training_rows(found: dict) -> list[str]:
+    """Training through the real loop: images/s and the share of time waiting for data."""
+    rows = {k: v for k, v in found.items() if isinstance(v, dict) and "images_per_s" in v}
+    if not rows:
+        return []
+    lines = [
+        "",
+        "| training (real loop) | batch | AMP | decoding threads | images/s | waiting for data |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, r in rows.items():
+        lines.append(
+            f"| {key} | {r['batch_size']} | {'yes' if r['amp'] else 'no'} | "
+            f"{r['decode_workers']} | {_fmt(r['images_per_s'])} | {r['data_wait_share']:.1%} |"
+        )
+    return lines
+
+
+def _train_speed(record: dict) -> list[str]:
+    """``benchmarks/train_speed.py``: the CPU loop with decoding inline and in the background."""
+    lines = [
+        "| method | decoding | images/s | waiting for data (target ≤ 10%) |",
+        "|---|---|---|---|",
+    ]
+    for method, f in record["figures"].items():
+        for workers in (0, 2):
+            r = f[f"decode_workers_{workers}"]
+            where = "on the loop's thread" if workers == 0 else f"{workers} background threads"
+            lines.append(
+                f"| {method} `--preset {record['settings']['cases'][method]['preset']}` | "
+                f"{where} | {_fmt(r['images_per_s'])} | {r['data_wait_share']:.1%} |"
+            )
+    lines += [
+        "",
+        "Measured through `train.loop` (shards read, decoded and batched by the method's "
+        "streams; the loop's `time/data_wait_share`), means over the logged intervals of the "
+        "adversarial phase after the first; both cases side by side in one run.",
     ]
     return lines
 
@@ -418,6 +460,7 @@ RENDERERS = {
     "refine": _refine,
     "gpu-check": _gpu_check,
     "real_gaze": _real_gaze,
+    "train_speed": _train_speed,
 }
 
 

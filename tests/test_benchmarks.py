@@ -75,6 +75,25 @@ def _finite_numbers(value) -> bool:
 
 
 @pytest.mark.slow
+def test_train_speed_quick_run_measures_the_loop_with_and_without_background_decoding(tmp_path):
+    from benchmarks import train_speed
+
+    figures = train_speed.main(["--quick", "--out", str(tmp_path)])
+    runs = figures["simgan"]
+    assert {
+        runs["decode_workers_0"]["decode_workers"],
+        runs["decode_workers_2"]["decode_workers"],
+    } == {0, 2}
+    for r in (runs["decode_workers_0"], runs["decode_workers_2"]):
+        assert r["images_per_s"] > 0 and 0 < r["data_wait_share"] < 1 and r["intervals"] >= 1
+    assert runs["speedup"] == pytest.approx(
+        runs["decode_workers_2"]["images_per_s"] / runs["decode_workers_0"]["images_per_s"]
+    )
+    record = json.loads((tmp_path / "train_speed.json").read_text())
+    assert "on the loop's thread" in "\n".join(table.RENDERERS["train_speed"](record))
+
+
+@pytest.mark.slow
 def test_evaluate_quick_run_records_the_report_and_keeps_labels(tmp_path):
     from benchmarks import evaluate
 
@@ -191,7 +210,13 @@ def test_gpu_check_runs_every_step_end_to_end_on_the_cpu(tmp_path):
         "pytest": "not run",  # every GPU test skips here: never counted as passed
         "engines": "passed",
         "job": "passed",
+        "train": "passed",
     }
+    train = steps["train"]
+    assert set(train) >= {"simgan_gaze_fp32_decode2", "simgan_gaze_amp_decode2", "sggan_fp32"}
+    for key in ("simgan_gaze_fp32_decode2", "simgan_gaze_amp_decode2", "sggan_fp32", "sggan_amp"):
+        assert train[key]["images_per_s"] > 0 and 0 <= train[key]["data_wait_share"] < 1
+        assert train[key]["amp"] is False  # autocast is CUDA-only
     tests = steps["pytest"]["tests"]
     assert steps["pytest"]["counts"]["skipped"] == len(tests) >= 10
     assert all("not available" in t["detail"] for t in tests.values())
@@ -214,6 +239,7 @@ def test_gpu_check_runs_every_step_end_to_end_on_the_cpu(tmp_path):
     rendered = "\n".join(table.RENDERERS["gpu-check"](record))
     assert "simgan-refiner-gaze (35x55, 8) | torch fp32 eager" in rendered
     assert "gaze PNG, `refinery refine`, processes sharing the GPU (2 processes)" in rendered
+    assert "| simgan_gaze_amp_decode2 | 4 | no | 2 |" in rendered
 
 
 def test_gpu_check_reads_pytest_outcomes_and_refuses_to_run_without_cuda(tmp_path):
