@@ -70,12 +70,17 @@ def local_adversarial_loss(logits: torch.Tensor, target: int | torch.Tensor) -> 
         return F.cross_entropy(logits.float(), targets)
 
 
-def discriminator_accuracy(logits: torch.Tensor, target: int | torch.Tensor) -> float:
-    """Share of patches whose argmax is `target` (REAL, REFINED or a (B,) tensor)."""
+def patch_accuracy(logits: torch.Tensor, target: int | torch.Tensor) -> torch.Tensor:
+    """Share of patches whose argmax is `target` (REAL, REFINED or a (B,) tensor), as a 0-d
+    tensor on the logits' device (no CPU-GPU sync: the loop reads every loss at once)."""
     targets = _patch_targets(logits, target)
     with torch.no_grad():
-        correct = (logits.argmax(dim=1) == targets).float().mean()
-    return float(correct)  # CPU-GPU sync
+        return (logits.argmax(dim=1) == targets).float().mean()
+
+
+def discriminator_accuracy(logits: torch.Tensor, target: int | torch.Tensor) -> float:
+    """``patch_accuracy`` as a Python float (a CPU-GPU sync)."""
+    return float(patch_accuracy(logits, target))
 
 
 # -- self-regularisation ----------------------------------------------------------------------

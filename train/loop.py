@@ -327,8 +327,17 @@ class RunDir:
 
 
 def _values(losses: dict[str, torch.Tensor]) -> tuple[dict[str, float], list[str]]:
-    """The losses as floats (one CPU-GPU sync each) and the names of the non-finite ones."""
-    values = {k: float(v.detach()) for k, v in losses.items() if v is not None}
+    """The losses as floats and the non-finite ones, ``name=value``: one CPU-GPU sync per
+    iteration (the losses of each device stacked and copied at once), not one per loss."""
+    kept = {k: v.detach() for k, v in losses.items() if v is not None}
+    devices: dict[torch.device, list[str]] = {}
+    for key, value in kept.items():
+        devices.setdefault(value.device, []).append(key)
+    read: dict[str, float] = {}
+    for keys in devices.values():
+        stacked = torch.stack([kept[k].float().reshape(()) for k in keys])
+        read.update(zip(keys, stacked.tolist(), strict=True))
+    values = {k: read[k] for k in kept}
     return values, [f"{k}={v}" for k, v in values.items() if not math.isfinite(v)]
 
 

@@ -28,9 +28,9 @@ from refinery.history import HistoryBuffer
 from refinery.losses import (
     REAL,
     REFINED,
-    discriminator_accuracy,
     local_adversarial_loss,
     make_psi,
+    patch_accuracy,
     self_regularisation,
 )
 from refinery.registry import build_network, network_info
@@ -142,10 +142,8 @@ def discriminator_step(
         "discriminator/real": loss_real.detach(),
         "discriminator/refined": loss_fake.detach(),
         "discriminator/total": loss.detach(),
-        "discriminator/accuracy_real": torch.tensor(discriminator_accuracy(logits_real, REAL)),
-        "discriminator/accuracy_refined": torch.tensor(
-            discriminator_accuracy(logits_fake, REFINED)
-        ),
+        "discriminator/accuracy_real": patch_accuracy(logits_real, REAL),
+        "discriminator/accuracy_refined": patch_accuracy(logits_fake, REFINED),
     }
 
 
