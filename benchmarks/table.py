@@ -334,8 +334,57 @@ def _evaluate(records: list[tuple[Path, dict]]) -> list[str]:
         "states how):",
         "",
         *notes,
+        *_targets_and_ablations({r["settings"]["experiment"]: r["figures"] for _, r in records}),
     ]
     return lines
+
+
+GAP_TARGETS = {"gaze-simgan": 0.50, "hand-simgan": 0.30, "streets-sggan": 0.60}  # issue 15
+ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
+    "gaze-simgan-zeros": ("gaze-simgan", "the refiner padded with zeros instead of reflection"),
+    "streets-spigan-nopi": ("streets-spigan", "SPIGAN without privileged information (γ = 0)"),
+}
+
+
+def _targets_and_ablations(figures: dict[str, dict]) -> list[str]:
+    """Issue 15's targets (every seed) and each ablation beside the experiment it varies."""
+    lines = ["", "Targets (gap closed on every seed) and ablations, from these records:", ""]
+    for name, target in GAP_TARGETS.items():
+        gaps = ((figures.get(name) or {}).get("gap_closed") or {}).get("runs") or []
+        if not gaps:
+            continue
+        low = min(g for g in gaps if g is not None) if any(g is not None for g in gaps) else None
+        met = low is not None and all(g is not None and g >= target for g in gaps)
+        lines.append(
+            f"- {name}: target ≥ {target:.0%} on every seed: {'met' if met else 'not met'} "
+            f"(lowest seed {'—' if low is None else f'{low:.0%}'})"
+        )
+    for name, (base, change) in ABLATIONS.items():
+        a, b = figures.get(name), figures.get(base)
+        if not a or not b:
+            continue
+
+        def cells(f: dict) -> str:
+            gap = (f.get("gap_closed") or {}).get("of_means")
+            drift = f.get("label_drift") or {}
+            c2st = ((f.get("realism") or {}).get("refined") or {}).get("c2st_accuracy") or {}
+            refined = f["metric"]["refined"]
+            return (
+                f"refined {_fmt(refined['mean'])} ± {_fmt(refined['std'])}, gap closed "
+                f"{'—' if gap is None else f'{gap:.0%}'}, drift "
+                f"{_fmt(drift.get('mean'))}{_unit(drift.get('unit', ''))}, two-sample accuracy "
+                f"{_fmt(c2st.get('mean'))}"
+            )
+
+        lines.append(f"- {name}, {change}: {cells(a)}; {base}: {cells(b)}")
+    if figures.get("streets-spigan") and figures.get("streets-spigan-nopi"):
+        with_pi = figures["streets-spigan"]["metric"]["refined"]["mean"]
+        without = figures["streets-spigan-nopi"]["metric"]["refined"]["mean"]
+        lines.append(
+            f"- SPIGAN with privileged information ≥ without (refined mIoU): "
+            f"{'met' if with_pi >= without else 'not met'} ({_fmt(with_pi)} vs {_fmt(without)})"
+        )
+    return lines if len(lines) > 3 else []
 
 
 GPU_TARGETS = {  # issue 13: FP16 engine-only and whole-job frames/s on one H200

@@ -197,6 +197,24 @@ def test_evaluate_records_render_as_one_table(tmp_path):
         assert f"(benchmarks/results/reports/{experiment}.html)" in text
 
 
+def test_targets_and_ablations_render_from_the_records(tmp_path):
+    records = {
+        "gaze-simgan": _evaluate_record("gaze-simgan", "gaze", higher=False),
+        "gaze-simgan-zeros": _evaluate_record("gaze-simgan-zeros", "gaze", higher=False),
+        "streets-spigan": _evaluate_record("streets-spigan", "scene", higher=True),
+        "streets-spigan-nopi": _evaluate_record("streets-spigan-nopi", "scene", higher=True),
+    }
+    records["gaze-simgan"]["figures"]["gap_closed"]["runs"] = [0.6, 0.45, 0.7]
+    records["streets-spigan-nopi"]["figures"]["metric"]["refined"]["mean"] = 0.5
+    for name, record in records.items():
+        (tmp_path / f"evaluate_{name}.json").write_text(json.dumps(record))
+    text = table.render(tmp_path)
+    assert "- gaze-simgan: target ≥ 50% on every seed: not met (lowest seed 45%)" in text
+    assert "- gaze-simgan-zeros, the refiner padded with zeros instead of reflection: " in text
+    assert "; gaze-simgan: refined 0.325 ± 0.05, gap closed 50%" in text
+    assert "with privileged information ≥ without (refined mIoU): not met (0.325 vs 0.5)" in text
+
+
 @pytest.mark.slow
 def test_gpu_check_runs_every_step_end_to_end_on_the_cpu(tmp_path):
     """The prepared GPU check, dry-run at CPU sizes: the first GPU run needs no fixing."""
