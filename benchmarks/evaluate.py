@@ -637,7 +637,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     recorded: dict[str, dict[str, Any]] = {}
     for name in names:
         with tempfile.TemporaryDirectory(prefix=f"evaluate-{name}-") as tmp:
-            workdir = (args.keep / name) if args.keep else Path(tmp)
+            # absolute: every command runs inside the work directory
+            workdir = (args.keep.resolve() / name) if args.keep else Path(tmp)
             figures, settings, html = run_experiment(
                 chosen[name], workdir, seeds=seeds, device=args.device
             )
