@@ -325,3 +325,25 @@ def test_real_gaze_quick_run_goes_through_every_command(tmp_path, shared_fixture
     assert (work / "config-s0.yaml").read_text().startswith("seed: 0\n")
     assert (work / "contact-sheet.png").stat().st_size > 0
     assert real_gaze.main(["--fixture", str(tmp_path / "absent"), "--results", str(results)]) == 0
+
+
+def test_real_gaze_targets_are_stated_from_the_record():
+    def entry(runs):
+        return {
+            "c2st_accuracy": {"mean": sum(runs) / len(runs), "std": 0.1, "runs": runs},
+            "kid": {"mean": 0.1, "std": 0.0},
+            "c2st_null_band": 0.02,
+        }
+
+    figures = {
+        "realism": {"refined": entry([0.6, 0.8]), "synthetic": entry([1.0, 1.0])},
+        "label_drift_deg": {"mean": 2.5, "std": 0.1},
+    }
+    rows = "\n".join(table._realism_rows(figures))
+    assert (
+        "30.0 points on the mean (per GAN: 40, 20), met; label drift under 3°: 2.5°, met." in rows
+    )
+    figures["realism"]["refined"] = entry([0.9, 0.95])
+    assert "7.5 points on the mean (per GAN: 10, 5), not met" in "\n".join(
+        table._realism_rows(figures)
+    )
