@@ -193,24 +193,34 @@ class SPIGAN:
     def _update(self, name: str, loss: torch.Tensor) -> None:
         update(self.optimisers[name], self.scalers[name], loss, self.ranks)
 
+    def _task_terms_inputs(
+        self, batch: dict[str, torch.Tensor], generated: torch.Tensor
+    ) -> dict[str, torch.Tensor | None]:
+        """What L_T and L_P compare: T and P on the synthetic image and on G's version of it,
+        against the synthetic labels and depth (P's are None without P, γ = 0)."""
+        x = batch["image"]
+        task, privileged = self.modules["task"], self.modules.get("privileged")
+        return {
+            "task_logits_synthetic": task(x),
+            "task_logits_generated": task(generated),
+            "labels": batch["seg"],
+            "depth_pred_synthetic": privileged(x) if privileged is not None else None,
+            "depth_pred_generated": privileged(generated) if privileged is not None else None,
+            "depth": batch.get("depth"),
+            "depth_valid": batch.get("depth_valid"),
+        }
+
     def generator_objective(
         self, batch: dict[str, torch.Tensor], generated: torch.Tensor, d_fake: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """α·L_GAN + β·L_T + γ·L_P + δ·L_perc: the named terms and their weighted "total"."""
-        c, x = self.config, batch["image"]
-        task, privileged = self.modules["task"], self.modules.get("privileged")
+        c = self.config
         features = (None, None)
         if self.perceptual is not None:
-            features = (self.perceptual(x), self.perceptual(generated))
+            features = (self.perceptual(batch["image"]), self.perceptual(generated))
         return spigan_generator_objective(
             d_fake_logits=d_fake,
-            task_logits_synthetic=task(x),
-            task_logits_generated=task(generated),
-            labels=batch["seg"],
-            depth_pred_synthetic=privileged(x) if privileged is not None else None,
-            depth_pred_generated=privileged(generated) if privileged is not None else None,
-            depth=batch.get("depth"),
-            depth_valid=batch.get("depth_valid"),
+            **self._task_terms_inputs(batch, generated),
             features_synthetic=features[0],
             features_generated=features[1],
             alpha=c.alpha,
@@ -223,18 +233,10 @@ class SPIGAN:
     def task_objective(
         self, batch: dict[str, torch.Tensor], generated: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """β·L_T + γ·L_P, what T and P minimise: on the synthetic image and on G's version of
-        it, against the synthetic labels and depth (no adversarial or perceptual term)."""
-        c, x = self.config, batch["image"]
-        task, privileged = self.modules["task"], self.modules.get("privileged")
+        """β·L_T + γ·L_P, what T and P minimise (no adversarial or perceptual term)."""
+        c = self.config
         return spigan_generator_objective(
-            task_logits_synthetic=task(x),
-            task_logits_generated=task(generated),
-            labels=batch["seg"],
-            depth_pred_synthetic=privileged(x) if privileged is not None else None,
-            depth_pred_generated=privileged(generated) if privileged is not None else None,
-            depth=batch.get("depth"),
-            depth_valid=batch.get("depth_valid"),
+            **self._task_terms_inputs(batch, generated),
             alpha=0.0,
             beta=c.beta,
             gamma=c.gamma,
