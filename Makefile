@@ -64,8 +64,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.refine
 	$(BIN)/python -m benchmarks.simgan_speed  # < 2 min: the trainer's compute ceiling
 	$(BIN)/python -m benchmarks.train_speed  # ~2 min: the real loop, waiting for data
-	$(BIN)/python -m benchmarks.evaluate  # ~40 min on 2 cores: refinery evaluate for every domain
-	$(BIN)/python -m benchmarks.real_gaze  # ~10 min: ingest, train, refine on real MPIIGaze crops (skipped without ../shared)
+	$(BIN)/python -m benchmarks.evaluate  # ~100 min on 2 cores: a GAN per seed, 4 domains, 2 ablations
+	$(BIN)/python -m benchmarks.real_gaze  # ~20 min: ingest, 3 GANs, refine on real MPIIGaze crops (skipped without ../shared)
 	$(BIN)/python -m benchmarks.table
 
 gpu-check:  # everything that needs a GPU, in one run (sized for < 8 min on one H200); --device cpu dry-runs it
