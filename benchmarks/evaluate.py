@@ -44,8 +44,9 @@ Each writes ``benchmarks/results/evaluate_<experiment>.json`` (a compact summary
 no per-sample values) and copies the self-contained ``report.html`` (images embedded) to
 ``benchmarks/results/reports/<experiment>.html``, the sample report the README links.
 
-Sizes (FULL), planned for about 40 minutes on an otherwise idle 2-core CPU for all four, with
-3 evaluate seeds. The machine they were planned on was shared, so wall times there meant
+Sizes (FULL), planned for about 40 minutes on an otherwise idle 2-core CPU for all four with
+one GAN and 3 evaluate seeds; with one GAN per seed each GAN trains three times (the evaluate
+work is the same: 3 sets × 3 seeds), about 100 minutes for the six experiments. The machine they were planned on was shared, so wall times there meant
 little; costs were taken as single-thread CPU time (``time.process_time`` under
 ``torch.set_num_threads(1)``: what an idle core takes), and two threads on an idle machine are
 taken to need 1/1.5 of it (a retired SimGAN benchmark measured 0.55 s per SimGAN-small
