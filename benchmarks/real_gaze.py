@@ -26,7 +26,10 @@ contact sheet (synthetic | refined | real) stays in the work directory
 
 Skipped (exit 0, nothing written) when the fixture is absent, as on a fresh clone.
 
-    python -m benchmarks.real_gaze [--steps 600] [--quick] [--out DIR]
+    python -m benchmarks.real_gaze [--steps 600] [--quick] [--out DIR] [--padding zeros]
+
+``--padding zeros`` is the ablation of the recipes' reflect padding: the same runs with the
+paper's zero padding, recorded as ``real_gaze_zeros.json`` (its table sits under this one).
 """
 
 from __future__ import annotations
@@ -126,7 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixture", type=Path, default=FIXTURE)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench-real-gaze")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--padding",
+        choices=("reflect", "zeros"),
+        default="reflect",
+        help="the refiner's padding; zeros (the ablation) records real_gaze_zeros.json, without "
+        "the procedural variants (they do not depend on it)",
+    )
     args = parser.parse_args(argv)
+    name = "real_gaze" if args.padding == "reflect" else f"real_gaze_{args.padding}"
     if not args.fixture.is_dir():
         print(f"real_gaze: skipped: no fixture at {args.fixture}")
         return 0
@@ -156,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         refined, report_dir = work / f"refined-{tag}", work / f"report-{tag}"
         recipe = work / f"config-{tag}.yaml"
         # --quick: the same commands with a few small steps, to test this script
-        recipe.write_text(f"seed: {seed}\n" + (QUICK_RECIPE if args.quick else ""))
+        recipe.write_text(
+            f"seed: {seed}\nrefiner_padding: {args.padding}\n"
+            + (QUICK_RECIPE if args.quick else "")
+        )
         took = {}
         took["train"] = _refinery(
             "train", "simgan", "--preset", "small", "--steps", str(steps),
@@ -194,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         return summary(values)
 
     pixels = {"synthetic": _pixels(str(synthetic)), "real": _pixels(str(real))}
-    variants = _variants(pixels["real"], count=count, seeds=seeds, quick=args.quick)
+    variants = (
+        _variants(pixels["real"], count=count, seeds=seeds, quick=args.quick)
+        if args.padding == "reflect"
+        else {}
+    )
     appearance = {
         name: {"mean": float(p.mean()), "std": float(p.std())} for name, p in pixels.items()
     }
@@ -269,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         + "; "
         + report["realism"]["kid_note"],
     }
-    write_result("real_gaze", figures, settings, results=args.results)
+    settings["refiner_padding"] = args.padding
+    write_result(name, figures, settings, results=args.results)
     print(json.dumps(figures, indent=1))
     return 0
 

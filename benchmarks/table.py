@@ -96,7 +96,11 @@ def _real_gaze(record: dict) -> list[str]:
             f"{_fmt(d) if d is not None else '—'} |"
         )
 
+    padding = record["settings"].get("refiner_padding", "reflect")  # the recipes' since 79ab41d
     return [
+        f"Refiner padding: `{padding}`"
+        + (" (the ablation of the recipes' reflect)." if padding != "reflect" else "."),
+        "",
         f"`ingest images`: {ingest['files']} real MPIIGaze crops → {ingest['written']} samples, "
         f"{ingest['rejected']} rejected, {_fmt(ingest['seconds'])} s. `train simgan` (small "
         f"preset), {len(seeds)} GAN{'s' if len(seeds) > 1 else ''} (seed"
@@ -522,6 +526,7 @@ RENDERERS = {
     "refine": _refine,
     "gpu-check": _gpu_check,
     "real_gaze": _real_gaze,
+    "real_gaze_zeros": _real_gaze,
     "train_speed": _train_speed,
 }
 

@@ -325,6 +325,13 @@ def test_real_gaze_quick_run_goes_through_every_command(tmp_path, shared_fixture
     assert (work / "config-s0.yaml").read_text().startswith("seed: 0\n")
     assert (work / "contact-sheet.png").stat().st_size > 0
     assert real_gaze.main(["--fixture", str(tmp_path / "absent"), "--results", str(results)]) == 0
+    # the padding ablation: the same commands with zero padding, its own record
+    assert real_gaze.main(["--quick", "--fixture", str(fixture), "--out", str(tmp_path / "z"),
+                           "--results", str(results), "--padding", "zeros"]) == 0  # fmt: skip
+    zeros = json.loads((results / "real_gaze_zeros.json").read_text())
+    assert zeros["settings"]["refiner_padding"] == "zeros"
+    assert "refiner_padding: zeros" in (tmp_path / "z" / "config-s0.yaml").read_text()
+    assert "Refiner padding: `zeros` (the ablation" in "\n".join(table._real_gaze(zeros))
 
 
 def test_real_gaze_targets_are_stated_from_the_record():
