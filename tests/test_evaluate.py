@@ -111,6 +111,10 @@ def test_tiny_gaze_run_reports_every_section(gaze, tmp_path):
         "real": 48,
     }  # 24 test images x 2 seeds
     assert report["pck"] is None and report["per_class_iou"] is None
+    assert (
+        report["memory"]["peak_host_rss_mib"] > 50 and report["memory"]["peak_device_mib"] is None
+    )
+    assert "<dt>Peak memory (MiB)</dt>" in html
 
 
 def test_same_images_give_zero_drift(gaze, tmp_path):

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from refinery import __version__, sheets
 from refinery.records import machine, versions
@@ -310,6 +311,7 @@ def evaluate(
     }
     seconds["total"] = time.perf_counter() - began
     report["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    report["memory"] = peak_memory(device)
     if out is not None:
         from train.report import write_report
 
@@ -336,6 +338,22 @@ _DISTRIBUTION_LABELS = {
     "hand": "error per joint on the real test set (crop px), all seeds",
     "scene": "mIoU per real test frame, all seeds",
 }
+
+
+def peak_memory(device: str | None = None) -> dict[str, Any]:
+    """This process's peak resident memory and, on CUDA, the peak memory torch allocated on
+    the device, in MiB. ``evaluate`` holds its sets in memory (as float32 tensors), so the host
+    peak grows with the number of samples; the report states it."""
+    import resource
+
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    on_cuda = torch.cuda.is_available() and str(device or "cuda").startswith("cuda")
+    return {
+        "peak_host_rss_mib": round(host, 1),
+        "peak_device_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if on_cuda else None,
+        "note": "evaluate holds the synthetic, refined and real sets in memory as float32: the "
+        "host peak grows with their size",
+    }
 
 
 def all_labeled(urls: str | Sequence[str], domain: str) -> bool:

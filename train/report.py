@@ -669,6 +669,7 @@ def _settings(record: dict) -> str:
         ("settings", "Settings"),
         ("task", "Task"),
         ("seconds", "Seconds"),
+        ("memory", "Peak memory (MiB)"),
         ("machine", "Machine"),
         ("versions", "Versions"),
         ("created", "Created"),
