@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.refine
 	$(BIN)/python -m benchmarks.simgan_speed  # < 2 min: the trainer's compute ceiling
 	$(BIN)/python -m benchmarks.train_speed  # ~2 min: the real loop, waiting for data
+	$(BIN)/python -m benchmarks.evaluate_memory  # ~8 min: evaluate's peak memory, 1k vs 4k frames
 	$(BIN)/python -m benchmarks.evaluate  # ~100 min on 2 cores: a GAN per seed, 4 domains, 2 ablations
 	$(BIN)/python -m benchmarks.real_gaze  # ~20 min: ingest, 3 GANs, refine on real MPIIGaze crops (skipped without ../shared)
 	$(BIN)/python -m benchmarks.real_gaze --padding zeros --out out/bench-real-gaze-zeros  # ~15 min: the ablation

@@ -354,3 +354,15 @@ def test_real_gaze_targets_are_stated_from_the_record():
     assert "7.5 points on the mean (per GAN: 10, 5), not met" in "\n".join(
         table._realism_rows(figures)
     )
+
+
+@pytest.mark.slow
+def test_evaluate_memory_quick_run_records_the_peak_of_each_size(tmp_path):
+    from benchmarks import evaluate_memory
+
+    figures = evaluate_memory.main(["--quick", "--out", str(tmp_path)])
+    runs = figures["runs"]
+    assert set(runs) == {"16", "64"} and all(r["peak_host_rss_mib"] > 50 for r in runs.values())
+    assert figures["growth"] == pytest.approx(
+        runs["64"]["peak_host_rss_mib"] / runs["16"]["peak_host_rss_mib"] - 1
+    )
