@@ -512,6 +512,28 @@ def _train_speed(record: dict) -> list[str]:
     return lines
 
 
+def _evaluate_memory(record: dict) -> list[str]:
+    """``benchmarks/evaluate_memory.py``: evaluate's peak host memory against its set sizes."""
+    f = record["figures"]
+    lines = [
+        "| frames per set | real test frames | peak host memory (MiB) | seconds |",
+        "|---|---|---|---|",
+    ]
+    for r in f["runs"].values():
+        lines.append(
+            f"| {r['frames_per_set']:,} | {r['real_test_frames']:,} | "
+            f"{_fmt(r['peak_host_rss_mib'])} | {_fmt(r['seconds'])} |"
+        )
+    lines += [
+        "",
+        f"`refinery evaluate scene` at {'x'.join(str(v) for v in record['settings']['size'])}, "
+        f"one seed, one epoch: the peak grows {f['growth']:+.0%} from the smaller set to the "
+        f"larger (target: within {f['target_growth']:.0%}, "
+        f"{'met' if f['met'] else 'not met'}; the sets are held in memory).",
+    ]
+    return lines
+
+
 def _generic(record: dict) -> list[str]:
     lines = ["| figure | value |", "|---|---|"]
     lines += [f"| {key} | {_fmt(value)} |" for key, value in _flatten("", record["figures"])]
@@ -528,6 +550,7 @@ RENDERERS = {
     "real_gaze": _real_gaze,
     "real_gaze_zeros": _real_gaze,
     "train_speed": _train_speed,
+    "evaluate_memory": _evaluate_memory,
 }
 
 
@@ -536,6 +559,9 @@ GROUPS = {"evaluate_": _evaluate}
 
 
 def _group(name: str) -> str | None:
+    """The group a record renders in; a record with a renderer of its own renders alone."""
+    if name in RENDERERS:
+        return None
     return next((prefix for prefix in GROUPS if name.startswith(prefix)), None)
 
 

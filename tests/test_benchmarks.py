@@ -366,3 +366,10 @@ def test_evaluate_memory_quick_run_records_the_peak_of_each_size(tmp_path):
     assert figures["growth"] == pytest.approx(
         runs["64"]["peak_host_rss_mib"] / runs["16"]["peak_host_rss_mib"] - 1
     )
+    # a record of its own beside the evaluate_<experiment> group, not one of its rows
+    (tmp_path / "evaluate_gaze-simgan.json").write_text(
+        json.dumps(_evaluate_record("gaze-simgan", "gaze", higher=False))
+    )
+    text = table.render(tmp_path)
+    assert "#### evaluate_memory (`benchmarks/results/evaluate_memory.json`)" in text
+    assert "| 64 |" in text and "| gaze-simgan |" in text
