@@ -482,6 +482,40 @@ def _round(value: Any, digits: int = 4) -> Any:
     return value
 
 
+def over_runs(values: Sequence[float | None]) -> dict[str, Any] | None:
+    """Mean, std and the values of the runs that have one (None: no run has)."""
+    defined = [float(v) for v in values if v is not None]
+    if not defined:
+        return None
+    return {**summary(defined), "runs": [None if v is None else float(v) for v in values]}
+
+
+def drift_over_runs(reports: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The label drift of each run's ``report.json``, over the runs (None if one has none)."""
+    drifts = [r.get("label_drift") for r in reports]
+    if any(d is None for d in drifts):
+        return None
+    return {
+        "label": drifts[0]["label"],
+        "unit": drifts[0]["unit"],
+        **over_runs([d["mean"] for d in drifts]),
+    }
+
+
+def realism_over_runs(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Each set's two-sample accuracy and KID against real, over the runs' ``report.json``."""
+    realism = [r.get("realism") or {} for r in reports]
+    return {
+        name: {
+            "c2st_accuracy": over_runs([x["sets"][name]["c2st_accuracy"]["mean"] for x in realism]),
+            "c2st_null_band": realism[0]["sets"][name].get("c2st_null_band"),
+            "kid": over_runs([(x["sets"][name].get("kid") or {}).get("mean") for x in realism]),
+        }
+        for name in (realism[0].get("sets") or {})
+        if all(name in (x.get("sets") or {}) for x in realism)
+    }
+
+
 def combine(
     runs: Sequence[tuple[int, dict[str, Any], list[dict[str, Any]]]], seconds: dict[str, float]
 ) -> dict[str, Any]:
@@ -491,13 +525,6 @@ def combine(
     first = reports[0]
     metric = first["task"]["metric"]
     key = metric["key"]
-
-    def over_runs(values: list[float | None]) -> dict[str, Any] | None:
-        defined = [float(v) for v in values if v is not None]
-        if not defined:
-            return None
-        return {**summary(defined), "runs": [None if v is None else float(v) for v in values]}
-
     names = [name for name in SETS if all(name in r["results"] for r in reports)]
     figures: dict[str, Any] = {
         "task": {"network": first["task"]["network"], **metric},
@@ -531,26 +558,8 @@ def combine(
             "runs": gaps,
         }
     )
-    drifts = [r.get("label_drift") for r in reports]
-    figures["label_drift"] = (
-        None
-        if any(d is None for d in drifts)
-        else {
-            "label": drifts[0]["label"],
-            "unit": drifts[0]["unit"],
-            **over_runs([d["mean"] for d in drifts]),
-        }
-    )
-    realism = [r.get("realism") or {} for r in reports]
-    figures["realism"] = {
-        name: {
-            "c2st_accuracy": over_runs([x["sets"][name]["c2st_accuracy"]["mean"] for x in realism]),
-            "c2st_null_band": realism[0]["sets"][name].get("c2st_null_band"),
-            "kid": over_runs([(x["sets"][name].get("kid") or {}).get("mean") for x in realism]),
-        }
-        for name in (realism[0].get("sets") or {})
-        if all(name in (x.get("sets") or {}) for x in realism)
-    }
+    figures["label_drift"] = drift_over_runs(reports)
+    figures["realism"] = realism_over_runs(reports)
     figures["labels"] = {
         k: sum(r["labels"][k] for r in reports)
         for k in ("paired", "identical", "differing", "unpaired_refined", "missing_from_refined")

@@ -29,16 +29,7 @@ SIZE = (64, 128)
 
 
 def _frames(root: Path, variant: str, count: int, seed: int) -> list[str]:
-    from refinery import sim
-    from refinery.samples import encode_sample
-    from refinery.shards import write_shards
-
-    made = sim.generate("scene", variant, count, seed=seed, height=SIZE[0], width=SIZE[1])
-    return write_shards(
-        (encode_sample(s, "scene") for s in made),
-        str(root / f"{variant}-s{seed}-%06d.tar"),
-        shard_size=500,
-    )
+    return common.procedural_shards(root, "scene", variant, count, seed=seed, size=SIZE)
 
 
 def measure(root: Path, frames: int) -> dict[str, Any]:

@@ -147,13 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True)
     real, synthetic = work / "real", work / "synthetic"
 
-    seconds = {}
-    seconds["ingest"] = _refinery(
+    ingest_seconds = _refinery(
         "ingest", "images", str(args.fixture), "--domain", "gaze", "--out", str(real),
         "--workers", "2",
     )  # fmt: skip
     ingested = json.loads((real / "ingest.json").read_text())
-    seconds["synth"] = _refinery(
+    _refinery(
         "synth", "gaze", "--variant", "synthetic", "--n", str(count), "--seed", "1",
         "--shard-size", "500", "--out", str(synthetic),
     )  # fmt: skip
@@ -202,10 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     sheet = work / "contact-sheet.png"
     _refinery("inspect", str(synthetic), str(work / "refined-s0"), str(real), "--sheet", str(sheet))
 
+    from benchmarks.evaluate import drift_over_runs, realism_over_runs
     from train.evaluate import summary
-
-    def over_runs(values: list[float]) -> dict:
-        return summary(values)
 
     pixels = {"synthetic": _pixels(str(synthetic)), "real": _pixels(str(real))}
     variants = (
@@ -217,24 +214,24 @@ def main(argv: list[str] | None = None) -> int:
         name: {"mean": float(p.mean()), "std": float(p.std())} for name, p in pixels.items()
     }
     appearance["refined"] = {
-        "mean": over_runs([float(r["pixels"].mean()) for r in runs])["mean"],
-        "std": over_runs([float(r["pixels"].std()) for r in runs])["mean"],
+        "mean": summary([float(r["pixels"].mean()) for r in runs])["mean"],
+        "std": summary([float(r["pixels"].std()) for r in runs])["mean"],
     }
     distance = {
         "synthetic_vs_real": _histogram_distance(pixels["synthetic"], pixels["real"]),
-        "refined_vs_real": over_runs(
+        "refined_vs_real": summary(
             [_histogram_distance(r["pixels"], pixels["real"]) for r in runs]
         )["mean"],
     }
     stats = [s for r in runs for s in r["stats"]]
-    sets = runs[0]["report"]["realism"]["sets"]
+    reports = [r["report"] for r in runs]
     figures = {
         "seeds": seeds,
         "ingest": {
             "files": ingested["items"],
             "written": ingested["samples_written"],
             "rejected": ingested["items_rejected"] + ingested["samples_rejected"],
-            "seconds": round(seconds["ingest"], 2),
+            "seconds": round(ingest_seconds, 2),
         },
         "train": {
             "steps": steps,
@@ -251,26 +248,15 @@ def main(argv: list[str] | None = None) -> int:
         "intensity": appearance,
         "histogram_distance_grey_levels": distance,
         "refined_closer_to_real": distance["refined_vs_real"] < distance["synthetic_vs_real"],
-        "realism": {
-            name: {
-                "c2st_accuracy": over_runs(
-                    [r["report"]["realism"]["sets"][name]["c2st_accuracy"]["mean"] for r in runs]
-                ),
-                "c2st_null_band": sets[name]["c2st_null_band"],
-                "kid": over_runs(
-                    [r["report"]["realism"]["sets"][name]["kid"]["mean"] for r in runs]
-                ),
-            }
-            for name in sets
-        },
+        "realism": realism_over_runs(reports),
         "label_drift_deg": {
-            **{k: runs[0]["report"]["label_drift"][k] for k in ("label", "unit", "description")},
-            **over_runs([r["report"]["label_drift"]["mean"] for r in runs]),
+            **drift_over_runs(reports),
+            "description": reports[0]["label_drift"]["description"],
         },
         "procedural_variants": variants,
         "evaluate_seconds": round(sum(r["seconds"]["evaluate"] for r in runs), 1),
     }
-    report = runs[0]["report"]
+    report = reports[0]
     settings = {
         "fixture": "shared/fixtures/real/mpiigaze_unlabeled (2,000 MPIIGaze 60x36 JPEG crops)",
         "preset": "small",

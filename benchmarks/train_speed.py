@@ -40,20 +40,10 @@ def make_shards(
     root: Path, domain: str, count: int, *, size: tuple[int, int] | None = None
 ) -> dict:
     """Synthetic and real procedural shards (500 per shard) for ``domain``; their URLs."""
-    from refinery import sim
-    from refinery.samples import encode_sample
-    from refinery.shards import write_shards
-
-    urls = {}
-    options = {} if size is None else {"height": size[0], "width": size[1]}
-    for variant, seed in (("synthetic", 1), ("real", 2)):
-        made = sim.generate(domain, variant, count, seed=seed, **options)
-        urls[variant] = write_shards(
-            (encode_sample(s, domain) for s in made),
-            str(root / f"{domain}-{variant}-%06d.tar"),
-            shard_size=min(500, count),
-        )
-    return urls
+    return {
+        variant: common.procedural_shards(root, domain, variant, count, seed=seed, size=size)
+        for variant, seed in (("synthetic", 1), ("real", 2))
+    }
 
 
 def measure(

@@ -203,11 +203,6 @@ class Method(Protocol):
         ...
 
 
-def bare(module: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
-    return module.module if hasattr(module, "module") else module
-
-
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state().tolist()}
     if torch.cuda.is_available():
@@ -279,9 +274,7 @@ class RunDir:
         ranks.barrier()
         if ranks.is_main:
             for key, module in method.modules.items():
-                weights = {
-                    k: v.detach().cpu().contiguous() for k, v in bare(module).state_dict().items()
-                }
+                weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
                 save_file(weights, str(tmp / f"{key}.safetensors"))
             torch.save(
                 {k: opt.state_dict() for k, opt in method.optimisers.items()},
@@ -308,7 +301,7 @@ class RunDir:
                 f"{ranks.world_size}: each rank resumes its own buffers, streams and RNG"
             )
         for key, module in method.modules.items():
-            bare(module).load_state_dict(load_file(str(checkpoint / f"{key}.safetensors")))
+            module.load_state_dict(load_file(str(checkpoint / f"{key}.safetensors")))
         states = torch.load(checkpoint / "optimisers.pt", weights_only=True)
         for key, opt in method.optimisers.items():
             opt.load_state_dict(states[key])

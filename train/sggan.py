@@ -56,7 +56,7 @@ from refinery.nets.sggan import semantic_select
 from refinery.registry import build_network, network_info
 from train.config import OptimiserConfig, load_run_config, make_optimiser
 from train.data import SceneStream
-from train.loop import SINGLE, Ranks, Schedule, Step, bare, fit, image_tile, update
+from train.loop import SINGLE, Ranks, Schedule, Step, fit, image_tile, update
 
 
 def judge(logits: torch.Tensor, seg: torch.Tensor, *, semantic: bool) -> torch.Tensor:
@@ -296,7 +296,7 @@ class SGGAN:
         rows = [a]
         with torch.no_grad():
             for name, x in (("generator_ab", a), ("generator_ba", b)):
-                g = bare(self.modules[name])
+                g = self.modules[name]
                 was = g.training
                 g.eval()
                 rows.append(g(x.to(self.device)).float().cpu())
@@ -332,7 +332,7 @@ class SGGAN:
                 self.scalers[key].load_state_dict(state)
 
     def generator_info(self) -> dict[str, Any]:
-        generator = bare(self.modules["generator_ab"])
+        generator = self.modules["generator_ab"]
         return {
             "method": "sggan",
             "module": "generator_ab",

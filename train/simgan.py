@@ -37,7 +37,7 @@ from refinery.registry import build_network, network_info
 from refinery.samples import spec
 from train.config import OptimiserConfig, load_run_config, make_optimiser
 from train.data import ImageStream, scaling_for
-from train.loop import SINGLE, Ranks, Schedule, Step, bare, fit, image_tile, update
+from train.loop import SINGLE, Ranks, Schedule, Step, fit, image_tile, update
 
 
 @dataclass(frozen=True)
@@ -262,7 +262,7 @@ class SimGAN:
                 ).next_batch()[0]
                 for stream in (self.synthetic, self.real)
             )
-        refiner = bare(self.modules["refiner"])
+        refiner = self.modules["refiner"]
         was_training = refiner.training
         refiner.eval()
         with torch.no_grad():

@@ -47,7 +47,7 @@ from refinery.metrics import confusion, iou_from_confusion
 from refinery.registry import build_network, network_info
 from train.config import OptimiserConfig, load_run_config, make_optimiser
 from train.data import SceneStream, scene_labels
-from train.loop import SINGLE, Ranks, Schedule, Step, bare, fit, image_tile, update
+from train.loop import SINGLE, Ranks, Schedule, Step, fit, image_tile, update
 
 
 @dataclass(frozen=True)
@@ -312,7 +312,7 @@ class SPIGAN:
             self._fixed = tuple(s.next_batch()["image"] for s in streams)
             torch.set_rng_state(rng)
         synthetic, real = self._fixed
-        g, t = bare(self.modules["generator"]), bare(self.modules["task"])
+        g, t = self.modules["generator"], self.modules["task"]
         modes = (g.training, t.training)
         g.eval()
         t.eval()
@@ -354,7 +354,7 @@ class SPIGAN:
         self._iterations = int(early.get("iterations", 0))
 
     def generator_info(self) -> dict[str, Any]:
-        generator = bare(self.modules["generator"])
+        generator = self.modules["generator"]
         return {
             "method": "spigan",
             "module": "generator",
