@@ -42,6 +42,12 @@ def _task_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_positive)
     parser.add_argument("--lr", type=float, help="peak learning rate (Adam, one-cycle)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--scratch",
+        metavar="DIR",
+        help="where the sets are decoded to and read back from a batch at a time (8-bit; "
+        "default: $TMPDIR); removed at the end",
+    )
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -261,6 +267,7 @@ def _train_task(args: argparse.Namespace) -> int:
         out=args.out,
         seed=args.seed,
         device=args.device,
+        scratch=args.scratch,
         **options,
     )
     print(json.dumps(metrics, indent=2, sort_keys=True))
@@ -280,6 +287,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         out=args.out,
         seeds=args.seeds,
         device=args.device,
+        scratch=args.scratch,
         **options,
     )
     metric = report["task"]["metric"]

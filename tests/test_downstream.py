@@ -17,6 +17,7 @@ from refinery.samples import encode_sample
 from refinery.shards import write_shards
 from train import downstream
 from train.downstream import TaskConfig, get_task
+from train.rows import Rows
 
 SIZES = {"gaze": {}, "hand": {"size": 64}, "scene": {"height": 64, "width": 128}}
 
@@ -125,6 +126,36 @@ def test_mixed_sizes_in_one_set_are_refused(tmp_path):
     b = _write(tmp_path / "b", "gaze", "synthetic", 1, 2, height=36, width=60)
     with pytest.raises(ValueError, match="one size per set"):
         get_task("gaze").load([*a, *b])
+
+
+@pytest.mark.parametrize("domain", downstream.TASKS)
+def test_a_set_on_disk_trains_and_scores_exactly_as_in_memory(domain, shards, tmp_path):
+    """``scratch``: the images stored (8-bit) in files, read a batch at a time; the same
+    inputs, the same trained weights and the same metrics as the set held in memory."""
+    task = get_task(domain)
+    urls = shards[domain]["train"]
+    memory = task.load(urls).take(range(16))
+    whole = task.load(urls, scratch=tmp_path)
+    disk = whole.take(range(16))
+    assert isinstance(disk.inputs, Rows) and not isinstance(memory.inputs, Rows)
+    assert torch.equal(disk.inputs[:], memory.inputs)
+    assert torch.equal(disk.targets[:], memory.targets)
+    assert disk.keys == memory.keys and disk.fingerprints == memory.fingerprints
+    assert disk.info == memory.info
+    if domain != "hand":  # 8-bit on disk, one byte per input value (hand: float32 depth)
+        (stored,) = tmp_path.glob("inputs-*.rows")
+        assert stored.stat().st_size == len(whole) * memory.inputs[0].numel()
+    config = TaskConfig(domain=domain, epochs=1, batch_size=4)
+    a, b = (downstream.fit(task, d, config, device="cpu") for d in (memory, disk))
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+    ma, va = task.test(a, memory)
+    mb, vb = task.test(b, disk)
+    assert ma == mb and np.array_equal(va, vb)
+    assert ma == task.score(task.predict(a, memory), memory)[0]  # batches = all at once
+    drift = task.label_drift(a, disk, disk)
+    assert drift == pytest.approx(0.0, abs=1e-9)
+    assert task.label_drift(a, memory, memory.take(range(15, -1, -1))) > 0
 
 
 # -- networks: shapes, finite outputs, one-batch overfit -------------------------------------

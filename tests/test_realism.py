@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,6 +16,8 @@ from refinery.samples import encode_json, encode_sample
 from refinery.shards import write_shards
 from train import evaluate as ev
 from train import realism as R
+from train.data import Scaling, unit_channels_first
+from train.rows import Rows, RowWriter
 
 
 def _write(root, samples, domain="gaze"):
@@ -93,8 +96,40 @@ def test_images_reads_unlabeled_sets_and_resizes_them(eyes, tmp_path):
     )
 
 
+def test_measures_read_sets_on_disk_exactly_as_in_memory(eyes, tmp_path):
+    """Rows on disk (read a batch at a time) give the C2ST and the features of tensors."""
+    real = R.images(eyes["real_unlabeled"], "gaze", size=(35, 55), scratch=tmp_path)
+    assert isinstance(real, Rows) and torch.equal(real[:], eyes["x_real"])
+    synthetic = eyes["x_synthetic"]
+    assert R.two_sample_test(real, synthetic, seed=3, epochs=1) == R.two_sample_test(
+        eyes["x_real"], synthetic, seed=3, epochs=1
+    )
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    assert torch.equal(R.features(model, real), R.features(model, eyes["x_real"]))
+    # frames taller than the C2ST's 64 pixels are shrunk a batch at a time, as all at once
+    rng = np.random.default_rng(0)
+    tall = [
+        RowWriter(tmp_path / f"tall{i}.rows", transform=unit_channels_first(Scaling(0, 255)))
+        for i in range(2)
+    ]
+    for writer in tall:
+        for _ in range(24):
+            writer.append(rng.integers(0, 256, (130, 40, 3), dtype=np.uint8))
+    a, b = (w.finish() for w in tall)
+    assert R.two_sample_test(a, b, seed=1, epochs=2, batch_size=8) == R.two_sample_test(
+        a[:], b[:], seed=1, epochs=2, batch_size=8
+    )
+
+
 def test_evaluate_with_an_unlabeled_real_test_reports_realism_and_drift(eyes, tmp_path):
     out = tmp_path / "report"
+    scratch = tmp_path / "scratch"
+    on_disk = []  # the decoded sets while evaluate runs: files in its scratch directory
+
+    def log(_line):
+        on_disk.append(sorted(p.name.split("-")[0] for p in scratch.rglob("*.rows")))
+
     report = ev.evaluate(
         "gaze",
         synthetic=eyes["synthetic"],
@@ -104,8 +139,12 @@ def test_evaluate_with_an_unlabeled_real_test_reports_realism_and_drift(eyes, tm
         seeds=(0,),
         epochs=1,
         batch_size=32,
-        log=None,
+        log=log,
+        scratch=scratch,
     )
+    assert on_disk[0] == ["inputs", "inputs", "realism"]  # synthetic, refined; real test
+    assert scratch.is_dir() and not any(scratch.iterdir())  # removed at the end
+    assert "scratch directory" in report["settings"]["data"]
     assert report["real_test_labeled"] is False and report["results"] == {}
     assert report["gap_closed"] is None
     sets = report["realism"]["sets"]

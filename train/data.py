@@ -72,6 +72,17 @@ def scaling_for(domain: str, depth_range: tuple[float, float] | None = None) -> 
     return Scaling(0.0, 255.0)
 
 
+def unit_channels_first(scaling: Scaling) -> Callable[[np.ndarray], np.ndarray]:
+    """Stored images, (N, H, W) or (N, H, W, C), -> (N, C, H, W) float32 in [-1, 1]: how
+    the task networks and the realism measures take a batch of them."""
+
+    def transform(x: np.ndarray) -> np.ndarray:
+        unit = scaling.to_unit(x)
+        return unit[:, None] if unit.ndim == 3 else unit.transpose(0, 3, 1, 2)
+
+    return transform
+
+
 class ImageStream:
     """Endless shuffled batches ``(B, C, H, W)`` float32 in [-1, 1] from shards.
 
@@ -138,7 +149,7 @@ class ImageStream:
         else:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.decoders, thread_name_prefix="decode")
-            decoding = _ahead(self._pool, self._decode, draws, self.lookahead)
+            decoding = map_ahead(self._pool, self._decode, draws, self.lookahead)
         for emitted, samples in decoding:
             self.position = emitted
             yield from samples
@@ -199,7 +210,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _ahead(
+def map_ahead(
     pool: ThreadPoolExecutor, work: Callable[[T], R], items: Iterable[T], lookahead: int
 ) -> Iterator[R]:
     """``map(work, items)`` in order, with up to ``lookahead`` items submitted to ``pool``

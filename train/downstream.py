@@ -52,7 +52,8 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,9 @@ from refinery.nets.gaze import euclidean_loss
 from refinery.registry import build_network, network_info
 from refinery.samples import image_component
 from refinery.shards import Handler, read, reraise
-from train.data import scaling_for, scene_labels
+from train.data import scaling_for, scene_labels, unit_channels_first
+from train.rows import Rows, RowWriter, ahead, scratch_directory, scratch_file
+from train.rows import take as take_rows
 
 TASKS = ("gaze", "hand", "scene")
 
@@ -90,10 +93,12 @@ class Metric:
 
 @dataclass
 class LabeledSet:
-    """A labeled set in memory, ready for a task network.
+    """A labeled set ready for a task network, in memory or on disk (``train.rows.Rows``: read
+    a batch at a time; ``Task.load(..., scratch=DIR)``).
 
     ``inputs`` (N, C, H, W) float32; ``targets``: gaze (N, 3) unit look vectors, hand (N, J, 2)
     joint (u, v) in pixels of the stored crop, scene (N, H, W) uint8 class ids (255 = ignore).
+    Either is a tensor or ``Rows``; both index like a tensor's first axis (``x[index]``).
     ``fingerprints`` hash each sample's labels (label components as decoded), so two sets can
     be checked for labels kept per key. ``info`` holds what the task needs to read its
     targets back (crop size, ontology and class names) and is written into ``config.json``.
@@ -101,8 +106,8 @@ class LabeledSet:
 
     domain: str
     keys: list[str]
-    inputs: torch.Tensor
-    targets: torch.Tensor
+    inputs: torch.Tensor | Rows
+    targets: torch.Tensor | Rows
     fingerprints: list[str]
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -110,21 +115,24 @@ class LabeledSet:
         return len(self.keys)
 
     def take(self, index: Sequence[int]) -> LabeledSet:
-        """The samples at ``index``, in that order."""
-        idx = torch.as_tensor(list(index), dtype=torch.long)
+        """The samples at ``index``, in that order (on disk: a view, nothing is read)."""
+        index = [int(i) for i in index]
         return replace(
             self,
-            keys=[self.keys[i] for i in idx.tolist()],
-            inputs=self.inputs[idx],
-            targets=self.targets[idx],
-            fingerprints=[self.fingerprints[i] for i in idx.tolist()],
+            keys=[self.keys[i] for i in index],
+            inputs=take_rows(self.inputs, index),
+            targets=take_rows(self.targets, index),
+            fingerprints=[self.fingerprints[i] for i in index],
         )
 
-    def with_inputs(self, inputs: torch.Tensor) -> LabeledSet:
-        """The same labels with other images (e.g. refined ones), same shape."""
-        if inputs.shape != self.inputs.shape:
-            raise ValueError(f"inputs {tuple(inputs.shape)} != {tuple(self.inputs.shape)}")
-        return replace(self, inputs=inputs)
+    def batches(
+        self, index: Sequence[int] | torch.Tensor | None = None, *, batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, targets) of ``index`` (default: every sample in order), ``batch_size`` at a
+        time; the next batch is read on a background thread while the caller uses this one."""
+        order = torch.arange(len(self)) if index is None else torch.as_tensor(index)
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        return ahead(lambda chunk: (self.inputs[chunk], self.targets[chunk]), chunks)
 
 
 def _fingerprint(sample: dict[str, Any], image: str) -> str:
@@ -168,8 +176,15 @@ class Task:
     drift: Metric  # label drift: disagreement between two predictions of one sample
 
     def load(
-        self, urls: str | Sequence[str], *, handler: Handler = reraise, **options: Any
+        self,
+        urls: str | Sequence[str],
+        *,
+        handler: Handler = reraise,
+        scratch: Path | None = None,
+        **options: Any,
     ) -> LabeledSet:
+        """The labeled set of ``urls``: in memory, or with ``scratch`` (a directory) decoded
+        into files there and read back a batch at a time (``train.rows``)."""
         raise NotImplementedError
 
     def options(self, data: LabeledSet) -> dict[str, Any]:
@@ -186,28 +201,76 @@ class Task:
         """A batch of network outputs -> predictions in label space, on the CPU."""
         raise NotImplementedError
 
-    def score(self, predicted: torch.Tensor, data: LabeledSet) -> tuple[dict[str, Any], np.ndarray]:
-        """(metrics, per-sample values for a distribution plot) of ``predicted`` on ``data``."""
+    def score_batches(
+        self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], data: LabeledSet
+    ) -> tuple[dict[str, Any], np.ndarray]:
+        """(metrics, per-sample values for a distribution plot) of (predicted, targets) pairs
+        given a batch at a time, covering ``data``."""
         raise NotImplementedError
+
+    def disagreement_batches(
+        self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], data: LabeledSet
+    ) -> float:
+        """Label drift between two predictions of the same samples, given as (a, b) pairs a
+        batch at a time, in ``drift.unit``."""
+        raise NotImplementedError
+
+    def score(self, predicted: torch.Tensor, data: LabeledSet) -> tuple[dict[str, Any], np.ndarray]:
+        """``score_batches`` of every prediction at once."""
+        return self.score_batches([(predicted, data.targets[:])], data)
 
     def disagreement(self, a: torch.Tensor, b: torch.Tensor, data: LabeledSet) -> float:
-        """Label drift between two predictions of the same samples, in ``drift.unit``."""
-        raise NotImplementedError
+        """``disagreement_batches`` of two whole predictions."""
+        return self.disagreement_batches([(a, b)], data)
 
     @torch.no_grad()
+    def predictions(
+        self, model: nn.Module, data: LabeledSet, *, batch_size: int = 256
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(predictions in label space, targets) for every sample in order, a batch at a time,
+        in eval mode."""
+        with _evaluating(model):
+            device = next(model.parameters()).device
+            for inputs, targets in data.batches(batch_size=batch_size):
+                yield self.decode(model(_to(inputs, device)), data), targets
+
     def predict(self, model: nn.Module, data: LabeledSet, *, batch_size: int = 256) -> torch.Tensor:
-        """Predictions for every sample, in label space, in eval mode."""
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        out = [
-            self.decode(model(data.inputs[i : i + batch_size].to(device)), data)
-            for i in range(0, len(data), batch_size)
-        ]
-        model.train(was_training)
+        """Predictions for every sample, in label space, in eval mode (all in memory: ``test``
+        and ``label_drift`` keep a batch at a time)."""
+        out = [p for p, _ in self.predictions(model, data, batch_size=batch_size)]
         if not out:
             raise ValueError("no samples to predict")
         return torch.cat(out)
+
+    def test(self, model: nn.Module, data: LabeledSet) -> tuple[dict[str, Any], np.ndarray]:
+        """(metrics, per-sample values) of ``model`` on ``data``, a batch at a time."""
+        return self.score_batches(self.predictions(model, data), data)
+
+    def label_drift(self, model: nn.Module, a: LabeledSet, b: LabeledSet) -> float:
+        """Label drift of ``model`` between two sets of the same samples (paired by position),
+        a batch at a time."""
+        if len(a) != len(b):
+            raise ValueError(f"drift needs paired sets, got {len(a)} and {len(b)} samples")
+        with _evaluating(model):
+            pairs = zip(self.predictions(model, a), self.predictions(model, b), strict=True)
+            return self.disagreement_batches(((pa, pb) for (pa, _), (pb, _) in pairs), a)
+
+
+@contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on ``device``: pinned and copied asynchronously to a GPU."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
 
 
 class GazeTask(Task):
@@ -218,15 +281,20 @@ class GazeTask(Task):
     metric = Metric("mean_angular_error_deg", "mean angular error", "deg")
     drift = Metric("label_drift_deg", "angle between predictions on synthetic and refined", "deg")
 
-    def load(self, urls, *, handler=reraise, **options):
+    def load(self, urls, *, handler=reraise, scratch=None, **options):
         if options:
             raise TypeError(f"gaze takes no load options, got {sorted(options)}")
         scaling = scaling_for("gaze")
-        keys, images, vectors, prints = [], [], [], []
+        images = RowWriter(
+            scratch_file(scratch, "inputs"), transform=unit_channels_first(scaling)
+        )  # stored (H, W) uint8 -> (N, 1, H, W) float32 in [-1, 1]
+        keys, vectors, prints = [], [], []
+        first: tuple[int, ...] | None = None
         for sample in read(urls, "gaze", handler=handler):
             name = image_component(sample, "gaze")
             image = sample[name]  # (H, W) uint8
-            _one_size(sample, image, images[0].shape if images else None)
+            _one_size(sample, image, first)
+            first = image.shape
             look = np.asarray(sample["json"]["look_vec"], np.float64)
             if look.shape != (3,) or not np.linalg.norm(look) > 1e-6:
                 raise ValueError(
@@ -238,16 +306,16 @@ class GazeTask(Task):
             vectors.append(look / np.linalg.norm(look))
             prints.append(_fingerprint(sample, name))
         _not_empty(keys, urls, "gaze")
-        pixels = scaling.to_unit(np.stack(images))[:, None]  # (N, 1, H, W)
+        assert first is not None
         return LabeledSet(
             "gaze",
             keys,
-            torch.from_numpy(np.ascontiguousarray(pixels)),
-            torch.tensor(np.stack(vectors), dtype=torch.float32),
+            images.finish(),
+            torch.tensor(np.stack(vectors), dtype=torch.float32),  # small: kept in memory
             prints,
             {
                 "channels": 1,
-                "size": list(images[0].shape),
+                "size": list(first),
                 "range": [-1.0, 1.0],
                 "scaling": scaling.as_dict(),  # stored pixel range mapped to [-1, 1]
                 "target": "unit look vector (x right, y down, z away from the camera)",
@@ -264,12 +332,12 @@ class GazeTask(Task):
         out = output.float().cpu()
         return out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (B, 3)
 
-    def score(self, predicted, data):
-        errors = M.angular_error_deg(predicted, data.targets).double()
+    def score_batches(self, batches, data):
+        errors = _cat(M.angular_error_deg(p, t) for p, t in batches).double()
         return _error_summary(errors.numpy(), "angular_error_deg"), errors.numpy()
 
-    def disagreement(self, a, b, data):
-        return float(M.angular_error_deg(a, b).double().mean())
+    def disagreement_batches(self, batches, data):
+        return float(_cat(M.angular_error_deg(a, b) for a, b in batches).double().mean())
 
 
 HAND_INPUT = 64  # side of the network input, pixels
@@ -306,10 +374,11 @@ class HandTask(Task):
         "label_drift_px", "joint displacement between predictions on synthetic and refined", "px"
     )
 
-    def load(self, urls, *, handler=reraise, input_size: int = HAND_INPUT):
+    def load(self, urls, *, handler=reraise, scratch=None, input_size: int = HAND_INPUT):
         from refinery.formats.nyu_hand import EVAL14
 
-        keys, inputs, joints, prints = [], [], [], []
+        inputs = RowWriter(scratch_file(scratch, "inputs"), transform=lambda x: x[:, None])
+        keys, joints, prints = [], [], []
         crop: tuple[int, ...] | None = None
         for sample in read(urls, "hand", handler=handler):
             name = image_component(sample, "hand")
@@ -333,8 +402,8 @@ class HandTask(Task):
         return LabeledSet(
             "hand",
             keys,
-            torch.from_numpy(np.stack(inputs)[:, None]),  # (N, 1, R, R)
-            torch.tensor(np.stack(joints), dtype=torch.float32),  # (N, 14, 2) crop pixels
+            inputs.finish(),  # (N, 1, R, R) float32
+            torch.tensor(np.stack(joints), dtype=torch.float32),  # (N, 14, 2) crop px, in memory
             prints,
             {
                 "channels": 1,
@@ -371,8 +440,8 @@ class HandTask(Task):
         peaks = hourglass.heatmap_peaks(output[:, -1].float().cpu())  # last stack
         return hourglass.from_heatmap(peaks, self._heat_size(output), tuple(data.info["crop"]))
 
-    def score(self, predicted, data):
-        errors = M.joint_errors(predicted, data.targets)  # (N, J)
+    def score_batches(self, batches, data):
+        errors = np.concatenate([M.joint_errors(p, t) for p, t in batches])  # (N, J)
         summary = {
             **_error_summary(errors.ravel(), "joint_error_px"),
             "n_eval": len(errors),
@@ -384,8 +453,8 @@ class HandTask(Task):
             summary[f"pck_{d}px"] = float(curve[PCK_THRESHOLDS.index(d)])
         return summary, errors.ravel()
 
-    def disagreement(self, a, b, data):
-        return float(M.joint_errors(a, b).mean())
+    def disagreement_batches(self, batches, data):
+        return float(np.concatenate([M.joint_errors(a, b) for a, b in batches]).mean())
 
 
 SCENE_MULTIPLE = 32  # FCN8s: five 2x2 pools
@@ -403,9 +472,13 @@ class SceneTask(Task):
         "1 - IoU",
     )
 
-    def load(self, urls, *, handler=reraise, ontology: str | None = None, size=None):
+    def load(self, urls, *, handler=reraise, scratch=None, ontology: str | None = None, size=None):
         scaling = scaling_for("scene")
-        keys, images, segs, prints = [], [], [], []
+        images = RowWriter(
+            scratch_file(scratch, "inputs"), transform=unit_channels_first(scaling)
+        )  # stored (H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1]
+        segs = RowWriter(scratch_file(scratch, "targets"))  # (H, W) uint8 class ids
+        keys, prints = [], []
         first: tuple[int, ...] | None = None
         target_size = None if size is None else tuple(size)
         for sample in read(urls, "scene", handler=handler):
@@ -436,7 +509,7 @@ class SceneTask(Task):
                 rgb = cv2.resize(rgb, target_size[::-1], interpolation=cv2.INTER_AREA)
                 seg = cv2.resize(seg, target_size[::-1], interpolation=cv2.INTER_NEAREST)
             keys.append(sample["__key__"])
-            images.append(scaling.to_unit(rgb).transpose(2, 0, 1))
+            images.append(rgb)
             segs.append(seg.astype(np.uint8))
             prints.append(_fingerprint(sample, name))
         _not_empty(keys, urls, "scene")
@@ -444,8 +517,8 @@ class SceneTask(Task):
         return LabeledSet(
             "scene",
             keys,
-            torch.from_numpy(np.ascontiguousarray(np.stack(images))),  # (N, 3, H, W)
-            torch.from_numpy(np.stack(segs)),  # (N, H, W) uint8
+            images.finish(),  # (N, 3, H, W) float32
+            segs.finish(),  # (N, H, W) uint8
             prints,
             {
                 "channels": 3,
@@ -472,15 +545,17 @@ class SceneTask(Task):
     def decode(self, output, data):
         return output.argmax(1).to(torch.uint8).cpu()  # (B, H, W)
 
-    def score(self, predicted, data):
+    def score_batches(self, batches, data):
         classes = len(data.info["classes"])
-        pred, target = predicted.numpy(), data.targets.numpy()
         matrix = np.zeros((classes, classes), np.int64)
-        per_image = np.empty(len(pred))
-        for i in range(len(pred)):
-            one = M.confusion(pred[i], target[i], classes)
-            matrix += one
-            per_image[i] = M.iou_from_confusion(one)[0]
+        per_image = []
+        for predicted, targets in batches:
+            pred, target = predicted.numpy(), targets.numpy()
+            for i in range(len(pred)):
+                one = M.confusion(pred[i], target[i], classes)
+                matrix += one
+                per_image.append(M.iou_from_confusion(one)[0])
+        per_image = np.asarray(per_image, np.float64)
         miou, per_class = M.iou_from_confusion(matrix)
         labeled = matrix.sum()
         summary = {
@@ -488,15 +563,16 @@ class SceneTask(Task):
             "per_class_iou": dict(zip(data.info["classes"], per_class, strict=True)),
             "pixel_accuracy": float(np.trace(matrix) / labeled) if labeled else 0.0,
             "mean_image_miou": float(per_image.mean()),
-            "n_eval": len(pred),
+            "n_eval": len(per_image),
         }
         return summary, per_image
 
-    def disagreement(self, a, b, data):
+    def disagreement_batches(self, batches, data):
         classes = len(data.info["classes"])
-        matrix = sum(
-            M.confusion(b[i].numpy(), a[i].numpy(), classes) for i in range(len(a))
-        )  # a's segmentation taken as the reference
+        matrix = np.zeros((classes, classes), np.int64)
+        for a, b in batches:  # a's segmentation taken as the reference
+            for i in range(len(a)):
+                matrix += M.confusion(b[i].numpy(), a[i].numpy(), classes)
         return 1.0 - M.iou_from_confusion(matrix)[0]
 
 
@@ -507,6 +583,13 @@ def get_task(domain: str) -> Task:
     if domain not in _TASKS:
         raise ValueError(f"no downstream task for domain {domain!r}; supported: {', '.join(TASKS)}")
     return _TASKS[domain]
+
+
+def _cat(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    out = list(tensors)
+    if not out:
+        raise ValueError("no samples to score")
+    return torch.cat(out)
 
 
 def _not_empty(keys: list[str], urls, domain: str) -> None:
@@ -588,7 +671,6 @@ def fit(
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(config.seed)  # weights, dropout: from the seed alone
         model = task.build(config.network, data).to(dev)
-        inputs, targets = data.inputs.to(dev), data.targets.to(dev)
         steps_per_epoch = math.ceil(len(data) / config.batch_size)
         optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -598,16 +680,15 @@ def fit(
         model.train()
         for epoch in range(config.epochs):
             began = time.perf_counter()
-            order = torch.randperm(len(data), generator=order_rng).to(dev)
+            order = torch.randperm(len(data), generator=order_rng)
             total = torch.zeros((), device=dev)
-            for start in range(0, len(data), config.batch_size):
-                batch = order[start : start + config.batch_size]
-                loss = task.loss(model(inputs[batch]), targets[batch], data)
+            for inputs, targets in data.batches(order, batch_size=config.batch_size):
+                loss = task.loss(model(_to(inputs, dev)), _to(targets, dev), data)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
                 schedule.step()
-                total += loss.detach() * len(batch)
+                total += loss.detach() * len(inputs)
             if progress is not None:
                 progress(
                     epoch + 1,
@@ -622,7 +703,7 @@ def fit(
 
 def evaluate(task: Task, model: nn.Module, data: LabeledSet) -> dict[str, Any]:
     """The task's metrics of ``model`` on ``data``."""
-    return task.score(task.predict(model, data), data)[0]
+    return task.test(model, data)[0]
 
 
 # -- the task, from shards to a run directory -------------------------------------------------
@@ -645,27 +726,32 @@ def train_task(
     seed: int = 0,
     device: str | None = None,
     progress: Progress | None = None,
+    scratch: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``domain``'s task network on every sample of ``train``, test it on ``eval``.
 
-    Returns JSON-able metrics (the task's, plus ``n_train``, ``epochs``, ``network``,
-    ``seconds``, ...). With ``out``, writes ``out/model.safetensors``, ``out/config.json``
-    (training settings, input preprocessing, data) and ``out/metrics.json``;
-    ``load_task_model(out)`` restores the model.
+    Both sets are decoded once into a temporary directory under ``scratch`` (default: the
+    system's temporary directory), removed at the end, and read back a batch at a time, so
+    memory does not grow with the sets (``train.rows``). Returns JSON-able metrics (the
+    task's, plus ``n_train``, ``epochs``, ``network``, ``seconds``, ...). With ``out``, writes
+    ``out/model.safetensors``, ``out/config.json`` (training settings, input preprocessing,
+    data) and ``out/metrics.json``; ``load_task_model(out)`` restores the model.
     """
     task = get_task(domain)
     config = TaskConfig(
         domain=domain, network=network, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
     )
     began = time.perf_counter()
-    train_set = task.load(train)
-    eval_set = task.load(eval, **task.options(train_set))
-    loaded = time.perf_counter()
-    model = fit(task, train_set, config, device=device, progress=progress)
-    fitted = time.perf_counter()
+    with scratch_directory(scratch, "task") as where:
+        train_set = task.load(train, scratch=where)
+        eval_set = task.load(eval, scratch=where, **task.options(train_set))
+        loaded = time.perf_counter()
+        model = fit(task, train_set, config, device=device, progress=progress)
+        fitted = time.perf_counter()
+        scores = evaluate(task, model, eval_set)
     metrics: dict[str, Any] = {
         "domain": domain,
-        **evaluate(task, model, eval_set),
+        **scores,
         "n_train": len(train_set),
         "epochs": config.epochs,
         "network": config.network,

@@ -41,6 +41,7 @@ from refinery.samples import decode_component, is_labeled
 from refinery.shards import read, shard_samples
 from train import realism
 from train.downstream import LabeledSet, TaskConfig, fit, get_task
+from train.rows import scratch_directory
 
 FORMAT = "refinery-evaluate/1"
 SETS = ("synthetic", "refined", "real")
@@ -51,6 +52,11 @@ GAP_NOTE = (
     "0 = no better than synthetic, negative = worse than synthetic; 'of the means' puts each "
     "training set's mean over seeds in the formula, 'mean over seeds' averages the per-seed "
     "values"
+)
+
+DATA_NOTE = (
+    "every set decoded once into a scratch directory on disk (8-bit images, class maps) and "
+    "read back a batch at a time: memory does not grow with the sets"
 )
 
 Log = Callable[[str], None]
@@ -119,8 +125,49 @@ def evaluate(
     lr: float = 0.0,
     device: str | None = None,
     log: Log | None = print,
+    scratch: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run the experiment above; return the report (and write it under ``out``)."""
+    """Run the experiment above; return the report (and write it under ``out``).
+
+    Every set is decoded once into a temporary directory under ``scratch`` (default: the
+    system's temporary directory), removed at the end, and read back a batch at a time
+    (``train.rows``): memory does not grow with the sets, the disk holds them (8-bit)."""
+    with scratch_directory(scratch, "evaluate") as where:
+        return _evaluate(
+            domain,
+            synthetic=synthetic,
+            refined=refined,
+            real_test=real_test,
+            real_train=real_train,
+            out=out,
+            seeds=seeds,
+            network=network,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            device=device,
+            log=log,
+            scratch=where,
+        )
+
+
+def _evaluate(
+    domain: str,
+    *,
+    synthetic: str | Sequence[str],
+    refined: str | Sequence[str],
+    real_test: str | Sequence[str],
+    real_train: str | Sequence[str] | None,
+    out: str | Path | None,
+    seeds: Sequence[int],
+    network: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    device: str | None,
+    log: Log | None,
+    scratch: Path,
+) -> dict[str, Any]:
     task = get_task(domain)
     base = TaskConfig(domain=domain, network=network, epochs=epochs, batch_size=batch_size, lr=lr)
     seeds = [int(s) for s in seeds]
@@ -137,8 +184,8 @@ def evaluate(
             "the real test set is unlabeled: a network trained on --real-train could not be "
             "scored on it (give a labeled --real-test, or leave out --real-train)"
         )
-    sets: dict[str, LabeledSet] = {"synthetic": task.load(synthetic)}
-    options = task.options(sets["synthetic"])
+    sets: dict[str, LabeledSet] = {"synthetic": task.load(synthetic, scratch=scratch)}
+    options = {"scratch": scratch, **task.options(sets["synthetic"])}
     refined_set = task.load(refined, **options)
     if labeled_test:  # task networks on every training set, scored on the real test set
         sets["refined"] = refined_set
@@ -150,7 +197,7 @@ def evaluate(
         test = None
         info = sets["synthetic"].info
         real_images = realism.images(
-            real_test, domain, size=info["size"], depth_input=info["size"][0]
+            real_test, domain, size=info["size"], depth_input=info["size"][0], scratch=scratch
         )
     seconds["load"] = time.perf_counter() - began
     labels = label_check(sets["synthetic"], refined_set)
@@ -174,17 +221,11 @@ def evaluate(
             if name == "synthetic" and feature_model is None:
                 feature_model = model
             if test is not None:
-                metrics, values = task.score(task.predict(model, test), test)
+                metrics, values = task.test(model, test)
                 runs[name].append({"seed": seed, **metrics})
                 per_sample[name].append(values)
             if name == "synthetic" and len(paired_synthetic):
-                drift.append(
-                    task.disagreement(
-                        task.predict(model, paired_synthetic),
-                        task.predict(model, paired_refined),
-                        paired_synthetic,
-                    )
-                )
+                drift.append(task.label_drift(model, paired_synthetic, paired_refined))
             scored = (
                 f"{task.metric.label} on real test {metrics[task.metric.key]:.4f} "
                 f"{task.metric.unit}"
@@ -274,6 +315,7 @@ def evaluate(
             **{k: v for k, v in asdict(base).items() if k != "seed"},
             "input": sets["synthetic"].info,
             "device": device or "auto",
+            "data": DATA_NOTE,
         },
         "results": results,
         "gap_closed": gap,
@@ -342,8 +384,7 @@ _DISTRIBUTION_LABELS = {
 
 def peak_memory(device: str | None = None) -> dict[str, Any]:
     """This process's peak resident memory and, on CUDA, the peak memory torch allocated on
-    the device, in MiB. ``evaluate`` holds its sets in memory (as float32 tensors), so the host
-    peak grows with the number of samples; the report states it."""
+    the device, in MiB; the report states it."""
     import resource
 
     host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -351,8 +392,7 @@ def peak_memory(device: str | None = None) -> dict[str, Any]:
     return {
         "peak_host_rss_mib": round(host, 1),
         "peak_device_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if on_cuda else None,
-        "note": "evaluate holds the synthetic, refined and real sets in memory as float32: the "
-        "host peak grows with their size",
+        "note": DATA_NOTE,
     }
 
 

@@ -17,13 +17,16 @@ Two measures, each comparing a candidate set (synthetic, refined) with a real se
   distance it is unbiased for the few thousand images a CPU run has.
 
 ``images(...)`` reads any set, labeled or not (``labels=False``), into the task network's input
-form, resized to a given size, so real crops of another size compare with synthetic ones.
+form, resized to a given size, so real crops of another size compare with synthetic ones; with
+``scratch`` it keeps them on disk (``train.rows.Rows``), and both measures read the sets a batch
+at a time, so their memory does not grow with the sets.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -33,7 +36,10 @@ from torch import nn
 
 from refinery.samples import image_component
 from refinery.shards import read
-from train.data import scaling_for
+from train.data import scaling_for, unit_channels_first
+from train.rows import Rows, RowWriter, scratch_file
+
+Images = torch.Tensor | Rows  # (N, C, H, W) float32, in memory or on disk
 
 C2ST_MAX_SIDE = 64  # images are area-averaged down to at most this height before the C2ST
 C2ST_NOTE = (
@@ -57,30 +63,34 @@ def images(
     size: Sequence[int],
     limit: int | None = None,
     depth_input: int | None = None,
-) -> torch.Tensor:
+    scratch: Path | None = None,
+) -> Images:
     """(N, C, H, W) float32 in [-1, 1] of any set of ``domain`` (labels not needed), each image
     resized to ``size`` (H, W) as the task networks take it; ``limit``: the first N samples.
-    Hand depth goes through the hand task's own normalisation at ``depth_input`` pixels."""
+    Hand depth goes through the hand task's own normalisation at ``depth_input`` pixels.
+    A tensor, or with ``scratch`` (a directory) ``Rows`` of the 8-bit images stored there."""
     from train.downstream import hand_input
 
     height, width = (int(s) for s in size)
-    scaling = scaling_for(domain) if domain != "hand" else None  # 8-bit; depth: hand_input
-    out = []
+    if domain == "hand":  # depth through hand_input, stored as float32
+        rows = RowWriter(scratch_file(scratch, "realism"), transform=lambda x: x[:, None])
+    else:  # 8-bit, stored as such
+        rows = RowWriter(
+            scratch_file(scratch, "realism"), transform=unit_channels_first(scaling_for(domain))
+        )
     for sample in read(urls, domain, labels=False):
         image = sample[image_component(sample, domain)]
         if domain == "hand":
-            x = hand_input(image, depth_input or height)[None]
+            rows.append(hand_input(image, depth_input or height))
         else:
             if image.shape[:2] != (height, width):
                 image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-            x = scaling.to_unit(image)
-            x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
-        out.append(np.ascontiguousarray(x, dtype=np.float32))
-        if limit is not None and len(out) >= limit:
+            rows.append(image)
+        if limit is not None and rows.count >= limit:
             break
-    if not out:
+    if not rows.count:
         raise ValueError(f"no {domain} images in {urls!r}")
-    return torch.from_numpy(np.stack(out))
+    return rows.finish()
 
 
 # -- the classifier two-sample test ----------------------------------------------------------
@@ -113,8 +123,8 @@ def _shrink(x: torch.Tensor) -> torch.Tensor:
 
 
 def two_sample_test(
-    real: torch.Tensor,
-    candidate: torch.Tensor,
+    real: Images,
+    candidate: Images,
     *,
     seed: int = 0,
     epochs: int = 10,
@@ -133,10 +143,11 @@ def two_sample_test(
     half = n // 2
     if half < 2:  # tiny sets give a wide null band (reported), not an error
         raise ValueError(f"a two-sample test needs at least 4 images of each set, got {n}")
-    real = real[torch.randperm(len(real), generator=generator)[: 2 * half]]
-    candidate = candidate[torch.randperm(len(candidate), generator=generator)[: 2 * half]]
-    x_train = _shrink(torch.cat([real[:half], candidate[:half]]))
-    x_test = _shrink(torch.cat([real[half:], candidate[half:]]))
+    real_rows = torch.randperm(len(real), generator=generator)[: 2 * half]
+    candidate_rows = torch.randperm(len(candidate), generator=generator)[: 2 * half]
+    # examples 0..half-1 are real, half..2*half-1 candidates; read a batch at a time
+    x_train = _Examples(real, real_rows[:half], candidate, candidate_rows[:half])
+    x_test = _Examples(real, real_rows[half:], candidate, candidate_rows[half:])
     y_train = torch.cat([torch.ones(half), torch.zeros(half)])
     y_test = torch.cat([torch.ones(half), torch.zeros(half)])
 
@@ -161,6 +172,32 @@ def two_sample_test(
     return {"accuracy": accuracy, "train": 2 * half, "test": 2 * half}
 
 
+class _Examples:
+    """The C2ST's examples: ``real[real_rows]`` then ``candidate[candidate_rows]``, shrunk,
+    read only when a batch of them is asked for."""
+
+    def __init__(self, real: Images, real_rows, candidate: Images, candidate_rows):
+        self.sources = (real, candidate)
+        self.rows = (real_rows, candidate_rows)
+        self.half = len(real_rows)
+
+    def __len__(self) -> int:
+        return self.half + len(self.rows[1])
+
+    def __getitem__(self, key: torch.Tensor | slice) -> torch.Tensor:
+        index = torch.arange(len(self))[key] if isinstance(key, slice) else key
+        is_real = index < self.half
+        parts = [
+            (is_real, self.sources[0][self.rows[0][index[is_real]]]),
+            (~is_real, self.sources[1][self.rows[1][index[~is_real] - self.half]]),
+        ]
+        present = [(mask, _shrink(x)) for mask, x in parts if len(x)]
+        out = torch.empty((len(index), *present[0][1].shape[1:]), dtype=present[0][1].dtype)
+        for mask, x in present:
+            out[mask] = x
+        return out
+
+
 def null_band(test: int) -> float:
     """Half-width of the 95% band of a C2ST's accuracy on ``test`` images when the two sets
     are one distribution: 1.96 · sqrt(0.25 / test)."""
@@ -170,7 +207,7 @@ def null_band(test: int) -> float:
 # -- the kernel distance ---------------------------------------------------------------------
 
 
-def features(model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+def features(model: nn.Module, inputs: Images, *, batch_size: int = 256) -> torch.Tensor:
     """(N, D): the input of ``model``'s last ``Linear`` or ``Conv2d`` layer (its features),
     averaged over space, in eval mode."""
     layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
@@ -225,8 +262,8 @@ def kernel_distance(
 
 
 def realism(
-    real: torch.Tensor,
-    candidates: dict[str, torch.Tensor],
+    real: Images,
+    candidates: dict[str, Images],
     *,
     seeds: Sequence[int],
     feature_model: nn.Module | None = None,
