@@ -73,7 +73,14 @@ from refinery.registry import build_network, network_info
 from refinery.samples import image_component
 from refinery.shards import Handler, read, reraise
 from train.data import scaling_for, scene_labels, unit_channels_first
-from train.rows import Rows, RowWriter, ahead, scratch_directory, scratch_file
+from train.rows import (
+    Rows,
+    RowWriter,
+    ahead,
+    inference_batch,
+    scratch_directory,
+    scratch_file,
+)
 from train.rows import take as take_rows
 
 TASKS = ("gaze", "hand", "scene")
@@ -225,16 +232,19 @@ class Task:
 
     @torch.no_grad()
     def predictions(
-        self, model: nn.Module, data: LabeledSet, *, batch_size: int = 256
+        self, model: nn.Module, data: LabeledSet, *, batch_size: int | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(predictions in label space, targets) for every sample in order, a batch at a time,
-        in eval mode."""
+        """(predictions in label space, targets) for every sample in order, a batch at a time
+        (default: ``train.rows.inference_batch`` of the input size), in eval mode."""
+        batch_size = batch_size or inference_batch(data.inputs.shape)
         with _evaluating(model):
             device = next(model.parameters()).device
             for inputs, targets in data.batches(batch_size=batch_size):
                 yield self.decode(model(_to(inputs, device)), data), targets
 
-    def predict(self, model: nn.Module, data: LabeledSet, *, batch_size: int = 256) -> torch.Tensor:
+    def predict(
+        self, model: nn.Module, data: LabeledSet, *, batch_size: int | None = None
+    ) -> torch.Tensor:
         """Predictions for every sample, in label space, in eval mode (all in memory: ``test``
         and ``label_drift`` keep a batch at a time)."""
         out = [p for p, _ in self.predictions(model, data, batch_size=batch_size)]

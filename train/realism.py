@@ -37,7 +37,7 @@ from torch import nn
 from refinery.samples import image_component
 from refinery.shards import read
 from train.data import scaling_for, unit_channels_first
-from train.rows import Rows, RowWriter, scratch_file
+from train.rows import Rows, RowWriter, inference_batch, scratch_file
 
 Images = torch.Tensor | Rows  # (N, C, H, W) float32, in memory or on disk
 
@@ -164,9 +164,10 @@ def two_sample_test(
             loss.backward()
             optimiser.step()
     net.eval()
+    step = inference_batch(x_test[0:1].shape)
     with torch.no_grad():
         logits = torch.cat(
-            [net(x_test[i : i + 256].to(device)).cpu() for i in range(0, len(x_test), 256)]
+            [net(x_test[i : i + step].to(device)).cpu() for i in range(0, len(x_test), step)]
         )
     accuracy = float(((logits > 0).float() == y_test).float().mean())
     return {"accuracy": accuracy, "train": 2 * half, "test": 2 * half}
@@ -207,9 +208,11 @@ def null_band(test: int) -> float:
 # -- the kernel distance ---------------------------------------------------------------------
 
 
-def features(model: nn.Module, inputs: Images, *, batch_size: int = 256) -> torch.Tensor:
+def features(model: nn.Module, inputs: Images, *, batch_size: int | None = None) -> torch.Tensor:
     """(N, D): the input of ``model``'s last ``Linear`` or ``Conv2d`` layer (its features),
-    averaged over space, in eval mode."""
+    averaged over space, in eval mode, ``batch_size`` images at a time (default:
+    ``train.rows.inference_batch`` of their size)."""
+    batch_size = batch_size or inference_batch(inputs.shape)
     layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
     if not layers:
         raise ValueError(f"{type(model).__name__} has no Linear or Conv2d layer")

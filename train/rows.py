@@ -189,6 +189,16 @@ class RowWriter:
         return Rows(self.path, self.first.shape, self.first.dtype, self.count, self.transform)
 
 
+INFERENCE_PIXELS = 2**20  # pixels per inference batch: its activations, not the set, set the peak
+
+
+def inference_batch(shape: tuple[int, ...], *, most: int = 256) -> int:
+    """Images per inference batch for images of ``shape`` (..., H, W): ``INFERENCE_PIXELS``
+    pixels, at least 1 and at most ``most`` images (256 for 35×55 eyes, 128 for 64×128
+    frames, 8 for 256×512 ones)."""
+    return max(1, min(most, INFERENCE_PIXELS // (int(shape[-2]) * int(shape[-1]))))
+
+
 def take(x: torch.Tensor | Rows, index: Iterable[int]) -> torch.Tensor | Rows:
     """The rows of ``x`` at ``index``: a view of ``Rows``, a copy of a tensor."""
     if isinstance(x, Rows):
