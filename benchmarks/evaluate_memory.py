@@ -1,8 +1,9 @@
 """Peak host memory of ``refinery evaluate scene`` against the number of frames.
 
 Issue 16's target: the peak should not depend on the number of frames (1k against 4k within
-10%). ``evaluate`` still holds its sets in memory as float32 tensors, so this measures how far
-it is from that: for each size, procedural street frames (64x128) are rendered as synthetic,
+10%). ``evaluate`` decodes its sets into a scratch directory and reads them back a batch at a
+time (``train.rows``), so the peak is set by batches, not sets. For each size, procedural
+street frames (64x128) are rendered as synthetic,
 real train and real test shards, the synthetic shards stand in for the refined ones (the same
 keys; what is measured is memory, not refinement), and ``python -m refinery evaluate scene``
 runs in a process of its own with one seed and one epoch. The figure is the peak resident

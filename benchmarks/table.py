@@ -527,9 +527,10 @@ def _evaluate_memory(record: dict) -> list[str]:
     lines += [
         "",
         f"`refinery evaluate scene` at {'x'.join(str(v) for v in record['settings']['size'])}, "
-        f"one seed, one epoch: the peak grows {f['growth']:+.0%} from the smaller set to the "
+        f"one seed, one epoch: the peak changes by {f['growth']:+.0%} from the smaller set to the "
         f"larger (target: within {f['target_growth']:.0%}, "
-        f"{'met' if f['met'] else 'not met'}; the sets are held in memory).",
+        f"{'met' if f['met'] else 'not met'}). The sets are decoded to a scratch directory "
+        "and read back a batch at a time, so the peak is that of a batch's activations.",
     ]
     return lines
 
