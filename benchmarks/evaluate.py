@@ -490,9 +490,12 @@ def over_runs(values: Sequence[float | None]) -> dict[str, Any] | None:
     return {**summary(defined), "runs": [None if v is None else float(v) for v in values]}
 
 
-def drift_over_runs(reports: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The label drift of each run's ``report.json``, over the runs (None if one has none)."""
-    drifts = [r.get("label_drift") for r in reports]
+def drift_over_runs(
+    reports: Sequence[dict[str, Any]], key: str = "label_drift"
+) -> dict[str, Any] | None:
+    """The label drift (``key``: or ``label_drift_robust``, of the appearance-robust network)
+    of each run's ``report.json``, over the runs (None if one has none)."""
+    drifts = [r.get(key) for r in reports]
     if any(d is None for d in drifts):
         return None
     return {
@@ -559,6 +562,7 @@ def combine(
         }
     )
     figures["label_drift"] = drift_over_runs(reports)
+    figures["label_drift_robust"] = drift_over_runs(reports, "label_drift_robust")
     figures["realism"] = realism_over_runs(reports)
     figures["labels"] = {
         k: sum(r["labels"][k] for r in reports)

@@ -253,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             **drift_over_runs(reports),
             "description": reports[0]["label_drift"]["description"],
         },
+        "label_drift_robust_deg": {
+            **drift_over_runs(reports, "label_drift_robust"),
+            "description": reports[0]["label_drift_robust"]["description"],
+        },
         "procedural_variants": variants,
         "evaluate_seconds": round(sum(r["seconds"]["evaluate"] for r in runs), 1),
     }

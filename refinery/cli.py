@@ -268,6 +268,7 @@ def _train_task(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         scratch=args.scratch,
+        appearance=args.appearance,
         **options,
     )
     print(json.dumps(metrics, indent=2, sort_keys=True))
@@ -656,6 +657,12 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("--out", help="write model.safetensors, metrics.json, config.json here")
     _task_options(task)
     task.add_argument("--seed", type=int, default=0)
+    task.add_argument(
+        "--appearance",
+        action="store_true",
+        help="train with random appearance changes (tone, contrast, shading, blur, noise; not "
+        "geometry) for an appearance-robust network (gaze, scene)",
+    )
     task.set_defaults(run=_train_task)
 
     evaluate = commands.add_parser(

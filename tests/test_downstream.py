@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -156,6 +158,57 @@ def test_a_set_on_disk_trains_and_scores_exactly_as_in_memory(domain, shards, tm
     drift = task.label_drift(a, disk, disk)
     assert drift == pytest.approx(0.0, abs=1e-9)
     assert task.label_drift(a, memory, memory.take(range(15, -1, -1))) > 0
+
+
+def test_vary_appearance_changes_tone_not_geometry():
+    """Each image gets its own tone, contrast, shading, blur and noise; where its content is
+    stays: the darkest blob of an image is where it was."""
+    x = torch.full((6, 1, 36, 60), 0.6)
+    x[:, :, 14:22, 20:28] = -0.9  # a dark 'pupil'
+    rng = torch.Generator().manual_seed(0)
+    y = downstream.vary_appearance(x, rng)
+    assert y.shape == x.shape and y.dtype == x.dtype and y.min() >= -1 and y.max() <= 1
+    assert not torch.equal(y[0], y[1])  # drawn per image
+    ring = torch.zeros(36, 60, dtype=torch.bool)
+    ring[10:26, 16:32] = True
+    ring[14:22, 20:28] = False
+    for image in y[:, 0]:  # the pupil still darker than what surrounds it, by a margin
+        assert float(image[14:22, 20:28].mean()) < float(image[ring].mean()) - 0.2
+    colour = downstream.vary_appearance(torch.zeros(4, 3, 32, 32), rng)
+    assert colour.shape == (4, 3, 32, 32) and torch.isfinite(colour).all()
+    again = downstream.vary_appearance(x, torch.Generator().manual_seed(0))
+    assert torch.equal(again, y)  # from the generator alone
+
+
+def test_appearance_training_is_refused_for_depth():
+    assert TaskConfig(domain="gaze", appearance=True).appearance
+    with pytest.raises(ValueError, match="hand has no appearance changes"):
+        TaskConfig(domain="hand", appearance=True)
+
+
+@pytest.mark.slow
+def test_an_appearance_robust_estimator_ignores_tone_but_not_geometry(tmp_path):
+    """Trained with vary_appearance on standardised images, the gaze network moves far less
+    than the plain one when the eyes' tone changes (gamma, blur, noise), and as much when the
+    eyes move (flipped left-right: the look vector's x flips), and it still estimates gaze."""
+    task = get_task("gaze")
+    data = task.load(_write(tmp_path / "train", "gaze", "synthetic", 1500, 41))
+    held = task.load(_write(tmp_path / "held", "gaze", "synthetic", 300, 42))
+    plain = downstream.fit(task, data, TaskConfig(domain="gaze"))
+    robust = downstream.fit(task, data, TaskConfig(domain="gaze", appearance=True))
+    assert isinstance(robust, downstream.Standardised)
+    x = ((held.inputs + 1) / 2) ** 0.6
+    x = torch.from_numpy(np.stack([cv2.GaussianBlur(i[0].numpy(), (5, 5), 1.0)[None] for i in x]))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    toned = replace(held, inputs=(x + 0.04 * noise).clamp(0, 1) * 2 - 1)
+    flipped = replace(held, inputs=held.inputs.flip(-1))
+    models = {"plain": plain, "robust": robust}
+    tone = {name: task.label_drift(m, held, toned) for name, m in models.items()}
+    move = {name: task.label_drift(m, held, flipped) for name, m in models.items()}
+    error = {name: task.test(m, held)[0]["mean_angular_error_deg"] for name, m in models.items()}
+    assert tone["robust"] < 0.7 * tone["plain"], tone
+    assert move["robust"] > 10 * tone["robust"] and move["robust"] > move["plain"] * 0.8, move
+    assert error["robust"] < 1.5 * error["plain"], error
 
 
 # -- networks: shapes, finite outputs, one-batch overfit -------------------------------------

@@ -105,6 +105,10 @@ def test_tiny_gaze_run_reports_every_section(gaze, tmp_path):
     drift = report["label_drift"]
     assert drift["unit"] == "deg" and drift["pairs"] == 47 and len(drift["runs"]) == 2
     assert all(0 < d < 90 for d in drift["runs"])  # blurred pixels move the predictions a bit
+    robust = report["label_drift_robust"]
+    assert robust["unit"] == "deg" and robust["pairs"] == 47 and len(robust["runs"]) == 2
+    assert robust["runs"] != drift["runs"] and "appearance" in robust["description"]
+    assert "the same, appearance-robust" in html and "Of an appearance-robust network" in html
     assert {k: len(v) for k, v in report["distributions"]["values"].items()} == {
         "synthetic": 48,
         "refined": 48,
@@ -162,6 +166,7 @@ def test_cli_hand_report_has_pck_curves(tmp_path, capsys):
     assert report["pck"]["thresholds"] == list(range(21))
     assert set(report["pck"]["curves"]) == {"synthetic", "refined"}
     assert report["label_drift"]["unit"] == "px"
+    assert report["label_drift_robust"] is None  # depth: its values are the geometry
     assert (out / "plots" / "pck.png").is_file()
     assert len(report["distributions"]["values"]["synthetic"]) == 8 * 14  # joints
 

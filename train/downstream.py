@@ -181,6 +181,9 @@ class Task:
     lr: float = 1e-3  # the default peak learning rate
     metric: Metric
     drift: Metric  # label drift: disagreement between two predictions of one sample
+    appearance: bool = (
+        True  # whether vary_appearance applies (not to depth, whose values are shape)
+    )
 
     def load(
         self,
@@ -375,6 +378,7 @@ def hand_input(depth: np.ndarray, size: int) -> np.ndarray:
 
 class HandTask(Task):
     domain = "hand"
+    appearance = False
     network = "hand-hourglass-small"
     epochs = 12
     batch_size = 16  # 16 and 3e-3: 7.0 px on real crops where 32 and 1e-3 gave 12.6 (800, CPU)
@@ -631,6 +635,7 @@ class TaskConfig:
     batch_size: int = 0  # 0 = the task's default
     lr: float = 0.0  # Adam, one-cycle schedule peaking at lr; 0 = the task's default
     seed: int = 0
+    appearance: bool = False  # random appearance changes while training (vary_appearance)
 
     def __post_init__(self) -> None:
         task = get_task(self.domain)
@@ -652,6 +657,67 @@ class TaskConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if network_info(self.network).role != "task":
             raise ValueError(f"{self.network!r} is not a task network")
+        if self.appearance and not task.appearance:
+            raise ValueError(
+                f"{self.domain} has no appearance changes to train with (depth: its values are "
+                "the geometry)"
+            )
+
+
+class Standardised(nn.Module):
+    """``network`` on each image standardised (zero mean, unit variance over its pixels and
+    channels): global brightness and contrast have no effect on it at all."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
+        return self.network((x - mean) / std)
+
+
+def build(task: Task, config: TaskConfig, data: LabeledSet) -> nn.Module:
+    """The network of ``config`` for ``data``; trained for appearance, it sees standardised
+    images."""
+    network = task.build(config.network, data)
+    return Standardised(network) if config.appearance else network
+
+
+APPEARANCE_SEED_OFFSET = 7919  # the appearance draws' stream, apart from the batch order's
+
+
+def vary_appearance(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Random changes of appearance, none of geometry, to a batch (B, C, H, W) in [-1, 1]:
+    a tone curve (gamma 0.5 to 2), contrast ×0.5 to 1.5 and brightness ±20% of the range,
+    colour gains ±10% per channel, a linear shading ramp across the image (up to ±20% at the
+    edges), a Gaussian blur (σ 1 px) mixed in at 0 to 100%, and sensor noise (σ up to 6% of
+    the range), each drawn per image. Where things are (pupil, joints, class boundaries) is
+    untouched, so labels stay valid: a network trained with it answers to geometry rather than
+    tone, which is what label drift needs from it (``evaluate``'s appearance-robust drift)."""
+    b, c, h, w = x.shape
+
+    def draw(low: float, high: float, channels: int = 1) -> torch.Tensor:
+        return low + (high - low) * torch.rand(b, channels, 1, 1, generator=rng)
+
+    y = ((x.float() + 1) / 2).clamp(0, 1) ** torch.exp(draw(-0.7, 0.7))
+    mean = y.mean(dim=(1, 2, 3), keepdim=True)
+    y = (y - mean) * draw(0.5, 1.5) + mean + draw(-0.2, 0.2)
+    if c > 1:
+        y = y * draw(0.9, 1.1, c)
+    rows = torch.linspace(-0.5, 0.5, h).view(1, 1, h, 1)
+    cols = torch.linspace(-0.5, 0.5, w).view(1, 1, 1, w)
+    y = y + draw(-0.4, 0.4) * rows + draw(-0.4, 0.4) * cols
+    taps = torch.exp(-(torch.arange(-2.0, 3.0) ** 2) / 2)
+    taps = (taps / taps.sum()).to(y.dtype)
+    padded = F.pad(y, (2, 2, 2, 2), mode="replicate")
+    blurred = F.conv2d(padded, taps.view(1, 1, 1, 5).expand(c, 1, 1, 5), groups=c)
+    blurred = F.conv2d(blurred, taps.view(1, 1, 5, 1).expand(c, 1, 5, 1), groups=c)
+    mix = draw(0.0, 1.0)
+    y = y * (1 - mix) + blurred * mix
+    y = y + draw(0.0, 0.06) * torch.randn(y.shape, generator=rng)
+    return (y.clamp(0, 1) * 2 - 1).to(x.dtype)
 
 
 def _default_device(device: str | torch.device | None) -> torch.device:
@@ -680,19 +746,22 @@ def fit(
     dev = _default_device(device)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(config.seed)  # weights, dropout: from the seed alone
-        model = task.build(config.network, data).to(dev)
+        model = build(task, config, data).to(dev)
         steps_per_epoch = math.ceil(len(data) / config.batch_size)
         optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
             optimiser, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
         )
         order_rng = torch.Generator().manual_seed(config.seed)
+        looks_rng = torch.Generator().manual_seed(config.seed + APPEARANCE_SEED_OFFSET)
         model.train()
         for epoch in range(config.epochs):
             began = time.perf_counter()
             order = torch.randperm(len(data), generator=order_rng)
             total = torch.zeros((), device=dev)
             for inputs, targets in data.batches(order, batch_size=config.batch_size):
+                if config.appearance:
+                    inputs = vary_appearance(inputs, looks_rng)
                 loss = task.loss(model(_to(inputs, dev)), _to(targets, dev), data)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
@@ -737,6 +806,7 @@ def train_task(
     device: str | None = None,
     progress: Progress | None = None,
     scratch: str | Path | None = None,
+    appearance: bool = False,
 ) -> dict[str, Any]:
     """Train ``domain``'s task network on every sample of ``train``, test it on ``eval``.
 
@@ -749,7 +819,13 @@ def train_task(
     """
     task = get_task(domain)
     config = TaskConfig(
-        domain=domain, network=network, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
+        domain=domain,
+        network=network,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        appearance=appearance,
     )
     began = time.perf_counter()
     with scratch_directory(scratch, "task") as where:
@@ -809,11 +885,12 @@ def load_task_model(
     run = Path(run)
     record = json.loads((run / "config.json").read_text())
     config = TaskConfig(
-        **{k: record[k] for k in ("domain", "network", "epochs", "batch_size", "lr", "seed")}
+        **{k: record[k] for k in ("domain", "network", "epochs", "batch_size", "lr", "seed")},
+        appearance=bool(record.get("appearance", False)),
     )
     info = record["input"]
     template = LabeledSet(config.domain, [], torch.zeros(0), torch.zeros(0), [], info)
-    model = get_task(config.domain).build(config.network, template)
+    model = build(get_task(config.domain), config, template)
     model.load_state_dict(load_file(str(run / "model.safetensors")))
     return model.to(_default_device(device)).eval(), config, info
 

@@ -391,6 +391,11 @@ def _summary(record: dict) -> str:
             f"Label drift: {_esc(_pm(drift, drift.get('unit') or ''))}"
             + (f" ({_esc(drift['label'])})." if drift.get("label") else ".")
         )
+    robust = record.get("label_drift_robust")
+    if robust and robust.get("mean") is not None:
+        parts.append(
+            f"Of an appearance-robust network: {_esc(_pm(robust, robust.get('unit') or ''))}."
+        )
     labels = record.get("labels")
     if labels and labels.get("paired") is not None:
         parts.append(
@@ -521,19 +526,30 @@ def _drift(record: dict) -> str:
     drift = record.get("label_drift")
     if not drift:
         return '<p class="absent">Not measured.</p>'
+    robust = record.get("label_drift_robust")
+    columns = {"task network trained on synthetic": drift}
+    if robust:
+        columns["the same, appearance-robust"] = robust
     unit = drift.get("unit") or ""
     runs = list(drift.get("runs") or [])
-    rows = [["mean ± std over seeds", _esc(_pm(drift, unit))]]
-    rows += [
-        [_esc(f"seed {s}"), _esc(_with_unit(_num(r), unit))]
-        for s, r in zip(_seed_names(record, runs), runs, strict=True)
-    ]
+    rows = [["mean ± std over seeds", *(_esc(_pm(d, unit)) for d in columns.values())]]
+    for i, seed in enumerate(_seed_names(record, runs)):
+        rows.append(
+            [
+                _esc(f"seed {seed}"),
+                *(
+                    _esc(_with_unit(_num((d.get("runs") or [None] * len(runs))[i]), unit))
+                    for d in columns.values()
+                ),
+            ]
+        )
     out = []
     if drift.get("label"):
         out.append(f"<p>{_esc(drift['label'])}</p>")
-    out.append(_table(["", "drift"], rows))
-    if drift.get("description"):
-        out.append(f'<p class="note">{_esc(drift["description"])}</p>')
+    out.append(_table(["", *columns], rows))
+    for name, d in columns.items():
+        if d.get("description"):
+            out.append(f'<p class="note">{_esc(name)}: {_esc(d["description"])}</p>')
     return "\n".join(out)
 
 
