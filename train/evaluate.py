@@ -63,6 +63,10 @@ DATA_NOTE = (
     "read back a batch at a time: memory does not grow with the sets"
 )
 
+DRIFT_NOTE = (
+    "the model trained on synthetic data (each seed) applied to each synthetic image and to its "
+    "refined version, paired by key: mean disagreement"
+)
 ROBUST_NOTE = (
     "the same network trained on the synthetic set (each seed) with random appearance changes "
     "(tone curve, contrast, brightness, colour gains, shading ramp, blur, noise; no geometric "
@@ -341,27 +345,8 @@ def _evaluate(
         },
         "results": results,
         "gap_closed": gap,
-        "label_drift": None
-        if not drift
-        else {
-            "label": task.drift.label,
-            "unit": task.drift.unit,
-            **summary(drift),
-            "pairs": len(paired_synthetic),
-            "description": (
-                "the model trained on synthetic data (each seed) applied to each synthetic image "
-                "and to its refined version, paired by key: mean disagreement"
-            ),
-        },
-        "label_drift_robust": None
-        if not robust_drift
-        else {
-            "label": task.drift.label,
-            "unit": task.drift.unit,
-            **summary(robust_drift),
-            "pairs": len(paired_synthetic),
-            "description": ROBUST_NOTE,
-        },
+        "label_drift": _drift_entry(task, drift, len(paired_synthetic), DRIFT_NOTE),
+        "label_drift_robust": _drift_entry(task, robust_drift, len(paired_synthetic), ROBUST_NOTE),
         "labels": labels,
         "realism": realism_report,
         "distributions": {
@@ -411,6 +396,19 @@ _DISTRIBUTION_LABELS = {
     "hand": "error per joint on the real test set (crop px), all seeds",
     "scene": "mIoU per real test frame, all seeds",
 }
+
+
+def _drift_entry(task, runs: list[float], pairs: int, note: str) -> dict[str, Any] | None:
+    """A label drift's report entry: its runs over seeds, what it is; None if not measured."""
+    if not runs:
+        return None
+    return {
+        "label": task.drift.label,
+        "unit": task.drift.unit,
+        **summary(runs),
+        "pairs": pairs,
+        "description": note,
+    }
 
 
 def peak_memory(device: str | None = None) -> dict[str, Any]:
