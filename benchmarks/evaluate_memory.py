@@ -29,20 +29,24 @@ NAME = "evaluate_memory"
 SIZE = (64, 128)
 
 
-def _frames(root: Path, variant: str, count: int, seed: int) -> list[str]:
-    return common.procedural_shards(root, "scene", variant, count, seed=seed, size=SIZE)
+def measure(
+    root: Path, frames: int, *, device: str = "cpu", size: tuple[int, int] = SIZE
+) -> dict[str, Any]:
+    """``refinery evaluate scene`` in a process of its own on ``frames`` frames per set of
+    ``size``: its peak memory (host and, on CUDA, device) and seconds."""
 
+    def shards(variant: str, count: int, seed: int) -> list[str]:
+        return common.procedural_shards(root, "scene", variant, count, seed=seed, size=size)
 
-def measure(root: Path, frames: int) -> dict[str, Any]:
-    synthetic = _frames(root, "synthetic", frames, 1)
-    real_train = _frames(root, "real", frames, 2)
-    real_test = _frames(root, "real", max(frames // 4, 8), 3)
+    synthetic = shards("synthetic", frames, 1)
+    real_train = shards("real", frames, 2)
+    real_test = shards("real", max(frames // 4, 8), 3)
     out = root / "report"
     command = [
         sys.executable, "-m", "refinery", "evaluate", "scene",
         "--synthetic", *synthetic, "--refined", *synthetic, "--real-train", *real_train,
         "--real-test", *real_test, "--out", str(out), "--seeds", "0", "--epochs", "1",
-        "--device", "cpu",
+        "--device", device,
     ]  # fmt: skip
     began = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -53,6 +57,10 @@ def measure(root: Path, frames: int) -> dict[str, Any]:
         "frames_per_set": frames,
         "real_test_frames": report["counts"]["real_test"],
         "peak_host_rss_mib": report["memory"]["peak_host_rss_mib"],
+        "peak_device_mib": report["memory"]["peak_device_mib"],
+        "size": list(size),
+        "device": device,
+        "evaluate_seconds": report["seconds"],
         "seconds": time.perf_counter() - began,
     }
 

@@ -27,6 +27,9 @@ Steps, each recorded with its seconds and a status (``passed``, ``failed`` with 
    eight decoding threads) and SG-GAN's paper preset at 256x512, FP32 and AMP; images/s and
    the share of the wall time the loop waited for data (targets: ≥ 10,000 images/s with AMP,
    ≤ 10% waiting).
+6. ``evaluate``: ``refinery evaluate scene`` on the device at 256x512, 100 and 400 frames per
+   set (one seed, one epoch; sets read a batch at a time from the scratch directory): seconds,
+   peak host memory (its growth between the sizes) and peak device memory.
 
 Records ``benchmarks/results/gpu-check.json`` (``--device cpu``: ``out/gpu-check-cpu/``, which
 is not a result), rewritten after every step, so a run cut short keeps what it measured.
@@ -133,6 +136,7 @@ SIZES = {
             "steps": 30,
             "log_every": 10,
         },
+        "evaluate": {"size": [256, 512], "frames": [100, 400]},
     },
     "cpu": {
         "gaze-refiner": (35, 55, 64),
@@ -160,6 +164,7 @@ SIZES = {
             "steps": 6,
             "log_every": 2,
         },
+        "evaluate": {"size": [64, 128], "frames": [16, 64]},
     },
 }
 
@@ -709,12 +714,32 @@ def train_step(ctx: dict) -> dict[str, Any]:
     return found
 
 
+def evaluate_step(ctx: dict) -> dict[str, Any]:
+    """``refinery evaluate scene`` on the device (``benchmarks.evaluate_memory.measure``):
+    FCN8s trained and tested a batch at a time from the scratch directory, at two set sizes;
+    seconds and peak host and device memory."""
+    from benchmarks.evaluate_memory import measure
+
+    device, sizes, work = ctx["device"], ctx["sizes"], Path(ctx["work"])
+    dev = f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu"
+    found: dict[str, Any] = {}
+    plan = sizes["evaluate"]
+    for frames in plan["frames"]:
+        root = work / f"evaluate-{frames}"
+        root.mkdir(parents=True, exist_ok=True)
+        found[str(frames)] = measure(root, frames, device=dev, size=tuple(plan["size"]))
+    small, large = (found[str(f)]["peak_host_rss_mib"] for f in plan["frames"])
+    found["host_growth"] = large / small - 1
+    return found
+
+
 STEPS: dict[str, Callable[[dict], dict[str, Any]]] = {
     "environment": environment,
     "pytest": pytest_gpu,
     "engines": engines_step,
     "job": job_step,
     "train": train_step,
+    "evaluate": evaluate_step,
 }
 
 
@@ -771,6 +796,7 @@ def main(argv: list[str] | None = None) -> int:
                     "pool": 4,
                     "steps": 4,
                 },
+                "evaluate": {"size": [64, 64], "frames": [8, 16]},
             }
         )
     ctx: dict[str, Any] = {

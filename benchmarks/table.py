@@ -475,6 +475,7 @@ def _gpu_check(record: dict) -> list[str]:
                 f"{_fmt(row['frames_per_s'])} | {target} |"
             )
     lines += _training_rows(steps.get("train", {}))
+    lines += _evaluate_rows(steps.get("evaluate", {}))
     not_run = record["figures"].get("not_run", [])
     if not_run:
         lines += ["", "Not run: " + "; ".join(not_run) + "."]
@@ -500,6 +501,26 @@ def _training_rows(found: dict) -> list[str]:
         lines.append(
             f"| {key} | {r['batch_size']} | {'yes' if r['amp'] else 'no'} | "
             f"{r['decode_workers']} | {_fmt(r['images_per_s'])} | {r['data_wait_share']:.1%} |"
+        )
+    return lines
+
+
+def _evaluate_rows(found: dict) -> list[str]:
+    """``refinery evaluate scene`` on the device: seconds and peak memory per set size."""
+    rows = [v for v in found.values() if isinstance(v, dict) and "frames_per_set" in v]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "| `evaluate scene` (one seed, one epoch) | frames per set | seconds | peak host MiB | "
+        "peak device MiB |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {'x'.join(str(v) for v in r['size'])} on {r['device']} | "
+            f"{r['frames_per_set']:,} | {_fmt(r['seconds'])} | {_fmt(r['peak_host_rss_mib'])} | "
+            f"{_fmt(r['peak_device_mib']) if r['peak_device_mib'] is not None else '—'} |"
         )
     return lines
 

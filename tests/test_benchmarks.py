@@ -189,8 +189,15 @@ def test_evaluate_records_render_as_one_table(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith(("| gaze", "| streets"))]
     assert [row.split(" | ")[0] for row in rows] == ["| gaze-simgan", "| streets-sggan"]
     assert rows[1].split(" | ")[1:10] == [
-        "mIoU ↑", "0.45 ± 0.05", "0.325 ± 0.05", "0.2 ± 0.05", "50%", "50% (50%, 50%)",
-        "0.25 (1 - IoU)", "—", "300/300",
+        "mIoU ↑",
+        "0.45 ± 0.05",
+        "0.325 ± 0.05",
+        "0.2 ± 0.05",
+        "50%",
+        "50% (50%, 50%)",
+        "0.25 (1 - IoU)",
+        "—",
+        "300/300",
     ]  # fmt: skip  (no appearance-robust drift in this record: "—")
     assert "mean angular error (deg) ↓" in rows[0]
     for experiment in ("gaze-simgan", "streets-sggan"):
@@ -229,7 +236,12 @@ def test_gpu_check_runs_every_step_end_to_end_on_the_cpu(tmp_path):
         "engines": "passed",
         "job": "passed",
         "train": "passed",
+        "evaluate": "passed",
     }
+    evaluate = steps["evaluate"]
+    assert evaluate["16"]["frames_per_set"] == 16 and evaluate["8"]["device"] == "cpu"
+    assert evaluate["16"]["peak_host_rss_mib"] > 50 and evaluate["16"]["peak_device_mib"] is None
+    assert "host_growth" in evaluate
     train = steps["train"]
     assert set(train) >= {"simgan_gaze_fp32_decode2", "simgan_gaze_amp_decode2", "sggan_fp32"}
     for key in ("simgan_gaze_fp32_decode2", "simgan_gaze_amp_decode2", "sggan_fp32", "sggan_amp"):
@@ -258,6 +270,7 @@ def test_gpu_check_runs_every_step_end_to_end_on_the_cpu(tmp_path):
     assert "simgan-refiner-gaze (35x55, 8) | torch fp32 eager" in rendered
     assert "gaze PNG, `refinery refine`, processes sharing the GPU (2 processes)" in rendered
     assert "| simgan_gaze_amp_decode2 | 4 | no | 2 |" in rendered
+    assert "| 64x64 on cpu | 16 |" in rendered
 
 
 def test_gpu_check_reads_pytest_outcomes_and_refuses_to_run_without_cuda(tmp_path):
