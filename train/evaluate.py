@@ -275,7 +275,7 @@ def _evaluate(
             f"{network} trained on the synthetic set (seed {seeds[0]}; the input of its last "
             "layer, averaged over space)"
         ),
-        device=device or "cpu",
+        device=device or ("cuda" if torch.cuda.is_available() else "cpu"),  # as fit's default
     )
     for name, entry in realism_report["sets"].items():
         say(
