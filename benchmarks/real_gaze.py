@@ -30,6 +30,9 @@ Skipped (exit 0, nothing written) when the fixture is absent, as on a fresh clon
 
 ``--padding zeros`` is the ablation of the recipes' reflect padding: the same runs with the
 paper's zero padding, recorded as ``real_gaze_zeros.json`` (its table sits under this one).
+``--set KEY=VALUE`` (repeatable, recipe keys) with ``--tag NAME`` runs another variant of the
+recipe, recorded as ``real_gaze_NAME.json``: e.g. ``--set psi=gradients --set
+self_reg_weight=1.0 --tag psi-gradients``.
 """
 
 from __future__ import annotations
@@ -136,8 +139,21 @@ def main(argv: list[str] | None = None) -> int:
         help="the refiner's padding; zeros (the ablation) records real_gaze_zeros.json, without "
         "the procedural variants (they do not depend on it)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe key for every GAN (repeatable; needs --tag)",
+    )
+    parser.add_argument("--tag", help="names the variant: records real_gaze_TAG.json")
     args = parser.parse_args(argv)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    if bool(overrides) != bool(args.tag) or any("=" not in item for item in args.set):
+        parser.error("--set KEY=VALUE and --tag NAME go together")
     name = "real_gaze" if args.padding == "reflect" else f"real_gaze_{args.padding}"
+    if args.tag:
+        name = f"real_gaze_{args.tag}"
     if not args.fixture.is_dir():
         print(f"real_gaze: skipped: no fixture at {args.fixture}")
         return 0
@@ -168,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         # --quick: the same commands with a few small steps, to test this script
         recipe.write_text(
             f"seed: {seed}\nrefiner_padding: {args.padding}\n"
+            + "".join(f"{key}: {value}\n" for key, value in overrides.items())
             + (QUICK_RECIPE if args.quick else "")
         )
         took = {}
@@ -207,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     pixels = {"synthetic": _pixels(str(synthetic)), "real": _pixels(str(real))}
     variants = (
         _variants(pixels["real"], count=count, seeds=seeds, quick=args.quick)
-        if args.padding == "reflect"
+        if args.padding == "reflect" and not overrides
         else {}
     )
     appearance = {
@@ -278,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         + report["realism"]["kid_note"],
     }
     settings["refiner_padding"] = args.padding
+    settings["recipe_overrides"] = overrides
     write_result(name, figures, settings, results=args.results)
     print(json.dumps(figures, indent=1))
     return 0

@@ -97,9 +97,16 @@ def _real_gaze(record: dict) -> list[str]:
         )
 
     padding = record["settings"].get("refiner_padding", "reflect")  # the recipes' since 79ab41d
+    overrides = record["settings"].get("recipe_overrides") or {}
     return [
         f"Refiner padding: `{padding}`"
-        + (" (the ablation of the recipes' reflect)." if padding != "reflect" else "."),
+        + (" (the ablation of the recipes' reflect)" if padding != "reflect" else "")
+        + (
+            "; recipe changed: " + ", ".join(f"`{k}: {v}`" for k, v in overrides.items())
+            if overrides
+            else ""
+        )
+        + ".",
         "",
         f"`ingest images`: {ingest['files']} real MPIIGaze crops → {ingest['written']} samples, "
         f"{ingest['rejected']} rejected, {_fmt(ingest['seconds'])} s. `train simgan` (small "
@@ -586,6 +593,7 @@ RENDERERS = {
     "gpu-check": _gpu_check,
     "real_gaze": _real_gaze,
     "real_gaze_zeros": _real_gaze,
+    "real_gaze_psi-gradients": _real_gaze,
     "train_speed": _train_speed,
     "evaluate_memory": _evaluate_memory,
 }
