@@ -410,8 +410,13 @@ def _targets_and_ablations(figures: dict[str, dict]) -> list[str]:
             return (
                 f"refined {_fmt(refined['mean'])} ± {_fmt(refined['std'])}, gap closed "
                 f"{'—' if gap is None else f'{gap:.0%}'}, drift "
-                f"{_fmt(drift.get('mean'))}{_unit(drift.get('unit', ''))} (appearance-robust "
-                f"{_fmt(robust.get('mean'))}), two-sample accuracy "
+                f"{_fmt(drift.get('mean'))}{_unit(drift.get('unit', ''))}"
+                + (
+                    f" (appearance-robust {_fmt(robust['mean'])})"
+                    if robust.get("mean") is not None
+                    else ""
+                )
+                + ", two-sample accuracy "
                 f"{_fmt(c2st.get('mean'))}"
             )
 
