@@ -148,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tag", help="names the variant: records real_gaze_TAG.json")
     args = parser.parse_args(argv)
-    overrides = dict(item.split("=", 1) for item in args.set)
-    if bool(overrides) != bool(args.tag) or any("=" not in item for item in args.set):
+    if bool(args.set) != bool(args.tag) or any("=" not in item for item in args.set):
         parser.error("--set KEY=VALUE and --tag NAME go together")
+    overrides = dict(item.split("=", 1) for item in args.set)
     name = "real_gaze" if args.padding == "reflect" else f"real_gaze_{args.padding}"
     if args.tag:
         name = f"real_gaze_{args.tag}"

@@ -391,3 +391,11 @@ def test_evaluate_memory_quick_run_records_the_peak_of_each_size(tmp_path):
     text = table.render(tmp_path)
     assert "#### evaluate_memory (`benchmarks/results/evaluate_memory.json`)" in text
     assert "| 64 |" in text and "| gaze-simgan |" in text
+
+
+def test_real_gaze_recipe_variants_need_a_tag():
+    from benchmarks import real_gaze
+
+    for argv in (["--set", "psi=gradients"], ["--tag", "x"], ["--set", "psi", "--tag", "x"]):
+        with pytest.raises(SystemExit):
+            real_gaze.main(argv)
