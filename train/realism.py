@@ -72,20 +72,22 @@ def images(
     from train.downstream import hand_input
 
     height, width = (int(s) for s in size)
-    if domain == "hand":  # depth through hand_input, stored as float32
-        rows = RowWriter(scratch_file(scratch, "realism"), transform=lambda x: x[:, None])
-    else:  # 8-bit, stored as such
-        rows = RowWriter(
-            scratch_file(scratch, "realism"), transform=unit_channels_first(scaling_for(domain))
-        )
+
+    def resized(image: np.ndarray) -> np.ndarray:  # 8-bit, stored as such
+        if image.shape[:2] == (height, width):
+            return image
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+    def normalised(depth: np.ndarray) -> np.ndarray:  # float32, stored as such
+        return hand_input(depth, depth_input or height)
+
+    if domain == "hand":
+        stored, transform = normalised, lambda x: x[:, None]
+    else:
+        stored, transform = resized, unit_channels_first(scaling_for(domain))
+    rows = RowWriter(scratch_file(scratch, "realism"), transform=transform)
     for sample in read(urls, domain, labels=False):
-        image = sample[image_component(sample, domain)]
-        if domain == "hand":
-            rows.append(hand_input(image, depth_input or height))
-        else:
-            if image.shape[:2] != (height, width):
-                image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-            rows.append(image)
+        rows.append(stored(sample[image_component(sample, domain)]))
         if limit is not None and rows.count >= limit:
             break
     if not rows.count:

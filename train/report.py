@@ -532,17 +532,12 @@ def _drift(record: dict) -> str:
         columns["the same, appearance-robust"] = robust
     unit = drift.get("unit") or ""
     runs = list(drift.get("runs") or [])
+    per_seed = [d.get("runs") or [None] * len(runs) for d in columns.values()]
     rows = [["mean ± std over seeds", *(_esc(_pm(d, unit)) for d in columns.values())]]
-    for i, seed in enumerate(_seed_names(record, runs)):
-        rows.append(
-            [
-                _esc(f"seed {seed}"),
-                *(
-                    _esc(_with_unit(_num((d.get("runs") or [None] * len(runs))[i]), unit))
-                    for d in columns.values()
-                ),
-            ]
-        )
+    rows += [
+        [_esc(f"seed {seed}"), *(_esc(_with_unit(_num(r), unit)) for r in values)]
+        for seed, *values in zip(_seed_names(record, runs), *per_seed, strict=True)
+    ]
     out = []
     if drift.get("label"):
         out.append(f"<p>{_esc(drift['label'])}</p>")
