@@ -22,6 +22,11 @@ each engine runs on its own stream (never the legacy default stream), entered th
 
 Batches larger than the profile's maximum are split; any other shape outside the profile, or
 the wrong channel count, raises ``EngineMismatch`` before the backend sees it.
+
+An engine whose refiner takes noise (``engine.json``: ``io.noise_channels`` N > 0) is still
+called with the C image channels: ``run_tensor`` appends the N channels of seeded noise that the
+graph takes (``refinery.noise``, a function of each image's pixels, computed on the device), so
+every backend gives the same result for a sample in any batch, as the trained module does.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import numpy as np
 import torch
 
 from engines.spec import EngineMismatch, EngineSpec
+from refinery.noise import with_noise
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,7 @@ class Engine:
         self.check(tuple(x.shape))
         with self.on_device():
             x = to_device(x, self.device).to(torch.float32)
+            x = with_noise(x, self.spec.io.noise_channels)  # per image: slicing cannot change it
             step = self.profile.max.batch
             if len(x) <= step:
                 return self._run_tensor(x)

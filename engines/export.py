@@ -91,6 +91,7 @@ def export_run(
         channels=int(info["channels"]),
         low=float(low),
         high=float(high),
+        noise_channels=int(info["kwargs"].get("noise", 0)),
     )
     multiple = int(info.get("size_multiple", 1))
     return export_module(
@@ -230,7 +231,7 @@ def export_module(
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(out / WEIGHTS_FILE))
 
     batch = 2 if profile.max.batch >= 2 else 1
-    example = torch.zeros(batch, pixels.channels, *_example_size(profile))
+    example = torch.zeros(batch, pixels.graph_channels, *_example_size(profile))
     tmp = out / f".{MODEL_FILE}.tmp-{os.getpid()}"
     with _quiet_exporter():
         torch.onnx.export(
@@ -250,7 +251,7 @@ def export_module(
     os.replace(tmp, out / MODEL_FILE)
 
     shapes = _parity_sizes(profile)
-    worst, noise = parity(module, out / MODEL_FILE, shapes, pixels.channels)
+    worst, noise = parity(module, out / MODEL_FILE, shapes, pixels.graph_channels)
     if tolerance is None:
         tolerance = max(PARITY_TOLERANCE, 4 * noise)
     if worst > tolerance:

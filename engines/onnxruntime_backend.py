@@ -87,7 +87,9 @@ class OnnxRuntimeEngine(Engine):
             (y,) = self.session.run([self.output_name], {self.input_name: x.contiguous().numpy()})
             return torch.from_numpy(y.astype(np.float32, copy=False))
         x = x.contiguous()
-        y = torch.empty(x.shape, dtype=torch.float32, device=self.device)  # refiners keep shape
+        # refiners keep (B, H, W) and return the image's channels (the input may add noise's)
+        shape = (x.shape[0], self.spec.io.channels, *x.shape[2:])
+        y = torch.empty(shape, dtype=torch.float32, device=self.device)
         binding = self.session.io_binding()
         for bind, name, t in (
             (binding.bind_input, self.input_name, x),

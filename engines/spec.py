@@ -180,6 +180,14 @@ class PixelIO:
     layout: str = "NCHW"
     model_dtype: str = "float32"
     model_range: tuple[float, float] = (-1.0, 1.0)
+    # N(0, 1) channels appended to the image's outside the graph (refinery.noise.seeded_noise,
+    # a function of the pixels): the graph takes channels + noise_channels, returns channels
+    noise_channels: int = 0
+
+    @property
+    def graph_channels(self) -> int:
+        """Channels of the graph's input: the image's and the noise's."""
+        return self.channels + self.noise_channels
 
     @property
     def pixel_dtype(self) -> str:

@@ -149,7 +149,7 @@ def build_plan(
         workspace = int(workspace_gib * (1 << 30))
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
         optimisation = builder.create_optimization_profile()
-        low, opt, high = profile_shapes(profile, spec.io.channels)
+        low, opt, high = profile_shapes(profile, spec.io.graph_channels)
         optimisation.set_shape(spec.model["input"], low, opt, high)
         config.add_optimization_profile(optimisation)
         serialized = builder.build_serialized_network(network, config)

@@ -49,6 +49,9 @@ class SimGANConfig:
     # zeros: the paper's TF "SAME"; reflect (the recipes): no black frame for the refiner to
     # draw along the borders (refinery.nets.simgan). Missing from old runs' config: zeros.
     refiner_padding: str = "zeros"
+    # N: input channels of seeded N(0, 1) noise the refiner learns to modulate (refinery.noise),
+    # so it can add sensor noise a deterministic refiner cannot; 0 (the paper) builds none
+    refiner_noise: int = 0
     discriminator: str = "simgan-discriminator-gaze"
     channels: int = 1
     batch_size: int = 512
@@ -167,9 +170,7 @@ class SimGAN:
         self.ranks = ranks
         rank = ranks.rank
         torch.manual_seed(config.seed)
-        refiner = build_network(
-            config.refiner, channels=config.channels, padding=config.refiner_padding
-        ).to(device)
+        refiner = build_network(config.refiner, **self.refiner_kwargs).to(device)
         discriminator = build_network(config.discriminator, channels=config.channels).to(device)
         self.modules = {"refiner": refiner, "discriminator": discriminator}
         self.optimisers = {
@@ -272,6 +273,17 @@ class SimGAN:
         tiles = [[image_tile(img) for img in row] for row in rows]
         return sheets.grid(tiles, titles=["synthetic", "refined", "real"])
 
+    @property
+    def refiner_kwargs(self) -> dict[str, Any]:
+        """What the refiner is built with, here and by ``refinery export`` (generator.json)."""
+        config = self.config
+        kwargs: dict[str, Any] = {"channels": config.channels, "padding": config.refiner_padding}
+        if (
+            config.refiner_noise
+        ):  # absent otherwise: engines and runs from before it stay as they were
+            kwargs["noise"] = config.refiner_noise
+        return kwargs
+
     def generator_info(self) -> dict[str, Any]:
         config = self.config
         scaling = scaling_for(config.domain, config.depth_range)
@@ -280,7 +292,7 @@ class SimGAN:
             "method": "simgan",
             "module": "refiner",
             "network": config.refiner,
-            "kwargs": {"channels": config.channels, "padding": config.refiner_padding},
+            "kwargs": self.refiner_kwargs,
             "domain": config.domain,
             "image_component": config.image_key or spec(config.domain).default_image,
             "pixel_kind": spec(config.domain).image_kind,

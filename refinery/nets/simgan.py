@@ -53,6 +53,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from refinery.noise import with_noise
 from refinery.registry import register_network
 
 NORMS = ("none", "instance")
@@ -76,8 +77,11 @@ class RefinerConfig:
     blocks: int = 4  # N ResNet blocks
     norm: str = "none"  # "none" (paper) or "instance"; see the module docstring
     padding: str = "zeros"  # "zeros" (paper, TF "SAME") or "reflect"; see the module docstring
+    noise: int = 0  # extra input channels of seeded N(0, 1) noise (refinery.noise); not the paper
 
     def __post_init__(self) -> None:
+        if isinstance(self.noise, bool) or not isinstance(self.noise, int) or self.noise < 0:
+            raise ValueError(f"RefinerConfig.noise must be an integer >= 0, got {self.noise!r}")
         _check_positive(
             "RefinerConfig",
             channels=self.channels,
@@ -119,7 +123,12 @@ class ResnetBlock(nn.Module):
 
 
 class SimGANRefiner(nn.Module):
-    """R_θ: (B, C, H, W) in [-1, 1] -> (B, C, H, W) in [-1, 1], any H, W."""
+    """R_θ: (B, C, H, W) in [-1, 1] -> (B, C, H, W) in [-1, 1], any H, W.
+
+    With ``noise=N`` the first conv takes C + N channels: given the C image channels alone the
+    refiner appends their seeded noise itself (``refinery.noise.with_noise``; training, sample
+    sheets), given C + N it takes them as they are (the exported graph: engines append the
+    same noise outside it, so an engine refines exactly as the trained module does)."""
 
     value_range = (-1.0, 1.0)
 
@@ -128,13 +137,16 @@ class SimGANRefiner(nn.Module):
         self.config = config
         k, f = config.kernel_size, config.features
         pad = config.padding
-        self.stem = nn.Conv2d(config.channels, f, k, padding=k // 2, padding_mode=pad)
+        inputs = config.channels + config.noise
+        self.stem = nn.Conv2d(inputs, f, k, padding=k // 2, padding_mode=pad)
         self.blocks = nn.Sequential(
             *(ResnetBlock(f, k, config.norm, pad) for _ in range(config.blocks))
         )
         self.head = nn.Conv2d(f, config.channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.noise and x.shape[1] == self.config.channels:
+            x = with_noise(x, self.config.noise)  # (B, C + N, H, W)
         y = torch.relu(self.stem(x))  # (B, F, H, W)
         y = self.blocks(y)
         return torch.tanh(self.head(y))  # (B, C, H, W)
@@ -142,36 +154,54 @@ class SimGANRefiner(nn.Module):
 
 @register_network("simgan-refiner-gaze", role="refiner", input_size=(35, 55))
 def simgan_refiner_gaze(
-    *, channels: int = 1, norm: str = "none", padding: str = "zeros"
+    *, channels: int = 1, norm: str = "none", padding: str = "zeros", noise: int = 0
 ) -> SimGANRefiner:
     """The paper's eye refiner (§3.1): 3×3 convs, 64 maps, 4 ResNet blocks; 35×55 crops."""
     return SimGANRefiner(
         RefinerConfig(
-            channels=channels, features=64, kernel_size=3, blocks=4, norm=norm, padding=padding
+            channels=channels,
+            features=64,
+            kernel_size=3,
+            blocks=4,
+            norm=norm,
+            padding=padding,
+            noise=noise,
         )
     )
 
 
 @register_network("simgan-refiner-hand", role="refiner", input_size=(224, 224))
 def simgan_refiner_hand(
-    *, channels: int = 1, norm: str = "none", padding: str = "zeros"
+    *, channels: int = 1, norm: str = "none", padding: str = "zeros", noise: int = 0
 ) -> SimGANRefiner:
     """The paper's hand-depth refiner (§3.2): 7×7 convs, 64 maps, 10 ResNet blocks; 224×224."""
     return SimGANRefiner(
         RefinerConfig(
-            channels=channels, features=64, kernel_size=7, blocks=10, norm=norm, padding=padding
+            channels=channels,
+            features=64,
+            kernel_size=7,
+            blocks=10,
+            norm=norm,
+            padding=padding,
+            noise=noise,
         )
     )
 
 
 @register_network("simgan-refiner-small", role="refiner", input_size=(35, 55))
 def simgan_refiner_small(
-    *, channels: int = 1, norm: str = "none", padding: str = "zeros"
+    *, channels: int = 1, norm: str = "none", padding: str = "zeros", noise: int = 0
 ) -> SimGANRefiner:
     """A CPU-sized refiner: 3×3 convs, 32 maps, 3 ResNet blocks (~56k parameters)."""
     return SimGANRefiner(
         RefinerConfig(
-            channels=channels, features=32, kernel_size=3, blocks=3, norm=norm, padding=padding
+            channels=channels,
+            features=32,
+            kernel_size=3,
+            blocks=3,
+            norm=norm,
+            padding=padding,
+            noise=noise,
         )
     )
 
