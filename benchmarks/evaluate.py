@@ -257,6 +257,13 @@ FULL["gaze-simgan-zeros"] = replace(
     cpu_scale=FULL["gaze-simgan"].cpu_scale
     + "; ablation: the refiner pads with zeros (the paper's TF SAME), not the recipe's reflect",
 )
+FULL["gaze-simgan-noise"] = replace(
+    FULL["gaze-simgan"],
+    name="gaze-simgan-noise",
+    overrides={"refiner_noise": 1},
+    cpu_scale=FULL["gaze-simgan"].cpu_scale
+    + "; ablation: one input channel of seeded N(0,1) noise the refiner modulates",
+)
 FULL["streets-spigan-nopi"] = replace(
     FULL["streets-spigan"],
     name="streets-spigan-nopi",

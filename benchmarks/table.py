@@ -379,6 +379,10 @@ def _evaluate(records: list[tuple[Path, dict]]) -> list[str]:
 GAP_TARGETS = {"gaze-simgan": 0.50, "hand-simgan": 0.30, "streets-sggan": 0.60}  # issue 15
 ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
     "gaze-simgan-zeros": ("gaze-simgan", "the refiner padded with zeros instead of reflection"),
+    "gaze-simgan-noise": (
+        "gaze-simgan",
+        "a noise channel the refiner modulates (refiner_noise: 1)",
+    ),
     "streets-spigan-nopi": ("streets-spigan", "SPIGAN without privileged information (γ = 0)"),
 }
 
@@ -596,9 +600,7 @@ RENDERERS = {
     "ingest": _ingest,
     "refine": _refine,
     "gpu-check": _gpu_check,
-    "real_gaze": _real_gaze,
-    "real_gaze_zeros": _real_gaze,
-    "real_gaze_psi-gradients": _real_gaze,
+    "real_gaze": _real_gaze,  # and every variant, real_gaze_<tag> (_renderer)
     "train_speed": _train_speed,
     "evaluate_memory": _evaluate_memory,
 }
@@ -608,9 +610,16 @@ RENDERERS = {
 GROUPS = {"evaluate_": _evaluate}
 
 
+def _renderer(name: str):
+    """A record's renderer: its own, real_gaze's for a real_gaze_<tag> variant, or the generic."""
+    if name.startswith("real_gaze_"):
+        return _real_gaze
+    return RENDERERS.get(name, _generic)
+
+
 def _group(name: str) -> str | None:
     """The group a record renders in; a record with a renderer of its own renders alone."""
-    if name in RENDERERS:
+    if name in RENDERERS or name.startswith("real_gaze_"):
         return None
     return next((prefix for prefix in GROUPS if name.startswith(prefix)), None)
 
@@ -649,7 +658,7 @@ def render(results: Path = RESULTS) -> str:
             title = f"#### {group.rstrip('_')} (`benchmarks/results/{group}*.json`)"
         parts += [title, "", _provenance([r for _, r in members]), ""]
         if group is None:
-            parts.extend(RENDERERS.get(name, _generic)(record))
+            parts.extend(_renderer(name)(record))
         else:
             parts.extend(GROUPS[group](members))
         parts.append("")
