@@ -399,3 +399,33 @@ def test_real_gaze_recipe_variants_need_a_tag():
     for argv in (["--set", "psi=gradients"], ["--tag", "x"], ["--set", "psi", "--tag", "x"]):
         with pytest.raises(SystemExit):
             real_gaze.main(argv)
+
+
+@pytest.mark.slow
+def test_drift_floor_quick_run_reads_drift_on_twins_with_the_same_labels(tmp_path):
+    from benchmarks import drift_floor
+
+    figures = drift_floor.main(["--quick", "--domains", "gaze", "--results", str(tmp_path)])
+    record = json.loads((tmp_path / "drift_floor.json").read_text())
+    assert record["figures"] == json.loads(json.dumps(figures))
+    gaze = figures["gaze"]
+    assert gaze["labels_identical"] and gaze["pairs"] == 16 and gaze["unit"] == "deg"
+    for kind in ("plain", "robust"):
+        assert len(gaze[kind]["runs"]) == 1 and gaze[kind]["mean"] > 0  # the looks differ
+
+
+def test_drift_floor_refuses_twins_whose_labels_differ(tmp_path, monkeypatch):
+    from benchmarks import drift_floor
+    from refinery import sim
+
+    generate = sim.generate
+
+    def moved(domain, variant, n, **kw):
+        for sample in generate(domain, variant, n, **kw):
+            if variant == "real":
+                sample["json"]["gaze"]["pitch"] += 0.01
+            yield sample
+
+    monkeypatch.setattr(sim, "generate", moved)
+    with pytest.raises(RuntimeError, match="gaze-syn-s1-00000000: the real variant's json differs"):
+        drift_floor.twins(tmp_path, "gaze", 2, seed=1, size=None)
