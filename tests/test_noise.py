@@ -4,6 +4,7 @@ a noise refiner refines exactly as the trained module, on every backend, in any 
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -180,3 +181,14 @@ def test_a_noise_engines_job_writes_the_same_bytes_twice(noise_run, tmp_path):
         summary = run(RefineConfig(engine=str(root / "engine"), output=str(out), batch=batch), urls)
         assert summary.written == 16
     assert images(first) == images(second) and len(images(first)) == 16
+
+
+def test_a_noise_engines_fp16_graph_takes_the_noise_too(noise_run, tmp_path):
+    root, spec = noise_run
+    engine = tmp_path / "engine"
+    shutil.copytree(root / "engine", engine)
+    engines.build(engine, backend="onnxruntime", fp16=True)
+    full = engines.load(engine, backend="onnxruntime")
+    half = engines.load(engine, backend="onnxruntime", precision="fp16")
+    x = spec.io.to_model(np.random.default_rng(5).integers(0, 256, (3, 35, 55), dtype=np.uint8))
+    assert np.abs(half(x) - full(x)).max() < 1e-2
