@@ -613,8 +613,10 @@ def _drift_floor(record: dict) -> list[str]:
         + "), read by the networks `evaluate` measures drift with, trained on the synthetic "
         "set (seeds "
         + ", ".join(str(s) for s in record["settings"]["seeds"])
-        + "). Nothing the labels describe changed, so this is what the instrument reads on "
-        "appearance alone: a refiner's drift below it cannot be shown with this instrument.",
+        + "); the sets are `real_gaze`'s synthetic eyes and the street experiments' synthetic "
+        "frames. Nothing the labels describe changed, so this is what the instrument reads on "
+        "appearance alone: a refiner's drift near or under it says nothing about changed "
+        "content.",
     ]
     return lines
 
