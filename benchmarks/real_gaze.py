@@ -30,9 +30,10 @@ Skipped (exit 0, nothing written) when the fixture is absent, as on a fresh clon
 
 ``--padding zeros`` is the ablation of the recipes' reflect padding: the same runs with the
 paper's zero padding, recorded as ``real_gaze_zeros.json`` (its table sits under this one).
-``--set KEY=VALUE`` (repeatable, recipe keys) with ``--tag NAME`` runs another variant of the
-recipe, recorded as ``real_gaze_NAME.json``: e.g. ``--set psi=gradients --set
-self_reg_weight=1.0 --tag psi-gradients``.
+``--set KEY=VALUE`` (repeatable, recipe keys) or ``--steps`` other than 600, with ``--tag
+NAME``, runs another variant of the recipe or its budget, recorded as ``real_gaze_NAME.json``:
+e.g. ``--set psi=gradients --set self_reg_weight=1.0 --tag psi-gradients``, ``--steps 1200
+--tag steps-1200``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ from refinery.shards import read
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "real" / "mpiigaze_unlabeled"
 
+
+STEPS = 600  # the walk-through's budget: the README's "with real eyes" commands
 
 QUICK_RECIPE = """\
 pretrain_refiner_steps: 2
@@ -126,7 +129,7 @@ def _variants(real: np.ndarray, *, count: int, seeds: list[int], quick: bool) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=600, help="adversarial iterations")
+    parser.add_argument("--steps", type=int, default=STEPS, help="adversarial iterations")
     parser.add_argument("--synthetic", type=int, default=2000, help="procedural eyes to refine")
     parser.add_argument("--quick", action="store_true", help="a tiny run to test the script")
     parser.add_argument("--fixture", type=Path, default=FIXTURE)
@@ -148,8 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tag", help="names the variant: records real_gaze_TAG.json")
     args = parser.parse_args(argv)
-    if bool(args.set) != bool(args.tag) or any("=" not in item for item in args.set):
-        parser.error("--set KEY=VALUE and --tag NAME go together")
+    # a variant of the recipe or of its budget records under its own name, never real_gaze's
+    variant = bool(args.set) or args.steps != STEPS
+    if any("=" not in item for item in args.set) or variant != bool(args.tag):
+        parser.error(
+            f"--set KEY=VALUE or --steps other than {STEPS} make a variant, which --tag NAME "
+            "names (and --tag needs one)"
+        )
     overrides = dict(item.split("=", 1) for item in args.set)
     name = "real_gaze" if args.padding == "reflect" else f"real_gaze_{args.padding}"
     if args.tag:

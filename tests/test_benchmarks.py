@@ -396,7 +396,12 @@ def test_evaluate_memory_quick_run_records_the_peak_of_each_size(tmp_path):
 def test_real_gaze_recipe_variants_need_a_tag():
     from benchmarks import real_gaze
 
-    for argv in (["--set", "psi=gradients"], ["--tag", "x"], ["--set", "psi", "--tag", "x"]):
+    for argv in (
+        ["--set", "psi=gradients"],
+        ["--steps", "1200"],
+        ["--tag", "x"],
+        ["--set", "psi", "--tag", "x"],
+    ):
         with pytest.raises(SystemExit):
             real_gaze.main(argv)
 
