@@ -59,3 +59,45 @@ def shared_fixture():
         return path
 
     return get
+
+
+@pytest.fixture(scope="session")
+def exported_tiny_run():
+    """``make(root, seeds=(s, r), **recipe)``: a real (tiny) SimGAN run of the small preset on
+    32 procedural eyes of each variant, exported to ``root/engine`` (the path every user
+    takes); returns (root, engine spec). Recipe keys override the tiny schedule."""
+
+    def make(root: Path, *, seeds: tuple[int, int] = (21, 22), **recipe):
+        import engines
+        from refinery import sim
+        from refinery.samples import encode_sample
+        from refinery.shards import write_shards
+        from train import simgan
+
+        for variant, seed in zip(("synthetic", "real"), seeds, strict=True):
+            made = sim.generate("gaze", variant, 32, seed=seed)
+            write_shards(
+                (encode_sample(s, "gaze") for s in made),
+                str(root / f"{variant}-%03d.tar"),
+                shard_size=16,
+            )
+        tiny = dict(
+            batch_size=8,
+            pretrain_refiner_steps=2,
+            pretrain_discriminator_steps=1,
+            steps=2,
+            buffer_size=16,
+            shuffle_buffer=8,
+            checkpoint_every=100,
+            log_every=100,
+            sample_every=100,
+        )
+        simgan.train(
+            simgan.load_config(preset="small", **{**tiny, **recipe}),
+            synthetic=str(root / "synthetic-{000..001}.tar"),
+            real=str(root / "real-{000..001}.tar"),
+            out=root / "run",
+        )
+        return root, engines.export_run(root / "run", root / "engine")
+
+    return make

@@ -29,12 +29,8 @@ from engines.tensorrt_backend import (
     torch_dtype,
 )
 from engines.torch_backend import GraphCache
-from refinery import sim
 from refinery.cli import main
 from refinery.registry import build_network, list_networks, network_info
-from refinery.samples import encode_sample
-from refinery.shards import write_shards
-from train import simgan
 
 SMALL = Profile(Shape(1, 8, 8), Shape(2, 24, 32), Shape(8, 64, 64))
 GRAY = PixelIO(image_component="png", pixel_kind="gray8", channels=1, low=0.0, high=255.0)
@@ -61,32 +57,9 @@ def _export(module: nn.Module, out, *, network: str, channels: int, profile=SMAL
 
 
 @pytest.fixture(scope="module")
-def run_engine(tmp_path_factory):
+def run_engine(tmp_path_factory, exported_tiny_run):
     """A real (tiny) SimGAN run, exported: the path every user takes."""
-    root = tmp_path_factory.mktemp("engine")
-    for variant, seed in (("synthetic", 21), ("real", 22)):
-        samples = (encode_sample(s, "gaze") for s in sim.generate("gaze", variant, 32, seed=seed))
-        write_shards(samples, str(root / f"{variant}-%03d.tar"), shard_size=16)
-    config = simgan.load_config(
-        preset="small",
-        batch_size=8,
-        pretrain_refiner_steps=2,
-        pretrain_discriminator_steps=1,
-        steps=2,
-        buffer_size=16,
-        shuffle_buffer=8,
-        checkpoint_every=100,
-        log_every=100,
-        sample_every=100,
-    )
-    simgan.train(
-        config,
-        synthetic=str(root / "synthetic-{000..001}.tar"),
-        real=str(root / "real-{000..001}.tar"),
-        out=root / "run",
-    )
-    spec = engines.export_run(root / "run", root / "engine")
-    return root, spec
+    return exported_tiny_run(tmp_path_factory.mktemp("engine"))
 
 
 # -- export -----------------------------------------------------------------------------------

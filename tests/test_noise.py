@@ -16,12 +16,8 @@ from safetensors.torch import load_file
 
 import engines
 from deploy.job import RefineConfig, run
-from refinery import sim
 from refinery.noise import _hash32, image_seeds, seeded_noise, with_noise
 from refinery.registry import build_network
-from refinery.samples import encode_sample
-from refinery.shards import write_shards
-from train import simgan
 
 
 def _lowbias32(x: int) -> int:
@@ -103,33 +99,9 @@ def test_a_noise_refiner_appends_its_noise_or_takes_it_given():
 
 
 @pytest.fixture(scope="module")
-def noise_run(tmp_path_factory):
+def noise_run(tmp_path_factory, exported_tiny_run):
     """A tiny SimGAN run whose refiner takes one noise channel, exported."""
-    root = tmp_path_factory.mktemp("noise")
-    for variant, seed in (("synthetic", 31), ("real", 32)):
-        samples = (encode_sample(s, "gaze") for s in sim.generate("gaze", variant, 32, seed=seed))
-        write_shards(samples, str(root / f"{variant}-%03d.tar"), shard_size=16)
-    config = simgan.load_config(
-        preset="small",
-        refiner_noise=1,
-        batch_size=8,
-        pretrain_refiner_steps=2,
-        pretrain_discriminator_steps=1,
-        steps=2,
-        buffer_size=16,
-        shuffle_buffer=8,
-        checkpoint_every=100,
-        log_every=100,
-        sample_every=100,
-    )
-    simgan.train(
-        config,
-        synthetic=str(root / "synthetic-{000..001}.tar"),
-        real=str(root / "real-{000..001}.tar"),
-        out=root / "run",
-    )
-    spec = engines.export_run(root / "run", root / "engine")
-    return root, spec
+    return exported_tiny_run(tmp_path_factory.mktemp("noise"), seeds=(31, 32), refiner_noise=1)
 
 
 def test_the_noise_channel_reaches_engine_json_and_the_graph(noise_run):
