@@ -164,3 +164,12 @@ def test_a_noise_engines_fp16_graph_takes_the_noise_too(noise_run, tmp_path):
     half = engines.load(engine, backend="onnxruntime", precision="fp16")
     x = spec.io.to_model(np.random.default_rng(5).integers(0, 256, (3, 35, 55), dtype=np.uint8))
     assert np.abs(half(x) - full(x)).max() < 1e-2
+
+
+@pytest.mark.gpu
+def test_seeded_noise_on_cuda_is_the_cpus():
+    x = _images(16)
+    on_gpu = x.cuda()
+    assert torch.equal(image_seeds(on_gpu).cpu(), image_seeds(x))  # integers: every bit
+    # Box-Muller's log, sqrt and cos: float32 on both, an ulp or so apart
+    assert float((seeded_noise(on_gpu, 2).cpu() - seeded_noise(x, 2)).abs().max()) < 1e-5
