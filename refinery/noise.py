@@ -19,8 +19,8 @@ the same bits on every device and in every batch:
 3. Box–Muller turns the two into one N(0, 1) value.
 
 So a sample's noise depends on its pixels only: not on its batch, the batch size, the backend
-or the device (the float step, Box–Muller, is the same few float32 operations everywhere, an ulp
-apart at most). Two identical images get identical noise, as they would get identical refined
+or the device (the integers are the same bits everywhere; the float step, Box–Muller, is the
+same few float32 operations, whose results a GPU's math library may put a few ulps apart). Two identical images get identical noise, as they would get identical refined
 images without it. Training uses the same function, so the refiner the trainer sees in its
 samples is exactly the one the engine runs.
 
