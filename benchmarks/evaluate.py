@@ -264,6 +264,13 @@ FULL["gaze-simgan-noise"] = replace(
     cpu_scale=FULL["gaze-simgan"].cpu_scale
     + "; ablation: one input channel of seeded N(0,1) noise the refiner modulates",
 )
+FULL["hand-simgan-noise"] = replace(
+    FULL["hand-simgan"],
+    name="hand-simgan-noise",
+    overrides={**FULL["hand-simgan"].overrides, "refiner_noise": 1},
+    cpu_scale=FULL["hand-simgan"].cpu_scale
+    + "; ablation: one input channel of seeded N(0,1) noise the refiner modulates",
+)
 FULL["streets-spigan-nopi"] = replace(
     FULL["streets-spigan"],
     name="streets-spigan-nopi",

@@ -383,6 +383,10 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
         "gaze-simgan",
         "a noise channel the refiner modulates (refiner_noise: 1)",
     ),
+    "hand-simgan-noise": (
+        "hand-simgan",
+        "a noise channel the refiner modulates (refiner_noise: 1)",
+    ),
     "streets-spigan-nopi": ("streets-spigan", "SPIGAN without privileged information (γ = 0)"),
 }
 
