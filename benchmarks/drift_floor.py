@@ -72,16 +72,15 @@ def twins(root: Path, domain: str, count: int, *, seed: int, size) -> tuple[list
                     f"{domain} {s['__key__']}: the real variant's {component} differs"
                 )
         r["__key__"], r["json"] = s["__key__"], s["json"]  # the synthetic sample's, now verified
-    urls = []
-    for name, index in (("synthetic", 0), ("twins", 1)):
-        urls.append(
-            write_shards(
-                (encode_sample(pair[index], domain) for pair in pairs),
-                str(root / f"{domain}-{name}-%06d.tar"),
-                shard_size=min(500, count),
-            )
+    synthetic_urls, twin_urls = (
+        write_shards(
+            (encode_sample(pair[index], domain) for pair in pairs),
+            str(root / f"{domain}-{name}-%06d.tar"),
+            shard_size=min(500, count),
         )
-    return urls[0], urls[1]
+        for index, name in enumerate(("synthetic", "twins"))
+    )
+    return synthetic_urls, twin_urls
 
 
 def floor(domain: str, settings: dict[str, Any], seeds, work: Path) -> dict[str, Any]:

@@ -638,27 +638,30 @@ RENDERERS = {
     "ingest": _ingest,
     "refine": _refine,
     "gpu-check": _gpu_check,
-    "real_gaze": _real_gaze,  # and every variant, real_gaze_<tag> (_renderer)
+    "real_gaze": _real_gaze,
     "train_speed": _train_speed,
     "evaluate_memory": _evaluate_memory,
     "drift_floor": _drift_floor,
 }
 
 
+# records named <prefix><anything> that each render alone with one renderer: the variants
+VARIANTS = {"real_gaze_": _real_gaze}
+
 # records named <prefix><anything> that render as one table, where the first of them sorts
 GROUPS = {"evaluate_": _evaluate}
 
 
-def _renderer(name: str):
-    """A record's renderer: its own, real_gaze's for a real_gaze_<tag> variant, or the generic."""
-    if name.startswith("real_gaze_"):
-        return _real_gaze
-    return RENDERERS.get(name, _generic)
+def _own_renderer(name: str):
+    """The renderer of a record that renders alone (its own or its variants'), else None."""
+    if name in RENDERERS:
+        return RENDERERS[name]
+    return next((r for prefix, r in VARIANTS.items() if name.startswith(prefix)), None)
 
 
 def _group(name: str) -> str | None:
     """The group a record renders in; a record with a renderer of its own renders alone."""
-    if name in RENDERERS or name.startswith("real_gaze_"):
+    if _own_renderer(name) is not None:
         return None
     return next((prefix for prefix in GROUPS if name.startswith(prefix)), None)
 
@@ -697,7 +700,7 @@ def render(results: Path = RESULTS) -> str:
             title = f"#### {group.rstrip('_')} (`benchmarks/results/{group}*.json`)"
         parts += [title, "", _provenance([r for _, r in members]), ""]
         if group is None:
-            parts.extend(_renderer(name)(record))
+            parts.extend((_own_renderer(name) or _generic)(record))
         else:
             parts.extend(GROUPS[group](members))
         parts.append("")

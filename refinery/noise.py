@@ -20,9 +20,10 @@ the same bits on every device and in every batch:
 
 So a sample's noise depends on its pixels only: not on its batch, the batch size, the backend
 or the device (the integers are the same bits everywhere; the float step, Box–Muller, is the
-same few float32 operations, whose results a GPU's math library may put a few ulps apart). Two identical images get identical noise, as they would get identical refined
-images without it. Training uses the same function, so the refiner the trainer sees in its
-samples is exactly the one the engine runs.
+same few float32 operations, whose results a GPU's math library may put a few ulps apart).
+Two identical images get identical noise, as they would get identical refined images without
+it. Training uses the same function, so the refiner the trainer sees in its samples is exactly
+the one the engine runs.
 
 Engines apply it outside the graph (``engines.base.Engine.run_tensor``): ONNX has no integer
 hash TensorRT can run, and the graph then stays plain conv/ReLU/tanh with C + N input channels.

@@ -278,9 +278,8 @@ class SimGAN:
         """What the refiner is built with, here and by ``refinery export`` (generator.json)."""
         config = self.config
         kwargs: dict[str, Any] = {"channels": config.channels, "padding": config.refiner_padding}
-        if (
-            config.refiner_noise
-        ):  # absent otherwise: engines and runs from before it stay as they were
+        # "noise" only when used, so engines and runs from before it stay as they were
+        if config.refiner_noise:
             kwargs["noise"] = config.refiner_noise
         return kwargs
 
