@@ -30,9 +30,11 @@ report is run 0's.
 | ``streets-sggan``  | scene  | SG-GAN, ``--preset small``        | fcn8s-small           |
 | ``streets-spigan`` | scene  | SPIGAN, ``--preset small``        | fcn8s-small           |
 
-Two ablations vary one setting on the same data, seeds and budget: ``gaze-simgan-zeros`` pads
-the refiner with zeros (the paper's TF "SAME") instead of the recipes' reflect, and
-``streets-spigan-nopi`` trains SPIGAN with γ = 0 (no privileged depth network).
+Four ablations vary one setting on the same data, seeds and budget: ``gaze-simgan-zeros`` pads
+the refiner with zeros (the paper's TF "SAME") instead of the recipes' reflect,
+``gaze-simgan-noise`` adds a noise channel the gaze recipe lacks, ``hand-simgan-nonoise`` drops
+the one the hand recipe has, and ``streets-spigan-nopi`` trains SPIGAN with γ = 0 (no
+privileged depth network).
 
 SPIGAN's own task network T is not what is scored here: its generator refines the synthetic
 shards like SG-GAN's does and a fresh ``fcn8s-small`` is trained on them, so both scene
@@ -264,12 +266,12 @@ FULL["gaze-simgan-noise"] = replace(
     cpu_scale=FULL["gaze-simgan"].cpu_scale
     + "; ablation: one input channel of seeded N(0,1) noise the refiner modulates",
 )
-FULL["hand-simgan-noise"] = replace(
+FULL["hand-simgan-nonoise"] = replace(
     FULL["hand-simgan"],
-    name="hand-simgan-noise",
-    overrides={**FULL["hand-simgan"].overrides, "refiner_noise": 1},
+    name="hand-simgan-nonoise",
+    overrides={**FULL["hand-simgan"].overrides, "refiner_noise": 0},
     cpu_scale=FULL["hand-simgan"].cpu_scale
-    + "; ablation: one input channel of seeded N(0,1) noise the refiner modulates",
+    + "; ablation: no noise channel (the paper's refiner), not the hand recipe's one",
 )
 FULL["streets-spigan-nopi"] = replace(
     FULL["streets-spigan"],

@@ -383,9 +383,9 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
         "gaze-simgan",
         "a noise channel the refiner modulates (refiner_noise: 1)",
     ),
-    "hand-simgan-noise": (
+    "hand-simgan-nonoise": (
         "hand-simgan",
-        "a noise channel the refiner modulates (refiner_noise: 1)",
+        "no noise channel (refiner_noise: 0, the paper's refiner; the hand recipe has one)",
     ),
     "streets-spigan-nopi": ("streets-spigan", "SPIGAN without privileged information (γ = 0)"),
 }
