@@ -69,9 +69,10 @@ iteration with two threads against 0.78 s of one-thread CPU):
 From the ``--quick`` runs the fixed part is about 50 s per experiment. Per experiment
 (evaluate = 3 sets × 3 seeds × samples × epochs × cost, plus predictions):
 
-- gaze-simgan (~6.5 min): SimGAN small, 100 + 50 pretraining updates and 300 iterations
-  (~3.3 min; 600 iterations took 6 min); 800 samples per training set, 400 real
-  test; the estimator's own 8 epochs: 9 × 800 × 8 × 2.3 ms ≈ 2.2 min.
+- gaze-simgan (~9.5 min): SimGAN small, 100 + 50 pretraining updates and the preset's own
+  600 iterations (~6 min; records before 2026-12-01 evening ran 300, ~3.3 min); 800
+  samples per training set, 400 real test; the estimator's own 8 epochs: 9 × 800 × 8 × 2.3 ms
+  ≈ 2.2 min.
 - hand-simgan (~14 min): crops rendered at 64 px, not the simulator's 128: the task network
   sees a 64×64 input whatever the crop (nearest resize), so a 128-px refiner would cost 4×
   per update and only a quarter of its refined pixels would survive the resize. Errors and
@@ -170,13 +171,13 @@ FULL: dict[str, Experiment] = {
             image_size=None,  # 35x55
             sizes=Sizes(synthetic=800, real_unlabeled=800, real_train=800, real_test=400),
             data_seeds=(6101, 6102, 6103, 6104),
-            steps=300,
+            steps=600,
             # 800 samples at batch 64 or 32 leave some seeds on the mean-direction plateau
             # (~23°, chance) after 8 epochs; at 16 none of 0-2 stayed there (6.8° real -> real)
             batch_size=16,
             cpu_scale=(
-                "SimGAN small preset (32-map refiner, 3 ResNet blocks) for 300 iterations "
-                "instead of its 600; 800 samples per training set (the paper: 1.2M synthetic, "
+                "SimGAN small preset (32-map refiner, 3 ResNet blocks) for its 600 "
+                "iterations; 800 samples per training set (the paper: 1.2M synthetic, "
                 "214k real); the gaze estimator at batch 16 instead of 64 (more updates on 800)"
             ),
         ),
