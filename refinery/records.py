@@ -68,10 +68,15 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def commit() -> str | None:
+_OUTPUTS = (":(exclude)benchmarks/results",)
+
+
+def commit(root: str | Path | None = None) -> str | None:
     """The git commit this code runs at (``+dirty`` with uncommitted changes), if it is a
-    checkout: what a record was measured with."""
-    root = Path(__file__).resolve().parents[1]
+    checkout: what a record was measured with. Changes under ``benchmarks/results`` do not count:
+    they are what the benchmarks write (a benchmark that copies its report there before writing
+    its record would otherwise mark its own record dirty)."""
+    root = Path(__file__).resolve().parents[1] if root is None else Path(root)
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
@@ -79,7 +84,7 @@ def commit() -> str | None:
         if head.returncode:
             return None
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *_OUTPUTS],
             cwd=root,
             capture_output=True,
             text=True,
