@@ -76,9 +76,10 @@ def test_unet_paper_layout_and_dropout():
 
 
 @pytest.mark.parametrize(
-    ("name", "affine"), [("spigan-generator-small", False), ("sggan-generator-resnet", True)]
+    ("name", "affine", "transposed"),
+    [("spigan-generator-small", False, 0), ("sggan-generator-resnet", True, 2)],
 )
-def test_resnet_generator_shapes_range_and_norms(name, affine):
+def test_resnet_generator_shapes_range_and_norms(name, affine, transposed):
     net = build_network(name).eval()
     assert isinstance(net, ResnetGenerator) and net.size_multiple == 4
     for size in ((16, 24), (32, 16)):
@@ -90,15 +91,42 @@ def test_resnet_generator_shapes_range_and_norms(name, affine):
     assert count(net, nn.InstanceNorm2d) == 3 + 2 * blocks + 2
     assert all(m.affine is affine for m in net.modules() if isinstance(m, nn.InstanceNorm2d))
     strided = [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
-    assert len(strided) == 2 and count(net, nn.ConvTranspose2d) == 2
+    assert len(strided) == 2 and count(net, nn.ConvTranspose2d) == transposed
+    assert count(net, nn.Upsample) == 2 - transposed  # the small one resizes, then convolves
     with pytest.raises(ValueError, match="multiples of 4"):
         net(images(1, 3, (18, 16)))
 
 
 def test_spigan_generator_is_cyclegans_resnet_9blocks():
     net = build_network("spigan-generator")
-    assert (net.config.features, net.config.blocks) == (64, 9)
+    assert (net.config.features, net.config.blocks, net.config.upsample) == (64, 9, "transpose")
     assert 11_000_000 < sum(p.numel() for p in net.parameters()) < 11_500_000
+
+
+def test_resize_upsampling_has_no_checkerboard():
+    """Upsampling a constant map: resize-convolution gives a constant interior; a transposed
+    conv of stride 2 and kernel 3 covers output pixels unevenly and prints the strides'
+    lattice, whatever its weights."""
+    from refinery.nets.spigan import ResnetGeneratorConfig
+
+    torch.manual_seed(0)
+    spread = {}
+    for upsample in ("transpose", "resize"):
+        cfg = ResnetGeneratorConfig(channels=3, features=8, blocks=1, upsample=upsample)
+        net = ResnetGenerator(cfg).eval()
+        up = next(
+            m
+            for m in net.model
+            if isinstance(m, nn.ConvTranspose2d)
+            or (isinstance(m, nn.Sequential) and isinstance(m[0], nn.Upsample))
+        )
+        with torch.no_grad():
+            out = up(torch.ones(1, 32, 8, 8))[..., 2:-2, 2:-2]
+        assert out.shape[1:] == (16, 12, 12)
+        spread[upsample] = float(out.std(dim=(-2, -1)).max())
+    assert spread["resize"] < 1e-5 < 1e-2 < spread["transpose"]
+    with pytest.raises(ValueError, match="upsample"):
+        ResnetGeneratorConfig(upsample="bilinear")
 
 
 # -- discriminators ---------------------------------------------------------------------------

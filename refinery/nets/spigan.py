@@ -17,6 +17,11 @@ G and D are CycleGAN's (Zhu et al. 2017; junyanz/pytorch-CycleGAN-and-pix2pix
   4 (``size_multiple``), then the output has the input's size. SG-GAN's ``generator_resnet``
   (Peilun-Li/SG-GAN ``module.py``) is the same network, with affine instance norm as in its
   TensorFlow ops; CycleGAN's PyTorch code uses non-affine instance norm, which SPIGAN keeps.
+  ``upsample="resize"`` replaces each transposed conv by nearest ×2 then reflect-pad 1 and conv
+  3×3 (Odena et al., "Deconvolution and Checkerboard Artifacts", Distill 2016): the small
+  generator uses it, because with transposed convs its refined street frames at CPU scale were
+  covered by a coloured lattice of the strides' period; the paper-size generators keep
+  CycleGAN's transposed convs.
 - ``PatchDiscriminator``: CycleGAN's ``NLayerDiscriminator`` with ``n_layers=3`` (the paper's
   "PatchGAN with three layers"; the 70×70 PatchGAN): conv 4×4/2 → 64, LeakyReLU 0.2; conv
   4×4/2 → 128 and → 256, each + IN + LeakyReLU; conv 4×4/1 → 512 + IN + LeakyReLU; conv 4×4/1 →
@@ -63,6 +68,7 @@ from refinery.nets.vgg import ImageNetInput, vgg_layer_channels, vgg_layer_index
 from refinery.registry import register_network
 
 PADDINGS = ("pix2pix", "same")
+UPSAMPLES = ("transpose", "resize")
 
 
 def _check_positive(owner: str, **values: int) -> None:
@@ -104,6 +110,7 @@ class ResnetGeneratorConfig:
     features: int = 64  # F: maps of the first and last 7×7 convs; the blocks have 4F
     blocks: int = 9  # ResNet blocks at 1/4 resolution
     affine: bool = False  # instance norm with a learned scale and offset (SG-GAN: True)
+    upsample: str = "transpose"  # "transpose" (CycleGAN's) or "resize"; module docstring
 
     def __post_init__(self) -> None:
         _check_positive(
@@ -112,6 +119,10 @@ class ResnetGeneratorConfig:
             features=self.features,
             blocks=self.blocks,
         )
+        if self.upsample not in UPSAMPLES:
+            raise ValueError(
+                f"ResnetGeneratorConfig.upsample must be one of {UPSAMPLES}, got {self.upsample!r}"
+            )
 
 
 class ResnetBlock(nn.Module):
@@ -150,14 +161,23 @@ class ResnetGenerator(nn.Module):
         def stage(conv: nn.Module, out: int) -> list[nn.Module]:
             return [conv, nn.InstanceNorm2d(out, affine=affine), nn.ReLU()]
 
+        def up(c_in: int, c_out: int) -> nn.Module:  # ×2, as u2F and uF
+            if config.upsample == "transpose":
+                return nn.ConvTranspose2d(c_in, c_out, 3, 2, 1, 1, bias=False)
+            return nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.ReflectionPad2d(1),
+                nn.Conv2d(c_in, c_out, 3, bias=False),
+            )
+
         self.model = nn.Sequential(
             nn.ReflectionPad2d(3),
             *stage(nn.Conv2d(c, f, 7, bias=False), f),  # c7s1-F: (B, F, H, W)
             *stage(nn.Conv2d(f, 2 * f, 3, 2, 1, bias=False), 2 * f),  # d2F: (B, 2F, H/2, W/2)
             *stage(nn.Conv2d(2 * f, 4 * f, 3, 2, 1, bias=False), 4 * f),  # d4F: (B, 4F, H/4, W/4)
             *(ResnetBlock(4 * f, affine) for _ in range(config.blocks)),
-            *stage(nn.ConvTranspose2d(4 * f, 2 * f, 3, 2, 1, 1, bias=False), 2 * f),  # u2F
-            *stage(nn.ConvTranspose2d(2 * f, f, 3, 2, 1, 1, bias=False), f),  # uF: (B, F, H, W)
+            *stage(up(4 * f, 2 * f), 2 * f),  # u2F: (B, 2F, H/2, W/2)
+            *stage(up(2 * f, f), f),  # uF: (B, F, H, W)
             nn.ReflectionPad2d(3),
             nn.Conv2d(f, c, 7),  # c7s1-C
             nn.Tanh(),
@@ -177,8 +197,11 @@ def spigan_generator(*, channels: int = 3) -> ResnetGenerator:
 
 @register_network("spigan-generator-small", role="refiner", input_size=(64, 64))
 def spigan_generator_small(*, channels: int = 3) -> ResnetGenerator:
-    """A CPU-sized G: the same layout with 16 maps and 3 ResNet blocks."""
-    return ResnetGenerator(ResnetGeneratorConfig(channels=channels, features=16, blocks=3))
+    """A CPU-sized G: the same layout with 16 maps and 3 ResNet blocks, upsampling by resize
+    and convolution (the module docstring says why)."""
+    return ResnetGenerator(
+        ResnetGeneratorConfig(channels=channels, features=16, blocks=3, upsample="resize")
+    )
 
 
 # -- discriminator ----------------------------------------------------------------------------
