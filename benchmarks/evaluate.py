@@ -70,7 +70,7 @@ From the ``--quick`` runs the fixed part is about 50 s per experiment. Per exper
 (evaluate = 3 sets × 3 seeds × samples × epochs × cost, plus predictions):
 
 - gaze-simgan (~9.5 min): SimGAN small, 100 + 50 pretraining updates and the preset's own
-  600 iterations (~6 min; records before 2026-12-01 evening ran 300, ~3.3 min); 800
+  600 iterations (~6 min; 300 took ~3.3 min and closed 20% of the gap against 42%); 800
   samples per training set, 400 real test; the estimator's own 8 epochs: 9 × 800 × 8 × 2.3 ms
   ≈ 2.2 min.
 - hand-simgan (~14 min): crops rendered at 64 px, not the simulator's 128: the task network
