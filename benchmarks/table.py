@@ -388,6 +388,7 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
         "no noise channel (refiner_noise: 0, the paper's refiner; the hand recipe has one)",
     ),
     "streets-spigan-nopi": ("streets-spigan", "SPIGAN without privileged information (γ = 0)"),
+    "streets-spigan-gamma1": ("streets-spigan", "SPIGAN with γ = 1 instead of the paper's 0.1"),
 }
 
 
