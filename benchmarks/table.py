@@ -383,6 +383,10 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
         "gaze-simgan",
         "a noise channel the refiner modulates (refiner_noise: 1)",
     ),
+    "gaze-simgan-ema": (
+        "gaze-simgan",
+        "a moving average of the refiner's weights exported (refiner_ema: 0.995)",
+    ),
     "hand-simgan-nonoise": (
         "hand-simgan",
         "no noise channel (refiner_noise: 0, the paper's refiner; the hand recipe has one)",

@@ -194,6 +194,70 @@ def test_straight_run_equals_half_plus_resume(shards, tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_average_moves_floats_towards_the_source_and_copies_counters():
+    target, source = torch.nn.BatchNorm2d(2), torch.nn.BatchNorm2d(2)
+    with torch.no_grad():
+        target.weight.fill_(1.0)
+        source.weight.fill_(3.0)
+    source.num_batches_tracked.fill_(7)
+    simgan.average(target, source, 0.75)
+    assert torch.allclose(target.weight, torch.full((2,), 1.5))  # 0.75·1 + 0.25·3
+    assert int(target.num_batches_tracked) == 7
+    simgan.average(target, source, 0.0)
+    assert torch.equal(target.weight, source.weight)
+
+
+def test_refiner_ema_must_be_below_one(shards):
+    with pytest.raises(ValueError, match="refiner_ema"):
+        simgan.SimGAN(
+            tiny_config(refiner_ema=1.0),
+            synthetic=shards[0],
+            real=shards[1],
+            device=torch.device("cpu"),
+        )
+
+
+@pytest.mark.slow
+def test_refiner_ema_starts_pretrained_resumes_exactly_and_is_what_export_compiles(
+    shards, tmp_path
+):
+    from engines import export_run
+    from engines.spec import sha256_file
+
+    synthetic, real = shards
+    config = tiny_config(refiner_ema=0.5)
+
+    def module(checkpoint, name):
+        return load_file(str(checkpoint / f"{name}.safetensors"))
+
+    # after pretraining, the average is the pretrained refiner itself
+    pretrained = simgan.train(
+        config,
+        synthetic=synthetic,
+        real=real,
+        out=tmp_path / "p",
+        stop_after=config.pretrain_refiner_steps,
+    )
+    ema, last = module(pretrained, "refiner_ema"), module(pretrained, "refiner")
+    assert ema.keys() == last.keys() and all(torch.equal(ema[k], last[k]) for k in ema)
+
+    # then it lags the refiner, and a resumed run averages exactly as a straight one
+    straight = simgan.train(config, synthetic=synthetic, real=real, out=tmp_path / "a")
+    ema, last = module(straight, "refiner_ema"), module(straight, "refiner")
+    assert any(not torch.equal(ema[k], last[k]) for k in ema)
+    half = config.schedule.total // 2 + 1
+    simgan.train(config, synthetic=synthetic, real=real, out=tmp_path / "b", stop_after=half)
+    resumed = simgan.train(config, synthetic=synthetic, real=real, out=tmp_path / "b", resume=True)
+    for name in ("refiner", "refiner_ema"):
+        a, b = module(straight, name), module(resumed, name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+    # the engine is built from the average, not from the last iterate
+    assert json.loads((straight / "generator.json").read_text())["module"] == "refiner_ema"
+    spec = export_run(tmp_path / "a", tmp_path / "engine")
+    assert spec.source["checkpoint_sha256"] == sha256_file(straight / "refiner_ema.safetensors")
+
+
 def test_run_directory_holds_config_events_sheets_and_checkpoints(shards, tmp_path):
     synthetic, real = shards
     config = tiny_config()

@@ -15,6 +15,7 @@ real sample may be its image alone.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,11 @@ class SimGANConfig:
     # N: input channels of seeded N(0, 1) noise the refiner learns to modulate (refinery.noise),
     # so it can add sensor noise a deterministic refiner cannot; 0 (the paper) builds none
     refiner_noise: int = 0
+    # β of an exponential moving average of the refiner's weights (Yazıcı et al., "The Unusual
+    # Effectiveness of Averaging in GAN Training", ICLR 2019): 0 (the paper) keeps none; above
+    # 0 the average, not the last iterate, is what sheets show and ``refinery export`` compiles.
+    # It starts as the pretrained refiner and follows every adversarial refiner update.
+    refiner_ema: float = 0.0
     discriminator: str = "simgan-discriminator-gaze"
     channels: int = 1
     batch_size: int = 512
@@ -150,6 +156,16 @@ def discriminator_step(
     }
 
 
+@torch.no_grad()
+def average(target: nn.Module, source: nn.Module, beta: float) -> None:
+    """target ← β·target + (1 − β)·source, over parameters and buffers alike (β = 0: a copy)."""
+    for t, s in zip(target.state_dict().values(), source.state_dict().values(), strict=True):
+        if t.is_floating_point():
+            t.lerp_(s, 1.0 - beta)
+        else:
+            t.copy_(s)
+
+
 # -- the method the loop drives ---------------------------------------------------------------
 
 
@@ -173,6 +189,11 @@ class SimGAN:
         refiner = build_network(config.refiner, **self.refiner_kwargs).to(device)
         discriminator = build_network(config.discriminator, channels=config.channels).to(device)
         self.modules = {"refiner": refiner, "discriminator": discriminator}
+        if not 0.0 <= config.refiner_ema < 1.0:
+            raise ValueError(f"refiner_ema must be in [0, 1), got {config.refiner_ema}")
+        if config.refiner_ema:
+            # saved and resumed with the other modules; never trained, only averaged into
+            self.modules["refiner_ema"] = copy.deepcopy(refiner).requires_grad_(False).eval()
         self.optimisers = {
             "refiner": make_optimiser(refiner.parameters(), config.refiner_optimiser),
             "discriminator": make_optimiser(
@@ -207,7 +228,7 @@ class SimGAN:
         return images.to(self.device, non_blocking=True)
 
     def generator_step(self, *, pretrain: bool) -> Step:
-        return Step(
+        step = Step(
             refiner_step(
                 self.modules["refiner"],
                 self.modules["discriminator"],
@@ -221,6 +242,15 @@ class SimGAN:
                 ranks=self.ranks,
             )
         )
+        if "refiner_ema" in self.modules:
+            # during pretraining the average is the refiner itself (β = 0), so it starts from
+            # the pretrained refiner rather than from random weights
+            average(
+                self.modules["refiner_ema"],
+                self.modules["refiner"],
+                0.0 if pretrain else self.config.refiner_ema,
+            )
+        return step
 
     def discriminator_step(self, carry: None = None) -> Step:
         """Algorithm 1 refines a fresh synthetic batch for D: nothing is carried over."""
@@ -263,7 +293,7 @@ class SimGAN:
                 ).next_batch()[0]
                 for stream in (self.synthetic, self.real)
             )
-        refiner = self.modules["refiner"]
+        refiner = self.modules[self.generator_module]
         was_training = refiner.training
         refiner.eval()
         with torch.no_grad():
@@ -272,6 +302,11 @@ class SimGAN:
         rows = [self._fixed, refined, self._fixed_real]
         tiles = [[image_tile(img) for img in row] for row in rows]
         return sheets.grid(tiles, titles=["synthetic", "refined", "real"])
+
+    @property
+    def generator_module(self) -> str:
+        """The module that refines: the weight average when there is one."""
+        return "refiner_ema" if "refiner_ema" in self.modules else "refiner"
 
     @property
     def refiner_kwargs(self) -> dict[str, Any]:
@@ -289,7 +324,7 @@ class SimGAN:
         info = network_info(config.refiner)
         return {
             "method": "simgan",
-            "module": "refiner",
+            "module": self.generator_module,
             "network": config.refiner,
             "kwargs": self.refiner_kwargs,
             "domain": config.domain,
