@@ -33,9 +33,10 @@ report is run 0's.
 Six ablations vary one setting on the same data, seeds and budget: ``gaze-simgan-zeros`` pads
 the refiner with zeros (the paper's TF "SAME") instead of the recipes' reflect,
 ``gaze-simgan-noise`` adds a noise channel the gaze recipe lacks, ``gaze-simgan-ema`` exports a
-moving average of the refiner's weights (β = 0.995) instead of its last iterate, ``hand-simgan-nonoise`` drops
-the one the hand recipe has, ``streets-spigan-nopi`` trains SPIGAN with γ = 0 (no privileged
-depth network) and ``streets-spigan-gamma1`` with γ = 1 (ten times the paper's weight on it).
+moving average of the refiner's weights (β = 0.995) instead of its last iterate,
+``hand-simgan-nonoise`` drops the noise channel the hand recipe has, ``streets-spigan-nopi``
+trains SPIGAN with γ = 0 (no privileged depth network) and ``streets-spigan-gamma1`` with γ = 1
+(ten times the paper's weight on it).
 
 SPIGAN's own task network T is not what is scored here: its generator refines the synthetic
 shards like SG-GAN's does and a fresh ``fcn8s-small`` is trained on them, so both scene
