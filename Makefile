@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.real_gaze --set psi=gradients --set self_reg_weight=1.0 --tag psi-gradients --out out/bench-real-gaze-psi  # ~15 min: the psi ablation
 	$(BIN)/python -m benchmarks.real_gaze --set refiner_noise=1 --tag noise --out out/bench-real-gaze-noise  # ~15 min: the noise ablation
 	$(BIN)/python -m benchmarks.real_gaze --steps 1200 --tag steps-1200 --out out/bench-real-gaze-1200  # ~30 min: twice the steps
+	$(BIN)/python -m benchmarks.real_gaze --set refiner_ema=0.995 --tag ema --out out/bench-real-gaze-ema  # ~15 min: the weight-average ablation
 	$(BIN)/python -m benchmarks.table
 
 gpu-check:  # everything that needs a GPU, in one run (sized for < 8 min on one H200); --device cpu dry-runs it
