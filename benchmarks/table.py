@@ -387,6 +387,10 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
         "gaze-simgan",
         "a moving average of the refiner's weights exported (refiner_ema: 0.995)",
     ),
+    "gaze-simgan-2k": (
+        "gaze-simgan",
+        "2,000 samples in every training set and 1,000 test eyes instead of 800 and 400",
+    ),
     "hand-simgan-nonoise": (
         "hand-simgan",
         "no noise channel (refiner_noise: 0, the paper's refiner; the hand recipe has one)",
