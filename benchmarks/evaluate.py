@@ -289,6 +289,15 @@ FULL["gaze-simgan-2k"] = replace(
         "and task schedule: how much of the per-seed spread is the task network's"
     ),
 )
+FULL["gaze-simgan-1200"] = replace(
+    FULL["gaze-simgan"],
+    name="gaze-simgan-1200",
+    steps=1200,
+    cpu_scale=FULL["gaze-simgan"].cpu_scale.replace(
+        "for its 600 iterations", "for 1,200 iterations"
+    )
+    + "; ablation: twice the adversarial iterations (the recipe's 600), as real_gaze --steps 1200",
+)
 FULL["hand-simgan-nonoise"] = replace(
     FULL["hand-simgan"],
     name="hand-simgan-nonoise",

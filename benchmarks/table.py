@@ -391,6 +391,7 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
         "gaze-simgan",
         "2,000 samples in every training set and 1,000 test eyes instead of 800 and 400",
     ),
+    "gaze-simgan-1200": ("gaze-simgan", "1,200 adversarial iterations instead of the recipe's 600"),
     "hand-simgan-nonoise": (
         "hand-simgan",
         "no noise channel (refiner_noise: 0, the paper's refiner; the hand recipe has one)",
