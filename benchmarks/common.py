@@ -3,6 +3,7 @@ and the procedural shards several of them train or evaluate on."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,14 @@ from refinery.records import machine, versions, write_record
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-__all__ = ["RESULTS", "machine", "procedural_shards", "versions", "write_result"]
+__all__ = [
+    "RESULTS",
+    "exit_on_sigterm",
+    "machine",
+    "procedural_shards",
+    "versions",
+    "write_result",
+]
 
 
 def write_result(
@@ -20,6 +28,19 @@ def write_result(
     path = write_record(Path(results) / f"{name}.json", name, figures, settings)
     print(f"wrote {path}")
     return path
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a batch scheduler's time limit) raise ``SystemExit(143)`` in the
+    main thread, as Ctrl-C raises KeyboardInterrupt: the benchmark unwinds, ``subprocess.run``
+    kills the ``refinery`` command it is waiting on and temporary directories are removed.
+    Python's default action ends the benchmark alone and leaves that command (a GAN training
+    for minutes) running on the machine. Call it from ``__main__``, not from library code."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def procedural_shards(

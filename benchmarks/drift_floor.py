@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RESULTS, write_result
+from benchmarks.common import RESULTS, exit_on_sigterm, write_result
 
 SEEDS = (0, 1, 2)
 DOMAINS: dict[str, dict[str, Any]] = {
@@ -159,4 +159,5 @@ def main(argv=None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main()

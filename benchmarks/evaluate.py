@@ -740,4 +740,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
 
 
 if __name__ == "__main__":
+    common.exit_on_sigterm()
     main()

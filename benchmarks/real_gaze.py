@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, write_result
+from benchmarks.common import RESULTS, exit_on_sigterm, write_result
 from refinery.shards import read
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -310,4 +310,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     sys.exit(main())

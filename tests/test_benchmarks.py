@@ -434,3 +434,44 @@ def test_drift_floor_refuses_twins_whose_labels_differ(tmp_path, monkeypatch):
     monkeypatch.setattr(sim, "generate", moved)
     with pytest.raises(RuntimeError, match="gaze-syn-s1-00000000: the real variant's json differs"):
         drift_floor.twins(tmp_path, "gaze", 2, seed=1, size=None)
+
+
+def test_a_benchmark_stopped_with_sigterm_takes_its_running_command_with_it(tmp_path):
+    """``kill`` or a scheduler's time limit on ``python -m benchmarks.evaluate`` must not leave
+    the ``refinery`` command it waits on (a GAN training) running without it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    pidfile = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys\n"
+            "from benchmarks.common import exit_on_sigterm\n"
+            "exit_on_sigterm()\n"
+            f"subprocess.run([sys.executable, '-c', {child!r}])\n",
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    deadline = time.monotonic() + 30
+    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(pidfile.read_text())
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=20) == 128 + signal.SIGTERM  # unwound, not killed by the signal
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        pass  # the command went with it
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the command the benchmark ran outlived it")
+    for name in ("evaluate", "real_gaze", "drift_floor"):  # each benchmark's __main__ sets it
+        source = (Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py").read_text()
+        assert "exit_on_sigterm()" in source.split('if __name__ == "__main__":')[-1], name
