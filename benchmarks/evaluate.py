@@ -320,6 +320,23 @@ FULL["streets-spigan-gamma1"] = replace(
     + "; ablation: gamma 1.0 instead of the paper's 0.1 (with depth scaled to [0, 1] over "
     "100 m, gamma 0.1 makes the privileged term ~2% of the generator's objective)",
 )
+FULL["streets-spigan-750"] = replace(
+    FULL["streets-spigan"],
+    name="streets-spigan-750",
+    sizes=Sizes(synthetic=750, real_unlabeled=750, real_train=750, real_test=375),
+    cpu_scale=FULL["streets-spigan"].cpu_scale.replace(
+        "300 frames per training set", "750 frames per training set"
+    )
+    + "; ablation: 2.5x the frames of streets-spigan in every set (375 test frames; its 300 "
+    "are the first 300 of these), the same GAN budget and task schedule",
+)
+FULL["streets-spigan-nopi-750"] = replace(
+    FULL["streets-spigan-750"],
+    name="streets-spigan-nopi-750",
+    overrides={"gamma": 0.0},
+    cpu_scale=FULL["streets-spigan-750"].cpu_scale
+    + "; and gamma 0, no privileged depth network (SPIGAN without PI)",
+)
 
 _QUICK_GAN = {
     "simgan": {

@@ -398,6 +398,14 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
     ),
     "streets-spigan-nopi": ("streets-spigan", "SPIGAN without privileged information (γ = 0)"),
     "streets-spigan-gamma1": ("streets-spigan", "SPIGAN with γ = 1 instead of the paper's 0.1"),
+    "streets-spigan-750": (
+        "streets-spigan",
+        "750 frames in every training set and 375 test frames instead of 300 and 150",
+    ),
+    "streets-spigan-nopi-750": (
+        "streets-spigan-750",
+        "SPIGAN without privileged information (γ = 0), at 750 frames per set",
+    ),
 }
 
 
