@@ -289,6 +289,15 @@ FULL["gaze-simgan-2k"] = replace(
         "and task schedule: how much of the per-seed spread is the task network's"
     ),
 )
+FULL["gaze-simgan-2k-real"] = replace(
+    FULL["gaze-simgan"],
+    name="gaze-simgan-2k-real",
+    sizes=Sizes(synthetic=800, real_unlabeled=2000, real_train=800, real_test=400),
+    cpu_scale=FULL["gaze-simgan"].cpu_scale
+    + "; ablation: 2,000 unlabeled real eyes for the discriminator instead of 800 (the first "
+    "800 are gaze-simgan's), every other set as gaze-simgan: how much of gaze-simgan-2k's "
+    "gain is the real pool's",
+)
 FULL["gaze-simgan-1200"] = replace(
     FULL["gaze-simgan"],
     name="gaze-simgan-1200",
