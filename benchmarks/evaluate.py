@@ -30,13 +30,18 @@ report is run 0's.
 | ``streets-sggan``  | scene  | SG-GAN, ``--preset small``        | fcn8s-small           |
 | ``streets-spigan`` | scene  | SPIGAN, ``--preset small``        | fcn8s-small           |
 
-Six ablations vary one setting on the same data, seeds and budget: ``gaze-simgan-zeros`` pads
-the refiner with zeros (the paper's TF "SAME") instead of the recipes' reflect,
-``gaze-simgan-noise`` adds a noise channel the gaze recipe lacks, ``gaze-simgan-ema`` exports a
-moving average of the refiner's weights (β = 0.995) instead of its last iterate,
-``hand-simgan-nonoise`` drops the noise channel the hand recipe has, ``streets-spigan-nopi``
-trains SPIGAN with γ = 0 (no privileged depth network) and ``streets-spigan-gamma1`` with γ = 1
-(ten times the paper's weight on it).
+Ablations vary one setting each, with the same data seeds and task schedule. Six keep the
+data and budget: ``gaze-simgan-zeros`` pads the refiner with zeros (the paper's TF "SAME")
+instead of the recipes' reflect, ``gaze-simgan-noise`` adds a noise channel the gaze recipe
+lacks, ``gaze-simgan-ema`` exports a moving average of the refiner's weights (β = 0.995)
+instead of its last iterate, ``hand-simgan-nonoise`` drops the noise channel the hand recipe
+has, ``streets-spigan-nopi`` trains SPIGAN with γ = 0 (no privileged depth network) and
+``streets-spigan-gamma1`` with γ = 1 (ten times the paper's weight on it).
+``gaze-simgan-1200`` doubles the adversarial iterations. Four change how much data there is
+(each larger set starts with the smaller one's samples): ``gaze-simgan-2k`` has 2,000 eyes in
+every set (1,000 test), ``gaze-simgan-2k-real`` 2,000 real eyes for the discriminator alone,
+and ``streets-spigan-750`` / ``streets-spigan-nopi-750`` are SPIGAN with and without
+privileged information at 750 frames per set (375 test).
 
 SPIGAN's own task network T is not what is scored here: its generator refines the synthetic
 shards like SG-GAN's does and a fresh ``fcn8s-small`` is trained on them, so both scene
@@ -50,8 +55,10 @@ no per-sample values) and copies the self-contained ``report.html`` (images embe
 
 Sizes (FULL), planned for about 40 minutes on an otherwise idle 2-core CPU for all four with
 one GAN and 3 evaluate seeds; with one GAN per seed each GAN trains three times (the evaluate
-work is the same: 3 sets × 3 seeds), about 100 minutes for the six experiments. The machine they were planned on was shared, so wall times there meant
-little; costs were taken as single-thread CPU time (``time.process_time`` under
+work is the same: 3 sets × 3 seeds), about 100 minutes for the first six experiments; the
+eleven ablations bring ``make bench``'s run of this module to about four hours (the size
+ablations' task networks train on 2.5× the samples). The machine they were planned on was
+shared, so wall times there meant little; costs were taken as single-thread CPU time (``time.process_time`` under
 ``torch.set_num_threads(1)``: what an idle core takes), and two threads on an idle machine are
 taken to need 1/1.5 of it (a retired SimGAN benchmark measured 0.55 s per SimGAN-small
 iteration with two threads against 0.78 s of one-thread CPU):
