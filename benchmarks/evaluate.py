@@ -37,9 +37,10 @@ lacks, ``gaze-simgan-ema`` exports a moving average of the refiner's weights (β
 instead of its last iterate, ``hand-simgan-nonoise`` drops the noise channel the hand recipe
 has, ``streets-spigan-nopi`` trains SPIGAN with γ = 0 (no privileged depth network) and
 ``streets-spigan-gamma1`` with γ = 1 (ten times the paper's weight on it).
-``gaze-simgan-1200`` doubles the adversarial iterations. Four change how much data there is
+``gaze-simgan-1200`` doubles the adversarial iterations. Five change how much data there is
 (each larger set starts with the smaller one's samples): ``gaze-simgan-2k`` has 2,000 eyes in
 every set (1,000 test), ``gaze-simgan-2k-real`` 2,000 real eyes for the discriminator alone,
+``gaze-simgan-2k-synthetic`` 2,000 synthetic eyes alone,
 and ``streets-spigan-750`` / ``streets-spigan-nopi-750`` are SPIGAN with and without
 privileged information at 750 frames per set (375 test).
 
@@ -56,7 +57,7 @@ no per-sample values) and copies the self-contained ``report.html`` (images embe
 Sizes (FULL), planned for about 40 minutes on an otherwise idle 2-core CPU for all four with
 one GAN and 3 evaluate seeds; with one GAN per seed each GAN trains three times (the evaluate
 work is the same: 3 sets × 3 seeds), about 100 minutes for the first six experiments; the
-eleven ablations bring ``make bench``'s run of this module to about four hours (the size
+twelve ablations bring ``make bench``'s run of this module to about four hours (the size
 ablations' task networks train on 2.5× the samples). The machine they were planned on was
 shared, so wall times there meant little; costs were taken as single-thread CPU time (``time.process_time`` under
 ``torch.set_num_threads(1)``: what an idle core takes), and two threads on an idle machine are
@@ -304,6 +305,15 @@ FULL["gaze-simgan-2k-real"] = replace(
     + "; ablation: 2,000 unlabeled real eyes for the discriminator instead of 800 (the first "
     "800 are gaze-simgan's), every other set as gaze-simgan: how much of gaze-simgan-2k's "
     "gain is the real pool's",
+)
+FULL["gaze-simgan-2k-synthetic"] = replace(
+    FULL["gaze-simgan"],
+    name="gaze-simgan-2k-synthetic",
+    sizes=Sizes(synthetic=2000, real_unlabeled=800, real_train=800, real_test=400),
+    cpu_scale=FULL["gaze-simgan"].cpu_scale
+    + "; ablation: 2,000 synthetic eyes (the GAN's synthetic pool, refined and scored, the first "
+    "800 are gaze-simgan's) instead of 800, every real set as gaze-simgan: how much of "
+    "gaze-simgan-2k's gain is the synthetic set's",
 )
 FULL["gaze-simgan-1200"] = replace(
     FULL["gaze-simgan"],

@@ -404,6 +404,10 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
         "gaze-simgan",
         "2,000 unlabeled real eyes for the discriminator instead of 800, every other set as is",
     ),
+    "gaze-simgan-2k-synthetic": (
+        "gaze-simgan",
+        "2,000 synthetic eyes instead of 800, every real set as is",
+    ),
     "gaze-simgan-1200": ("gaze-simgan", "1,200 adversarial iterations instead of the recipe's 600"),
     "hand-simgan-nonoise": (
         "hand-simgan",
