@@ -379,6 +379,7 @@ def _evaluate(records: list[tuple[Path, dict]]) -> list[str]:
 GAP_TARGETS = {  # issue 15
     "gaze-simgan": 0.50,
     "gaze-simgan-2k": 0.50,
+    "gaze-simgan-2k-synthetic": 0.50,
     "hand-simgan": 0.30,
     "streets-sggan": 0.60,
 }
