@@ -59,10 +59,10 @@ one GAN and 3 evaluate seeds; with one GAN per seed each GAN trains three times 
 work is the same: 3 sets × 3 seeds), about 100 minutes for the first six experiments; the
 twelve ablations bring ``make bench``'s run of this module to about four hours (the size
 ablations' task networks train on 2.5× the samples). The machine they were planned on was
-shared, so wall times there meant little; costs were taken as single-thread CPU time (``time.process_time`` under
-``torch.set_num_threads(1)``: what an idle core takes), and two threads on an idle machine are
-taken to need 1/1.5 of it (a retired SimGAN benchmark measured 0.55 s per SimGAN-small
-iteration with two threads against 0.78 s of one-thread CPU):
+shared, so wall times there meant little; costs were taken as single-thread CPU time
+(``time.process_time`` under ``torch.set_num_threads(1)``: what an idle core takes), and two
+threads on an idle machine are taken to need 1/1.5 of it (a retired SimGAN benchmark measured
+0.55 s per SimGAN-small iteration with two threads against 0.78 s of one-thread CPU):
 
 | work (1 thread)                                       | CPU time                        |
 |-------------------------------------------------------|---------------------------------|

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -442,13 +448,6 @@ def test_drift_floor_refuses_twins_whose_labels_differ(tmp_path, monkeypatch):
 def test_a_benchmark_stopped_with_sigterm_takes_its_running_command_with_it(tmp_path):
     """``kill`` or a scheduler's time limit on ``python -m benchmarks.evaluate`` must not leave
     the ``refinery`` command it waits on (a GAN training) running without it."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     pidfile = tmp_path / "child.pid"
     child = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
     parent = subprocess.Popen(
