@@ -33,7 +33,10 @@ paper's zero padding, recorded as ``real_gaze_zeros.json`` (its table sits under
 ``--set KEY=VALUE`` (repeatable, recipe keys) or ``--steps`` other than 600, with ``--tag
 NAME``, runs another variant of the recipe or its budget, recorded as ``real_gaze_NAME.json``:
 e.g. ``--set psi=gradients --set self_reg_weight=1.0 --tag psi-gradients``, ``--steps 1200
---tag steps-1200``.
+--tag steps-1200``. ``--robust-epochs N`` (``evaluate --robust-epochs``) measures the label drift
+with an appearance-robust estimator trained N epochs instead of the task's 8, likewise under a
+tag: the GANs are seeded, so the same runs, read with a finer instrument
+(``benchmarks/drift_floor.py`` measures its floor).
 """
 
 from __future__ import annotations
@@ -149,14 +152,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="a recipe key for every GAN (repeatable; needs --tag)",
     )
+    parser.add_argument(
+        "--robust-epochs",
+        type=int,
+        help="evaluate's --robust-epochs: the appearance-robust drift estimator's epochs "
+        "(default: the task's; needs --tag)",
+    )
     parser.add_argument("--tag", help="names the variant: records real_gaze_TAG.json")
     args = parser.parse_args(argv)
-    # a variant of the recipe or of its budget records under its own name, never real_gaze's
-    variant = bool(args.set) or args.steps != STEPS
+    # a variant of the recipe, its budget or its instrument records under its own name
+    variant = bool(args.set) or args.steps != STEPS or args.robust_epochs is not None
     if any("=" not in item for item in args.set) or variant != bool(args.tag):
         parser.error(
-            f"--set KEY=VALUE or --steps other than {STEPS} make a variant, which --tag NAME "
-            "names (and --tag needs one)"
+            f"--set KEY=VALUE, --steps other than {STEPS} or --robust-epochs make a variant, "
+            "which --tag NAME names (and --tag needs one)"
         )
     overrides = dict(item.split("=", 1) for item in args.set)
     name = "real_gaze" if args.padding == "reflect" else f"real_gaze_{args.padding}"
@@ -210,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             "evaluate", "gaze", "--synthetic", str(synthetic), "--refined", str(refined),
             "--real-test", str(real), "--out", str(report_dir), "--seeds", str(seed),
             *(["--epochs", "1"] if args.quick else []),
+            *(["--robust-epochs", str(args.robust_epochs)] if args.robust_epochs else []),
         )  # fmt: skip
         runs.append(
             {
@@ -232,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     pixels = {"synthetic": _pixels(str(synthetic)), "real": _pixels(str(real))}
     variants = (
         _variants(pixels["real"], count=count, seeds=seeds, quick=args.quick)
-        if args.padding == "reflect" and not overrides
+        if args.padding == "reflect" and not overrides and args.robust_epochs is None
         else {}
     )
     appearance = {
@@ -304,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     settings["refiner_padding"] = args.padding
     settings["recipe_overrides"] = overrides
+    settings["robust_epochs"] = report["settings"]["robust_epochs"]  # the drift estimator's
     write_result(name, figures, settings, results=args.results)
     print(json.dumps(figures, indent=1))
     return 0

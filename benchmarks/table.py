@@ -634,19 +634,39 @@ def _evaluate_memory(record: dict) -> list[str]:
 
 def _drift_floor(record: dict) -> list[str]:
     """``benchmarks/drift_floor.py``: label drift on a change of appearance alone."""
+    figures = record["figures"]
+    long = next((f["robust_long"]["epochs"] for f in figures.values() if "robust_long" in f), None)
+    kinds = ["plain", "robust"] + (["robust_long"] if long else [])
+    names = {
+        "plain": "plain network",
+        "robust": "appearance-robust network",
+        "robust_long": f"appearance-robust, {long} epochs",
+    }
     lines = [
-        "| domain | pairs | drift, plain network | drift, appearance-robust network | per seed "
-        "(plain; robust) |",
-        "|---|---|---|---|---|",
+        "| domain | pairs | "
+        + " | ".join(f"drift, {names[k]}" for k in kinds)
+        + f" | per seed ({'; '.join(k.replace('_', ' ') for k in kinds)}) | "
+        "error on the twins' labels |",
+        "|---|---|" + "---|" * len(kinds) + "---|---|",
     ]
-    for domain, f in record["figures"].items():
+    for domain, f in figures.items():
         unit = _unit(f["unit"])
-        runs = "; ".join(", ".join(_fmt(x) for x in f[k]["runs"]) for k in ("plain", "robust"))
-        lines.append(
-            f"| {domain} | {f['pairs']:,} | {_fmt(f['plain']['mean'])} ± "
-            f"{_fmt(f['plain']['std'])}{unit} | {_fmt(f['robust']['mean'])} ± "
-            f"{_fmt(f['robust']['std'])}{unit} | {runs} |"
+        have = [k for k in kinds if k in f]
+        cells = [
+            f"{_fmt(f[k]['mean'])} ± {_fmt(f[k]['std'])}{unit}" if k in f else "—" for k in kinds
+        ]
+        runs = "; ".join(", ".join(_fmt(x) for x in f[k]["runs"]) for k in have)
+        metric = f.get("twin_metric")
+        errors = (
+            ", ".join(
+                f"{k.replace('_', ' ')} {_fmt(metric[k]['mean'])}{_unit(metric['unit'])}"
+                for k in have
+            )
+            + f" ({metric['key']})"
+            if metric
+            else "—"
         )
+        lines.append(f"| {domain} | {f['pairs']:,} | {' | '.join(cells)} | {runs} | {errors} |")
     lines += [
         "",
         "Each synthetic sample against the simulator's real-variant rendering of the same "

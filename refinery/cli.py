@@ -287,6 +287,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         real_test=args.real_test,
         out=args.out,
         seeds=args.seeds,
+        robust_epochs=args.robust_epochs or 0,
         device=args.device,
         scratch=args.scratch,
         **options,
@@ -691,6 +692,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, metavar="REPORT_DIR", help="report directory")
     evaluate.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="task network seeds (0 1 2)"
+    )
+    evaluate.add_argument(
+        "--robust-epochs",
+        type=_positive,
+        help="epochs of the appearance-robust drift network (gaze, scene; default: --epochs): "
+        "its random appearance changes make the task harder, and trained longer it reads less "
+        "drift on appearance alone (benchmarks/drift_floor.py)",
     )
     _task_options(evaluate)
     evaluate.set_defaults(run=_evaluate)

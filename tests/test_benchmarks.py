@@ -354,6 +354,14 @@ def test_real_gaze_quick_run_goes_through_every_command(tmp_path, shared_fixture
     assert zeros["settings"]["refiner_padding"] == "zeros"
     assert "refiner_padding: zeros" in (tmp_path / "z" / "config-s0.yaml").read_text()
     assert "Refiner padding: `zeros` (the ablation" in "\n".join(table._real_gaze(zeros))
+    # the same runs read with a longer-trained drift estimator: evaluate --robust-epochs
+    assert real_gaze.main(["--quick", "--fixture", str(fixture), "--out", str(tmp_path / "r"),
+                           "--results", str(results), "--robust-epochs", "2",
+                           "--tag", "robust-2"]) == 0  # fmt: skip
+    longer = json.loads((results / "real_gaze_robust-2.json").read_text())
+    assert longer["settings"]["robust_epochs"] == 2 and not longer["figures"]["procedural_variants"]
+    report = json.loads((tmp_path / "r" / "report-s0" / "report.json").read_text())
+    assert report["settings"]["robust_epochs"] == 2 and report["settings"]["epochs"] == 1
 
 
 def test_real_gaze_targets_are_stated_from_the_record():
@@ -408,6 +416,7 @@ def test_real_gaze_recipe_variants_need_a_tag():
     for argv in (
         ["--set", "psi=gradients"],
         ["--steps", "1200"],
+        ["--robust-epochs", "48"],
         ["--tag", "x"],
         ["--set", "psi", "--tag", "x"],
     ):
@@ -424,8 +433,12 @@ def test_drift_floor_quick_run_reads_drift_on_twins_with_the_same_labels(tmp_pat
     assert record["figures"] == json.loads(json.dumps(figures))
     gaze = figures["gaze"]
     assert gaze["labels_identical"] and gaze["pairs"] == 16 and gaze["unit"] == "deg"
-    for kind in ("plain", "robust"):
+    for kind in ("plain", "robust", "robust_long"):
         assert len(gaze[kind]["runs"]) == 1 and gaze[kind]["mean"] > 0  # the looks differ
+        assert 0 < gaze["twin_metric"][kind]["mean"] < 180  # degrees against the twins' labels
+    assert [gaze[k]["epochs"] for k in ("plain", "robust", "robust_long")] == [1, 1, 2]
+    assert gaze["twin_metric"]["key"] == "mean_angular_error_deg"
+    assert "appearance-robust, 2 epochs" in "\n".join(table._drift_floor(record))
 
 
 def test_drift_floor_refuses_twins_whose_labels_differ(tmp_path, monkeypatch):

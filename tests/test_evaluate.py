@@ -140,6 +140,43 @@ def test_same_images_give_zero_drift(gaze, tmp_path):
     assert results["refined"]["metrics"][key] == results["synthetic"]["metrics"][key]
 
 
+def test_robust_epochs_train_only_the_robust_network_longer(gaze, tmp_path, monkeypatch, capsys):
+    """``evaluate --robust-epochs``: the appearance-robust drift network alone trains that long;
+    the task networks keep --epochs, and the report's settings say both."""
+    trained = []
+
+    def recording_fit(task, data, config, **kwargs):
+        trained.append((config.appearance, config.epochs))
+        return fit(task, data, config, **kwargs)
+
+    fit = ev.fit
+    monkeypatch.setattr(ev, "fit", recording_fit)
+    out = tmp_path / "report"
+    argv = ["evaluate", "gaze", "--synthetic", *gaze["synthetic"], "--refined"]
+    argv += [*gaze["refined"], "--real-test", *gaze["real_test"], "--out", str(out)]
+    argv += ["--seeds", "0", "--epochs", "1", "--robust-epochs", "2", "--batch-size", "16"]
+    assert cli.main(argv) == 0
+    assert sorted(trained) == [(False, 1), (False, 1), (True, 2)]  # synthetic, refined; robust
+    settings = json.loads((out / "report.json").read_text())["settings"]
+    assert settings["epochs"] == 1 and settings["robust_epochs"] == 2
+    trained.clear()
+    report = ev.evaluate(
+        "gaze",
+        synthetic=gaze["synthetic"],
+        refined=gaze["refined"],
+        real_test=gaze["real_test"],
+        seeds=(0,),
+        epochs=1,
+        batch_size=16,
+        log=None,
+    )
+    assert sorted(trained) == [(False, 1), (False, 1), (True, 1)]  # default: --epochs
+    assert report["settings"]["robust_epochs"] == 1
+    with pytest.raises(SystemExit):
+        cli.main([*argv[:-4], "--robust-epochs", "0"])
+    assert "--robust-epochs" in capsys.readouterr().err
+
+
 def test_bad_seeds_fail_before_reading_data():
     with pytest.raises(ValueError, match="distinct"):
         ev.evaluate("gaze", synthetic="x", refined="y", real_test="z", seeds=(1, 1))

@@ -70,7 +70,7 @@ DRIFT_NOTE = (
 ROBUST_NOTE = (
     "the same network trained on the synthetic set (each seed) with random appearance changes "
     "(tone curve, contrast, brightness, colour gains, shading ramp, blur, noise; no geometric "
-    "change), so it answers to where things are rather than to tone, applied to each "
+    "change) for the settings' robust_epochs, so it answers to where things are rather than to tone, applied to each "
     "synthetic image and its refined version: mean disagreement. Refinement is meant to "
     "change appearance, so this is the drift of what the labels describe"
 )
@@ -139,6 +139,7 @@ def evaluate(
     epochs: int = 0,
     batch_size: int = 0,
     lr: float = 0.0,
+    robust_epochs: int = 0,
     device: str | None = None,
     log: Log | None = print,
     scratch: str | Path | None = None,
@@ -147,7 +148,11 @@ def evaluate(
 
     Every set is decoded once into a temporary directory under ``scratch`` (default: the
     system's temporary directory), removed at the end, and read back a batch at a time
-    (``train.rows``): memory does not grow with the sets, the disk holds them (8-bit)."""
+    (``train.rows``): memory does not grow with the sets, the disk holds them (8-bit).
+
+    ``robust_epochs`` trains the appearance-robust drift network (gaze, scene) that long
+    instead of ``epochs``: its random appearance changes make the task harder, and a network
+    trained longer reads less drift on appearance alone (``benchmarks/drift_floor.py``)."""
     with scratch_directory(scratch, "evaluate") as where:
         return _evaluate(
             domain,
@@ -161,6 +166,7 @@ def evaluate(
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
+            robust_epochs=robust_epochs,
             device=device,
             log=log,
             scratch=where,
@@ -180,12 +186,16 @@ def _evaluate(
     epochs: int,
     batch_size: int,
     lr: float,
+    robust_epochs: int,
     device: str | None,
     log: Log | None,
     scratch: Path,
 ) -> dict[str, Any]:
     task = get_task(domain)
     base = TaskConfig(domain=domain, network=network, epochs=epochs, batch_size=batch_size, lr=lr)
+    if isinstance(robust_epochs, bool) or not isinstance(robust_epochs, int) or robust_epochs < 0:
+        raise ValueError(f"robust_epochs must be a positive integer or 0, got {robust_epochs!r}")
+    robust_base = replace(base, epochs=robust_epochs or base.epochs, appearance=task.appearance)
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct integers, at least one, got {seeds!r}")
@@ -244,9 +254,7 @@ def _evaluate(
             if name == "synthetic" and len(paired_synthetic):
                 drift.append(task.label_drift(model, paired_synthetic, paired_refined))
                 if task.appearance:
-                    robust = fit(
-                        task, data, replace(base, seed=seed, appearance=True), device=device
-                    )
+                    robust = fit(task, data, replace(robust_base, seed=seed), device=device)
                     robust_drift.append(task.label_drift(robust, paired_synthetic, paired_refined))
                     say(
                         f"seed {seed}, label drift {drift[-1]:.4f} {task.drift.unit}, "
@@ -339,6 +347,7 @@ def _evaluate(
         "seeds": seeds,
         "settings": {
             **{k: v for k, v in asdict(base).items() if k != "seed"},
+            "robust_epochs": robust_base.epochs if task.appearance else None,
             "input": sets["synthetic"].info,
             "device": device or "auto",
             "data": DATA_NOTE,
