@@ -65,7 +65,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.simgan_speed  # < 2 min: the trainer's compute ceiling
 	$(BIN)/python -m benchmarks.train_speed  # ~2 min: the real loop, waiting for data
 	$(BIN)/python -m benchmarks.evaluate_memory  # ~6 min: evaluate's peak memory, 1k vs 4k frames
-	$(BIN)/python -m benchmarks.drift_floor  # ~12 min: what label drift reads on appearance alone (gaze, scene)
+	$(BIN)/python -m benchmarks.drift_floor  # ~20 min: what label drift reads on appearance alone (gaze, scene)
 	$(BIN)/python -m benchmarks.evaluate  # ~4 h on 2 cores: a GAN per seed, 4 experiments, 12 ablations
 	$(BIN)/python -m benchmarks.real_gaze  # ~20 min: ingest, 3 GANs, refine on real MPIIGaze crops (skipped without ../shared)
 	$(BIN)/python -m benchmarks.real_gaze --padding zeros --out out/bench-real-gaze-zeros  # ~15 min: the ablation
@@ -73,6 +73,9 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.real_gaze --set refiner_noise=1 --tag noise --out out/bench-real-gaze-noise  # ~15 min: the noise ablation
 	$(BIN)/python -m benchmarks.real_gaze --steps 1200 --tag steps-1200 --out out/bench-real-gaze-1200  # ~30 min: twice the steps
 	$(BIN)/python -m benchmarks.real_gaze --set refiner_ema=0.995 --tag ema --out out/bench-real-gaze-ema  # ~15 min: the weight-average ablation
+	$(BIN)/python -m benchmarks.real_gaze --robust-epochs 48 --tag robust-48 --out out/bench-real-gaze-r48  # ~25 min: real_gaze's GANs, drift read by an estimator trained 48 epochs
+	$(BIN)/python -m benchmarks.real_gaze --set self_reg_weight=2.0 --robust-epochs 48 --tag selfreg-2 --out out/bench-real-gaze-sr2  # ~25 min: lambda 4x the small recipe's
+	$(BIN)/python -m benchmarks.real_gaze --set self_reg_weight=7.6 --robust-epochs 48 --tag selfreg-7.6 --out out/bench-real-gaze-sr76  # ~25 min: the paper's lambda for a 9x14 patch map
 	$(BIN)/python -m benchmarks.table
 
 gpu-check:  # everything that needs a GPU, in one run (sized for < 8 min on one H200); --device cpu dry-runs it

@@ -126,11 +126,11 @@ def _real_gaze(record: dict) -> list[str]:
         "",
         "The histogram distance sees tone only, not content. Contact sheet: "
         f"`{record['settings'].get('contact_sheet', 'out/bench-real-gaze/contact-sheet.png')}`.",
-        *_realism_rows(f),
+        *_realism_rows(f, record["settings"].get("robust_epochs")),
     ]
 
 
-def _realism_rows(f: dict) -> list[str]:
+def _realism_rows(f: dict, robust_epochs: int | None = None) -> list[str]:
     """The realism ``refinery evaluate`` measures with the unlabeled crops as real test set."""
     realism = f.get("realism")
     if not realism:
@@ -158,6 +158,7 @@ def _realism_rows(f: dict) -> list[str]:
     drift = f.get("label_drift_deg") or {}
     robust = f.get("label_drift_robust_deg") or {}
     target = robust if robust.get("mean") is not None else drift  # the issue's: robust
+    trained = f", trained {robust_epochs} epochs" if robust_epochs else ""  # else the task's
     if "refined" in realism and "synthetic" in realism:
         refined, synthetic = realism["refined"]["c2st_accuracy"], realism["synthetic"]
         gap = synthetic["c2st_accuracy"]["mean"] - refined["mean"]
@@ -168,7 +169,7 @@ def _realism_rows(f: dict) -> list[str]:
             f"Issue 15's targets on real MPIIGaze: refined at least 20 points of two-sample "
             f"accuracy below synthetic: {100 * gap:.1f} points on the mean (per GAN: {per}), "
             f"{'met' if gap >= 0.20 else 'not met'}; label drift under 3° "
-            f"({'appearance-robust estimator' if target is robust else 'synthetic-trained estimator'}): "
+            f"({f'appearance-robust estimator{trained}' if target is robust else 'synthetic-trained estimator'}): "
             f"{_fmt(target.get('mean'))}°, "
             f"{'met' if target.get('mean') is not None and target['mean'] < 3 else 'not met'}.",
         ]
@@ -180,8 +181,8 @@ def _realism_rows(f: dict) -> list[str]:
             "std over seeds)"
             + (
                 f"; {pm(robust)}° for the same estimator trained appearance-robust (random tone, "
-                "contrast, shading, blur and noise on standardised eyes), which answers to "
-                "where the eye looks rather than to its tone"
+                f"contrast, shading, blur and noise on standardised eyes{trained}), which "
+                "answers to where the eye looks rather than to its tone"
                 if robust.get("mean") is not None
                 else ""
             )

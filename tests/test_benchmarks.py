@@ -385,6 +385,9 @@ def test_real_gaze_targets_are_stated_from_the_record():
     rows = "\n".join(table._realism_rows(figures))
     assert "label drift under 3° (appearance-robust estimator): 3.5°, not met." in rows
     assert "3.5 ± 0.2° for the same estimator trained appearance-robust" in rows
+    rows = "\n".join(table._realism_rows(figures, robust_epochs=48))  # evaluate --robust-epochs
+    assert "(appearance-robust estimator, trained 48 epochs): 3.5°, not met." in rows
+    assert "noise on standardised eyes, trained 48 epochs), which" in rows
     figures["realism"]["refined"] = entry([0.9, 0.95])
     assert "7.5 points on the mean (per GAN: 10, 5), not met" in "\n".join(
         table._realism_rows(figures)
