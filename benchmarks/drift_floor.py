@@ -17,9 +17,10 @@ set and read on (synthetic, real-variant twin) pairs. For gaze the appearance-ro
 also trained ``ROBUST_EPOCHS`` epochs (``evaluate --robust-epochs``, as ``real_gaze_robust-48``
 reads real MPIIGaze with): random looks make its task harder, and an under-trained estimator's
 own error is read as drift. Beside each floor, each network's error against the twins' labels
-(the task's primary metric): the instrument still reads geometry on the other look. Sets and sizes follow the records they
-explain: gaze as ``real_gaze`` (2,000 35x55 eyes, the task's own epochs), scene as the street
-experiments of ``benchmarks/evaluate.py`` (300 frames at 64x128, fcn8s-small, 8 epochs, batch 8).
+(the task's primary metric): the instrument still reads geometry on the other look. Sets and
+sizes follow the records they explain: gaze as ``real_gaze`` (2,000 35x55 eyes, the task's own
+epochs), scene as the street experiments of ``benchmarks/evaluate.py`` (300 frames at 64x128,
+fcn8s-small, 8 epochs, batch 8).
 
     python -m benchmarks.drift_floor [--quick] [--domains gaze,scene] [--results DIR]
 """

@@ -84,6 +84,13 @@ def _refinery(*args: str) -> float:
     return time.perf_counter() - began
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _pixels(url: str) -> np.ndarray:
     return np.stack([s["png"] for s in read(url, "gaze", labels=False)])
 
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--robust-epochs",
-        type=int,
+        type=_positive,
         help="evaluate's --robust-epochs: the appearance-robust drift estimator's epochs "
         "(default: the task's; needs --tag)",
     )

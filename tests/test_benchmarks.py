@@ -420,6 +420,7 @@ def test_real_gaze_recipe_variants_need_a_tag():
         ["--set", "psi=gradients"],
         ["--steps", "1200"],
         ["--robust-epochs", "48"],
+        ["--robust-epochs", "0", "--tag", "x"],
         ["--tag", "x"],
         ["--set", "psi", "--tag", "x"],
     ):
