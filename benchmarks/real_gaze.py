@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS, exit_on_sigterm, write_result
+from refinery.cli import positive_int
 from refinery.shards import read
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,13 +83,6 @@ def _refinery(*args: str) -> float:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}):\n{done.stderr}")
     return time.perf_counter() - began
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def _pixels(url: str) -> np.ndarray:
@@ -161,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--robust-epochs",
-        type=_positive,
+        type=positive_int,
         help="evaluate's --robust-epochs: the appearance-robust drift estimator's epochs "
         "(default: the task's; needs --tag)",
     )

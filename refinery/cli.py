@@ -23,7 +23,7 @@ class UsageError(ValueError):
     """An argument combination the parser cannot check by itself; exits with status 2."""
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -38,8 +38,8 @@ TASK_DOMAINS = ("gaze", "hand", "scene")  # train.downstream.TASKS, without impo
 
 def _task_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--network", help="registered task network (default: the small one)")
-    parser.add_argument("--epochs", type=_positive, help="default: the task's own")
-    parser.add_argument("--batch-size", type=_positive)
+    parser.add_argument("--epochs", type=positive_int, help="default: the task's own")
+    parser.add_argument("--batch-size", type=positive_int)
     parser.add_argument("--lr", type=float, help="peak learning rate (Adam, one-cycle)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
@@ -153,7 +153,7 @@ def _ingest_option(name: str, text: str, format_name: str):
         return value
     if name in ("crop", "kinect"):
         try:
-            return _positive(text)
+            return positive_int(text)
         except argparse.ArgumentTypeError as exc:
             raise UsageError(f"{flag}: {exc}") from None
     return text
@@ -503,9 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("domain", choices=DOMAINS)
     synth.add_argument("--variant", choices=VARIANTS, default="synthetic")
-    synth.add_argument("--n", type=_positive, required=True, help="number of samples")
+    synth.add_argument("--n", type=positive_int, required=True, help="number of samples")
     synth.add_argument("--out", required=True, help="output directory (or fsspec URL)")
-    synth.add_argument("--shard-size", type=_positive, default=1000, help="samples per shard")
+    synth.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument(
         "--size", help="image size: HxW for gaze and scene (35x55, 256x512), N for hand (128)"
@@ -550,13 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--out", required=True, help="output directory (or fsspec URL)")
     ingest.add_argument(
         "--shard-size",
-        type=_positive,
+        type=positive_int,
         help="items per shard (unityeyes, images: images, default 1000; mpiigaze: day files, "
         "default 2)",
     )
     ingest.add_argument("--strict", action="store_true", help="stop at the first reject")
     ingest.add_argument(
-        "--workers", type=_positive, default=1, help="processes converting items (default 1)"
+        "--workers", type=positive_int, default=1, help="processes converting items (default 1)"
     )
     ingest.add_argument("--prefix", help="shard name prefix (default: the format name)")
     ingest.add_argument(
@@ -610,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     simgan.add_argument("--preset", choices=("gaze", "hand", "small"), default="gaze")
     simgan.add_argument("--config", help="YAML file overriding recipe keys")
     simgan.add_argument(
-        "--steps", type=_positive, help="adversarial iterations (after pretraining)"
+        "--steps", type=positive_int, help="adversarial iterations (after pretraining)"
     )
     simgan.add_argument("--image-key", help="image component (default: the domain's)")
     simgan.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -638,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", required=True, help="run directory")
         sub.add_argument("--preset", choices=("paper", "small"), default="paper")
         sub.add_argument("--config", help="YAML file overriding recipe keys")
-        sub.add_argument("--steps", type=_positive, help="training iterations")
+        sub.add_argument("--steps", type=positive_int, help="training iterations")
         if name == "spigan":
             sub.add_argument("--vgg-weights", help="local VGG19 weights file (torchvision format)")
         sub.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -695,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--robust-epochs",
-        type=_positive,
+        type=positive_int,
         help="epochs of the appearance-robust drift network (gaze, scene; default: --epochs): "
         "its random appearance changes make the task harder, and trained longer it reads less "
         "drift on appearance alone (benchmarks/drift_floor.py)",
@@ -734,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--batch",
-        type=_positive,
+        type=positive_int,
         help="a plan's largest batch: the refine job's --batch (default 64); the plan's "
         "context allocates for it",
     )
@@ -751,11 +751,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--backend", default="onnxruntime", choices=("onnxruntime", "torch", "tensorrt")
     )
-    bench.add_argument("--batch", type=_positive, default=64)
+    bench.add_argument("--batch", type=positive_int, default=64)
     bench.add_argument("--size", required=True, help="HxW, e.g. 35x55")
     bench.add_argument("--device", help="cpu, cuda or cuda:N (default: the backend's)")
     bench.add_argument("--precision", choices=("fp32", "fp16"))
-    bench.add_argument("--iterations", type=_positive, default=30)
+    bench.add_argument("--iterations", type=positive_int, default=30)
     bench.add_argument("--warmup", type=int, default=5)
     bench.add_argument("--out", default="benchmarks/results", help="results directory")
     bench.set_defaults(run=_bench_engine)
@@ -788,7 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch: FP16 autocast on CUDA; onnxruntime: the FP16 graph (refinery build --fp16); "
         "a TensorRT plan has the precision it was built with",
     )
-    refine.add_argument("--batch", type=_positive, default=64)
+    refine.add_argument("--batch", type=positive_int, default=64)
     refine.add_argument("--keep-original", action="store_true", help="also keep orig.<ext>")
     refine.add_argument(
         "--max-reject-rate", type=_rate, help="fail when more than this share is rejected"
@@ -802,13 +802,17 @@ def build_parser() -> argparse.ArgumentParser:
         "every image through DALI (CPU mode without a GPU); opencv: none",
     )
     refine.add_argument(
-        "--decode-workers", type=_positive, help="decoding threads (default: this machine's CPUs)"
+        "--decode-workers",
+        type=positive_int,
+        help="decoding threads (default: this machine's CPUs)",
     )
     refine.add_argument(
-        "--encode-workers", type=_positive, help="encoding threads (default: this machine's CPUs)"
+        "--encode-workers",
+        type=positive_int,
+        help="encoding threads (default: this machine's CPUs)",
     )
     refine.add_argument("--rank", type=int, help="this worker's rank (default: from launcher)")
-    refine.add_argument("--world-size", type=_positive, help="number of workers")
+    refine.add_argument("--world-size", type=positive_int, help="number of workers")
     refine.add_argument("--distributor", default="local", choices=("local", "ray"))
     refine.add_argument("--address", help="Ray cluster address (with --distributor ray)")
     refine.set_defaults(run=_refine)

@@ -70,9 +70,10 @@ DRIFT_NOTE = (
 ROBUST_NOTE = (
     "the same network trained on the synthetic set (each seed) with random appearance changes "
     "(tone curve, contrast, brightness, colour gains, shading ramp, blur, noise; no geometric "
-    "change) for the settings' robust_epochs, so it answers to where things are rather than to tone, applied to each "
-    "synthetic image and its refined version: mean disagreement. Refinement is meant to "
-    "change appearance, so this is the drift of what the labels describe"
+    "change) for the settings' robust_epochs, so it answers to where things are rather than "
+    "to tone, applied to each synthetic image and its refined version: mean disagreement. "
+    "Refinement is meant to change appearance, so this is the drift of what the labels "
+    "describe"
 )
 
 Log = Callable[[str], None]
