@@ -36,7 +36,10 @@ e.g. ``--set psi=gradients --set self_reg_weight=1.0 --tag psi-gradients``, ``--
 --tag steps-1200``. ``--robust-epochs N`` (``evaluate --robust-epochs``) measures the label drift
 with an appearance-robust estimator trained N epochs instead of the task's 8, likewise under a
 tag: the GANs are seeded, so the same runs, read with a finer instrument
-(``benchmarks/drift_floor.py`` measures its floor).
+(``benchmarks/drift_floor.py`` measures its floor). ``--synth-option KEY=NUMBER`` draws the
+procedural eyes with a simulator option (``synth --option``), e.g. ``--synth-option
+iris_scale=1.15 --synth-option opening=0.85 --tag anatomy``: larger irises in narrower
+openings, as UnityEyes and MPIIGaze have them.
 """
 
 from __future__ import annotations
@@ -105,9 +108,12 @@ def _last_scalars(run: Path, names: tuple[str, ...]) -> dict[str, float]:
     return {name: float(events.Scalars(name)[-1].value) for name in names if name in have}
 
 
-def _variants(real: np.ndarray, *, count: int, seeds: list[int], quick: bool) -> dict[str, dict]:
-    """The two procedural variants against the real crops: the two-sample test over seeds
-    (how far the built-in "real" variant is from real MPIIGaze, next to the synthetic one)."""
+def _variants(
+    real: np.ndarray, *, count: int, seeds: list[int], quick: bool, options: dict[str, float]
+) -> dict[str, dict]:
+    """The two procedural variants (drawn with the simulator `options`) against the real crops:
+    the two-sample test over seeds (how far the built-in "real" variant is from real MPIIGaze,
+    next to the synthetic one)."""
     import torch
 
     from refinery import sim
@@ -120,7 +126,8 @@ def _variants(real: np.ndarray, *, count: int, seeds: list[int], quick: bool) ->
     crops = unit(real)
     out = {}
     for variant in ("synthetic", "real"):
-        rendered = unit(np.stack([s["png"] for s in sim.generate("gaze", variant, count, seed=11)]))
+        drawn = sim.generate("gaze", variant, count, seed=11, **options)
+        rendered = unit(np.stack([s["png"] for s in drawn]))
         runs = [
             two_sample_test(crops, rendered, seed=seed, epochs=2 if quick else 10) for seed in seeds
         ]
@@ -159,16 +166,27 @@ def main(argv: list[str] | None = None) -> int:
         help="evaluate's --robust-epochs: the appearance-robust drift estimator's epochs "
         "(default: the task's; needs --tag)",
     )
+    parser.add_argument(
+        "--synth-option",
+        action="append",
+        default=[],
+        metavar="KEY=NUMBER",
+        help="a gaze simulator option for the procedural eyes (synth --option; repeatable; "
+        "needs --tag), e.g. iris_scale=1.15",
+    )
     parser.add_argument("--tag", help="names the variant: records real_gaze_TAG.json")
     args = parser.parse_args(argv)
-    # a variant of the recipe, its budget or its instrument records under its own name
-    variant = bool(args.set) or args.steps != STEPS or args.robust_epochs is not None
-    if any("=" not in item for item in args.set) or variant != bool(args.tag):
+    # a variant of the recipe, its budget, its eyes or its instrument records under its own name
+    variant = (
+        bool(args.set or args.synth_option) or args.steps != STEPS or args.robust_epochs is not None
+    )
+    if any("=" not in item for item in args.set + args.synth_option) or variant != bool(args.tag):
         parser.error(
-            f"--set KEY=VALUE, --steps other than {STEPS} or --robust-epochs make a variant, "
-            "which --tag NAME names (and --tag needs one)"
+            f"--set KEY=VALUE, --synth-option KEY=NUMBER, --steps other than {STEPS} or "
+            "--robust-epochs make a variant, which --tag NAME names (and --tag needs one)"
         )
     overrides = dict(item.split("=", 1) for item in args.set)
+    options = {key: float(value) for key, value in (i.split("=", 1) for i in args.synth_option)}
     name = "real_gaze" if args.padding == "reflect" else f"real_gaze_{args.padding}"
     if args.tag:
         name = f"real_gaze_{args.tag}"
@@ -189,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     _refinery(
         "synth", "gaze", "--variant", "synthetic", "--n", str(count), "--seed", "1",
         "--shard-size", "500", "--out", str(synthetic),
+        *(f"--option={item}" for item in args.synth_option),
     )  # fmt: skip
     # One GAN per seed (issue 15: the GAN's variance is the larger one), each refining the same
     # synthetic eyes and scored by evaluate with that seed; the contact sheet is run 0's.
@@ -242,8 +261,10 @@ def main(argv: list[str] | None = None) -> int:
 
     pixels = {"synthetic": _pixels(str(synthetic)), "real": _pixels(str(real))}
     variants = (
-        _variants(pixels["real"], count=count, seeds=seeds, quick=args.quick)
-        if args.padding == "reflect" and not overrides and args.robust_epochs is None
+        _variants(pixels["real"], count=count, seeds=seeds, quick=args.quick, options=options)
+        # they depend on the eyes drawn, not on the recipe or the drift instrument
+        if args.padding == "reflect"
+        and (args.synth_option or (not overrides and args.robust_epochs is None))
         else {}
     )
     appearance = {
@@ -315,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     settings["refiner_padding"] = args.padding
     settings["recipe_overrides"] = overrides
+    settings["synth_options"] = options
     settings["robust_epochs"] = report["settings"]["robust_epochs"]  # the drift estimator's
     write_result(name, figures, settings, results=args.results)
     print(json.dumps(figures, indent=1))

@@ -56,7 +56,7 @@ def _synth(args: argparse.Namespace) -> int:
     from refinery.shards import write_shards
 
     start = time.perf_counter()
-    options = dict(_size_options(args.domain, args.size))
+    options = {**_size_options(args.domain, args.size), **_domain_options(args.domain, args.option)}
     samples = (
         encode_sample(s, args.domain)
         for s in sim.generate(args.domain, args.variant, args.n, seed=args.seed, **options)
@@ -85,6 +85,27 @@ def _size_options(domain: str, size: str | None) -> dict[str, int]:
         return {"height": parts[0], "width": parts[1]}
     want = "N (a square crop)" if domain == "hand" else "HxW"
     raise UsageError(f"--size {size!r}: expected {want} for the {domain} domain")
+
+
+def _domain_options(domain: str, items: list[str]) -> dict[str, int | float]:
+    """``--option KEY=VALUE`` items as the domain simulator's options (numbers), checked."""
+    from refinery import sim
+
+    options: dict[str, int | float] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        try:
+            value: int | float = int(text) if text.strip().lstrip("+-").isdigit() else float(text)
+        except ValueError:
+            raise UsageError(f"--option {item!r}: expected KEY=NUMBER") from None
+        if not sep or not key:
+            raise UsageError(f"--option {item!r}: expected KEY=NUMBER")
+        options[key] = value
+    try:
+        sim.options_for(domain, **options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--option: {exc}") from None
+    return options
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -509,6 +530,14 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument(
         "--size", help="image size: HxW for gaze and scene (35x55, 256x512), N for hand (128)"
+    )
+    synth.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=NUMBER",
+        help="a simulator option of the domain (repeatable), e.g. gaze's iris_scale=1.15 and "
+        "opening=0.85 (anatomy scales, 1.0 by default)",
     )
     synth.set_defaults(run=_synth)
 

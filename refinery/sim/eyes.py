@@ -47,12 +47,26 @@ LID_POINTS = 8  # landmarks per lid, corner to corner
 class Options:
     height: int = BASE_HEIGHT
     width: int = BASE_WIDTH
+    # Anatomy scales on the drawn ranges (1.0: the eyes every recorded benchmark used). UnityEyes
+    # and MPIIGaze eyes have larger irises in narrower openings than ours, cut by both lids:
+    # ``iris_scale`` multiplies the iris radius, ``opening`` both lids' distance from the
+    # corner line. Labels follow (iris_radius, upper_lid, lower_lid).
+    iris_scale: float = 1.0
+    opening: float = 1.0
 
     def __post_init__(self) -> None:
         for name, minimum in (("height", 16), ("width", 24)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"gaze {name} must be an integer >= {minimum}, got {value!r}")
+        for name, low, high in (("iris_scale", 0.5, 1.5), ("opening", 0.5, 1.5)):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (low <= value <= high)
+            ):
+                raise ValueError(f"gaze {name} must be a number in [{low}, {high}], got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,7 +117,7 @@ def sample_geometry(rng: np.random.Generator, options: Options) -> Geometry:
     # interior margin's width) frame the eye at about 0.75-0.85 of the crop's width
     eye_width = scale * rng.uniform(44.0, 50.0)
     radius = eye_width * rng.uniform(0.40, 0.46)
-    iris_radius = radius * rng.uniform(0.42, 0.50)
+    iris_radius = radius * rng.uniform(0.42, 0.50) * options.iris_scale
     pupil_ratio = rng.uniform(0.30, 0.48)
     jitter = np.clip(rng.normal(0.0, 0.8, 2), -1.5, 1.5) * scale
     centre = np.array([(options.width - 1) / 2, (options.height - 1) / 2]) + jitter
@@ -113,8 +127,10 @@ def sample_geometry(rng: np.random.Generator, options: Options) -> Geometry:
     axis = np.array([np.cos(roll), np.sin(roll)])
     corners = np.stack([middle - axis * eye_width / 2, middle + axis * eye_width / 2])
     openness = rng.uniform(0.8, 1.15)
-    upper_open = radius * openness * max(0.15, 0.42 + 0.6 * np.sin(pitch))
-    lower_open = radius * rng.uniform(0.85, 1.1) * (0.40 + 0.28 * max(0.0, -np.sin(pitch)))
+    upper_open = radius * openness * max(0.15, 0.42 + 0.6 * np.sin(pitch)) * options.opening
+    lower_open = (
+        radius * rng.uniform(0.85, 1.1) * (0.40 + 0.28 * max(0.0, -np.sin(pitch))) * options.opening
+    )
     return Geometry(
         pitch=float(pitch),
         yaw=float(yaw),
