@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import shard_io, table
+from refinery import sim
+from refinery.shards import read
 
 
 def test_readme_results_table_matches_recorded_results():
@@ -362,6 +364,18 @@ def test_real_gaze_quick_run_goes_through_every_command(tmp_path, shared_fixture
     assert longer["settings"]["robust_epochs"] == 2 and not longer["figures"]["procedural_variants"]
     report = json.loads((tmp_path / "r" / "report-s0" / "report.json").read_text())
     assert report["settings"]["robust_epochs"] == 2 and report["settings"]["epochs"] == 1
+    # other procedural eyes (synth --option): the GAN refines them, the variants are drawn so
+    assert real_gaze.main(["--quick", "--fixture", str(fixture), "--out", str(tmp_path / "a"),
+                           "--results", str(results), "--synth-option", "iris_scale=1.2",
+                           "--tag", "big-iris"]) == 0  # fmt: skip
+    anatomy = json.loads((results / "real_gaze_big-iris.json").read_text())
+    assert anatomy["settings"]["synth_options"] == {"iris_scale": 1.2}
+    assert set(anatomy["figures"]["procedural_variants"]) == {"synthetic", "real"}
+    drawn = next(read(str(tmp_path / "a" / "synthetic"), "gaze"))["json"]["eyeball"]
+    plain = sim.render("gaze", "synthetic", 0, seed=1)["json"]["eyeball"]
+    assert drawn["iris_radius"] == pytest.approx(1.2 * plain["iris_radius"], rel=1e-4)
+    with pytest.raises(SystemExit):  # a variant needs its name
+        real_gaze.main(["--synth-option", "iris_scale=1.2", "--results", str(results)])
 
 
 def test_real_gaze_targets_are_stated_from_the_record():

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
+from refinery import sim
 from refinery.cli import main
 
 REFINERY = Path(sys.executable).with_name("refinery")
@@ -67,6 +69,32 @@ def test_synth_same_seed_gives_byte_identical_shards(tmp_path, capsys):
     assert a == b
     assert list(a.values()) != list(c.values())
     assert "wrote 25 synthetic gaze samples in 3 shards" in capsys.readouterr().out
+
+
+def test_synth_passes_simulator_options_and_refuses_bad_ones(tmp_path, capsys):
+    from refinery.shards import read
+
+    out = tmp_path / "eyes"
+    assert (
+        main(f"synth gaze --n 4 --option iris_scale=1.15 --option opening=0.85 --out {out}".split())
+        == 0
+    )
+    drawn = [s["json"]["eyeball"]["iris_radius"] for s in read(str(out), "gaze")]
+    plain = [s["json"]["eyeball"]["iris_radius"] for s in sim.generate("gaze", "synthetic", 4)]
+    assert np.allclose(drawn, np.array(plain) * 1.15, rtol=1e-4)
+    for option, message in (
+        (
+            "iris=1.1",
+            "unknown option(s) 'iris' for domain 'gaze'; it takes height, width, iris_scale",
+        ),
+        ("opening=3", "gaze opening must be a number in [0.5, 1.5], got 3"),
+        ("opening", "--option 'opening': expected KEY=NUMBER"),
+        ("opening=wide", "--option 'opening=wide': expected KEY=NUMBER"),
+    ):
+        with pytest.raises(SystemExit) as exit:
+            main(["synth", "gaze", "--n", "2", "--option", option, "--out", str(tmp_path / "x")])
+        assert exit.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_inspect_reports_counts_labels_rejects_and_writes_a_sheet(tmp_path, capsys):

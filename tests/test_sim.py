@@ -187,6 +187,41 @@ def test_gaze_landmarks_are_in_the_crop_and_ordered():
         assert len(sample["json"]["head_pose"]) == 3
 
 
+def test_gaze_anatomy_options_scale_the_iris_and_the_opening_and_nothing_else():
+    for index in range(5):
+        plain = sim.render("gaze", "synthetic", index, seed=6)["json"]
+        same = sim.render("gaze", "synthetic", index, seed=6, iris_scale=1.0, opening=1.0)["json"]
+        assert same == plain  # 1.0 is the eyes every recorded benchmark used
+        drawn = sim.render("gaze", "synthetic", index, seed=6, iris_scale=1.2, opening=0.8)
+        label = drawn["json"]
+        assert (
+            label["gaze"] == plain["gaze"]
+            and label["eyeball"]["centre"] == plain["eyeball"]["centre"]
+        )
+        assert math.isclose(
+            label["eyeball"]["iris_radius"], 1.2 * plain["eyeball"]["iris_radius"], rel_tol=1e-4
+        )
+        assert label["landmarks"]["eye_corners"] == plain["landmarks"]["eye_corners"]
+        # both lids move towards the corner line by the same factor
+        corners = np.array(plain["landmarks"]["eye_corners"])
+        for lid in ("upper_lid", "lower_lid"):
+            base = np.linspace(corners[0], corners[1], 8)
+            was = np.linalg.norm(np.array(plain["landmarks"][lid]) - base, axis=1)
+            now = np.linalg.norm(np.array(label["landmarks"][lid]) - base, axis=1)
+            assert np.allclose(now, 0.8 * was, atol=2e-4)
+    # the larger iris shows: more dark pixels inside the eye on average
+    dark = [
+        np.mean(
+            [(s["png"] < 100).mean() for s in sim.generate("gaze", "synthetic", 30, seed=2, **o)]
+        )
+        for o in ({}, {"iris_scale": 1.3})
+    ]
+    assert dark[1] > dark[0] + 0.02  # about 40 more of 1,925 pixels (0.212 -> 0.247)
+    for bad in ({"iris_scale": 0.1}, {"opening": 2}, {"opening": True}, {"iris_scale": "1"}):
+        with pytest.raises(ValueError, match=f"gaze {next(iter(bad))} must be a number"):
+            sim.render("gaze", "real", 0, **bad)
+
+
 def _high_frequency(image: np.ndarray) -> float:
     image = image.astype(np.float32)
     return float(np.abs(image - cv2.medianBlur(image, 3)).mean())
