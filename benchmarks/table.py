@@ -98,12 +98,20 @@ def _real_gaze(record: dict) -> list[str]:
 
     padding = record["settings"].get("refiner_padding", "reflect")  # the recipes' since 79ab41d
     overrides = record["settings"].get("recipe_overrides") or {}
+    options = record["settings"].get("synth_options") or {}
     return [
         f"Refiner padding: `{padding}`"
         + (" (the ablation of the recipes' reflect)" if padding != "reflect" else "")
         + (
             "; recipe changed: " + ", ".join(f"`{k}: {v}`" for k, v in overrides.items())
             if overrides
+            else ""
+        )
+        + (
+            "; procedural eyes drawn with "
+            + ", ".join(f"`{k}={v}`" for k, v in options.items())
+            + " (`synth --option`)"
+            if options
             else ""
         )
         + ".",

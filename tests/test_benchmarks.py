@@ -371,6 +371,7 @@ def test_real_gaze_quick_run_goes_through_every_command(tmp_path, shared_fixture
     anatomy = json.loads((results / "real_gaze_big-iris.json").read_text())
     assert anatomy["settings"]["synth_options"] == {"iris_scale": 1.2}
     assert set(anatomy["figures"]["procedural_variants"]) == {"synthetic", "real"}
+    assert "drawn with `iris_scale=1.2` (`synth --option`)." in "\n".join(table._real_gaze(anatomy))
     drawn = next(read(str(tmp_path / "a" / "synthetic"), "gaze"))["json"]["eyeball"]
     plain = sim.render("gaze", "synthetic", 0, seed=1)["json"]["eyeball"]
     assert drawn["iris_radius"] == pytest.approx(1.2 * plain["iris_radius"], rel=1e-4)
