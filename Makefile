@@ -77,7 +77,6 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.real_gaze --set self_reg_weight=2.0 --robust-epochs 48 --tag selfreg-2 --out out/bench-real-gaze-sr2  # ~25 min: lambda 4x the small recipe's
 	$(BIN)/python -m benchmarks.real_gaze --set self_reg_weight=7.6 --robust-epochs 48 --tag selfreg-7.6 --out out/bench-real-gaze-sr76  # ~25 min: the paper's lambda for a 9x14 patch map
 	$(BIN)/python -m benchmarks.real_gaze --synth-option iris_scale=1.15 --synth-option opening=0.85 --robust-epochs 48 --tag anatomy --out out/bench-real-gaze-anatomy  # ~25 min: larger irises in narrower openings
-	$(BIN)/python -m benchmarks.real_gaze --set discriminator=simgan-discriminator-local --robust-epochs 48 --tag local-d --out out/bench-real-gaze-local-d  # ~25 min: a discriminator on 11x11 patches
 	$(BIN)/python -m benchmarks.table
 
 gpu-check:  # everything that needs a GPU, in one run (sized for < 8 min on one H200); --device cpu dry-runs it
