@@ -235,16 +235,6 @@ SMALL_LAYERS: tuple[Layer, ...] = (
     ("conv", 1, 1, 16),
     ("conv", 1, 1, 2),
 )
-# The small maps with one stride and no pooling: each decision sees an 11x11 patch instead of
-# 23x23, smaller than an eye's iris (about 17 px across at 35x55), so D can judge texture and
-# tone but not the iris's size or the lids' shape (which a refiner then has no reason to change).
-LOCAL_LAYERS: tuple[Layer, ...] = (
-    ("conv", 3, 2, 32),
-    ("conv", 3, 1, 32),
-    ("conv", 3, 1, 16),
-    ("conv", 1, 1, 16),
-    ("conv", 1, 1, 2),
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -308,9 +298,3 @@ def simgan_discriminator_hand(*, channels: int = 1) -> LocalDiscriminator:
 def simgan_discriminator_small(*, channels: int = 1) -> LocalDiscriminator:
     """A CPU-sized discriminator: the gaze layout with 32/32/16/16 maps."""
     return LocalDiscriminator(DiscriminatorConfig(channels=channels, layers=SMALL_LAYERS))
-
-
-@register_network("simgan-discriminator-local", role="discriminator", input_size=(35, 55))
-def simgan_discriminator_local(*, channels: int = 1) -> LocalDiscriminator:
-    """The small maps on 11×11 patches (no max-pool, one stride): 35×55 -> 18×28 decisions."""
-    return LocalDiscriminator(DiscriminatorConfig(channels=channels, layers=LOCAL_LAYERS))
