@@ -186,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             "--robust-epochs make a variant, which --tag NAME names (and --tag needs one)"
         )
     overrides = dict(item.split("=", 1) for item in args.set)
-    options = {key: float(value) for key, value in (i.split("=", 1) for i in args.synth_option)}
+    try:
+        options = {k: float(value) for k, value in (i.split("=", 1) for i in args.synth_option)}
+    except ValueError:
+        parser.error(f"--synth-option takes KEY=NUMBER, got {args.synth_option}")
     name = "real_gaze" if args.padding == "reflect" else f"real_gaze_{args.padding}"
     if args.tag:
         name = f"real_gaze_{args.tag}"

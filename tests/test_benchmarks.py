@@ -377,6 +377,10 @@ def test_real_gaze_quick_run_goes_through_every_command(tmp_path, shared_fixture
     assert drawn["iris_radius"] == pytest.approx(1.2 * plain["iris_radius"], rel=1e-4)
     with pytest.raises(SystemExit):  # a variant needs its name
         real_gaze.main(["--synth-option", "iris_scale=1.2", "--results", str(results)])
+    with pytest.raises(SystemExit):  # and a number
+        real_gaze.main(
+            ["--synth-option", "iris_scale=big", "--tag", "x", "--results", str(results)]
+        )
 
 
 def test_real_gaze_targets_are_stated_from_the_record():
