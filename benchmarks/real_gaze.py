@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS, exit_on_sigterm, write_result
-from refinery.cli import positive_int
+from refinery.cli import UsageError, domain_options, positive_int
 from refinery.shards import read
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def _last_scalars(run: Path, names: tuple[str, ...]) -> dict[str, float]:
 
 
 def _variants(
-    real: np.ndarray, *, count: int, seeds: list[int], quick: bool, options: dict[str, float]
+    real: np.ndarray, *, count: int, seeds: list[int], quick: bool, options: dict[str, int | float]
 ) -> dict[str, dict]:
     """The two procedural variants (drawn with the simulator `options`) against the real crops:
     the two-sample test over seeds (how far the built-in "real" variant is from real MPIIGaze,
@@ -180,16 +180,16 @@ def main(argv: list[str] | None = None) -> int:
     variant = (
         bool(args.set or args.synth_option) or args.steps != STEPS or args.robust_epochs is not None
     )
-    if any("=" not in item for item in args.set + args.synth_option) or variant != bool(args.tag):
+    if any("=" not in item for item in args.set) or variant != bool(args.tag):
         parser.error(
             f"--set KEY=VALUE, --synth-option KEY=NUMBER, --steps other than {STEPS} or "
             "--robust-epochs make a variant, which --tag NAME names (and --tag needs one)"
         )
     overrides = dict(item.split("=", 1) for item in args.set)
-    try:
-        options = {k: float(value) for k, value in (i.split("=", 1) for i in args.synth_option)}
-    except ValueError:
-        parser.error(f"--synth-option takes KEY=NUMBER, got {args.synth_option}")
+    try:  # checked as synth --option checks them, before minutes of work
+        options = domain_options("gaze", args.synth_option)
+    except UsageError as exc:
+        parser.error(str(exc).replace("--option", "--synth-option"))
     name = "real_gaze" if args.padding == "reflect" else f"real_gaze_{args.padding}"
     if args.tag:
         name = f"real_gaze_{args.tag}"

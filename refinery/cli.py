@@ -56,7 +56,7 @@ def _synth(args: argparse.Namespace) -> int:
     from refinery.shards import write_shards
 
     start = time.perf_counter()
-    options = {**_size_options(args.domain, args.size), **_domain_options(args.domain, args.option)}
+    options = {**_size_options(args.domain, args.size), **domain_options(args.domain, args.option)}
     samples = (
         encode_sample(s, args.domain)
         for s in sim.generate(args.domain, args.variant, args.n, seed=args.seed, **options)
@@ -87,19 +87,19 @@ def _size_options(domain: str, size: str | None) -> dict[str, int]:
     raise UsageError(f"--size {size!r}: expected {want} for the {domain} domain")
 
 
-def _domain_options(domain: str, items: list[str]) -> dict[str, int | float]:
-    """``--option KEY=VALUE`` items as the domain simulator's options (numbers), checked."""
+def domain_options(domain: str, items: list[str]) -> dict[str, int | float]:
+    """``--option KEY=NUMBER`` items as the domain simulator's options, checked against it."""
     from refinery import sim
 
     options: dict[str, int | float] = {}
     for item in items:
         key, sep, text = item.partition("=")
         try:
+            if not (key and sep):
+                raise ValueError
             value: int | float = int(text) if text.strip().lstrip("+-").isdigit() else float(text)
         except ValueError:
             raise UsageError(f"--option {item!r}: expected KEY=NUMBER") from None
-        if not sep or not key:
-            raise UsageError(f"--option {item!r}: expected KEY=NUMBER")
         options[key] = value
     try:
         sim.options_for(domain, **options)
