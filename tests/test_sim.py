@@ -222,6 +222,27 @@ def test_gaze_anatomy_options_scale_the_iris_and_the_opening_and_nothing_else():
             sim.render("gaze", "real", 0, **bad)
 
 
+def test_gaze_iris_tone_darkens_the_iris_alone():
+    plain = sim.generate("gaze", "synthetic", 12, seed=4)
+    same = sim.generate("gaze", "synthetic", 12, seed=4, iris_tone=1.0)
+    dark = sim.generate("gaze", "synthetic", 12, seed=4, iris_tone=0.4)
+    drops = []
+    for p, s, d in zip(plain, same, dark, strict=True):
+        assert np.array_equal(s["png"], p["png"])  # 1.0 is the eyes every record used
+        assert d["json"] == p["json"]  # labels and geometry stay
+        before, after = p["png"].astype(int), d["png"].astype(int)
+        assert np.all(after <= before)  # only darker
+        cx, cy = p["json"]["landmarks"]["iris_centre"]
+        y, x = np.mgrid[: before.shape[0], : before.shape[1]]
+        moved = after < before
+        reach = np.hypot(x - cx, y - cy)[moved]
+        assert reach.size == 0 or reach.max() <= 1.2 * p["json"]["eyeball"]["iris_radius"] + 1
+        drops.append((before - after).sum())
+    assert np.mean(drops) > 12 * 20  # tens of iris pixels darker by tens of grey levels
+    with pytest.raises(ValueError, match=r"gaze iris_tone must be a number in \[0.25, 1.5\]"):
+        sim.render("gaze", "synthetic", 0, iris_tone=0.1)
+
+
 def _high_frequency(image: np.ndarray) -> float:
     image = image.astype(np.float32)
     return float(np.abs(image - cv2.medianBlur(image, 3)).mean())

@@ -32,6 +32,7 @@ histogram equalisation and JPEG compression.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -50,16 +51,22 @@ class Options:
     # Anatomy scales on the drawn ranges (1.0: the eyes every recorded benchmark used). UnityEyes
     # and MPIIGaze eyes have larger irises in narrower openings than ours, cut by both lids:
     # ``iris_scale`` multiplies the iris radius, ``opening`` both lids' distance from the
-    # corner line. Labels follow (iris_radius, upper_lid, lower_lid).
+    # corner line. Labels follow (iris_radius, upper_lid, lower_lid). ``iris_tone`` multiplies
+    # the iris's grey level (MPIIGaze's irises are mostly near-black, ours brown to blue).
     iris_scale: float = 1.0
     opening: float = 1.0
+    iris_tone: float = 1.0
 
     def __post_init__(self) -> None:
         for name, minimum in (("height", 16), ("width", 24)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"gaze {name} must be an integer >= {minimum}, got {value!r}")
-        for name, low, high in (("iris_scale", 0.5, 1.5), ("opening", 0.5, 1.5)):
+        for name, low, high in (
+            ("iris_scale", 0.5, 1.5),
+            ("opening", 0.5, 1.5),
+            ("iris_tone", 0.25, 1.5),
+        ):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)
@@ -369,7 +376,10 @@ def render(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """({"png": (H, W) uint8}, labels) for one sample."""
     geo = sample_geometry(geometry, options)
-    image = draw(geo, _sample_look(appearance, real), appearance, real=real, options=options)
+    look = _sample_look(appearance, real)
+    if options.iris_tone != 1.0:  # the defaults draw exactly the eyes every record used
+        look = dataclasses.replace(look, iris=look.iris * options.iris_tone)
+    image = draw(geo, look, appearance, real=real, options=options)
     if real:
         image = _camera(image, appearance)
     png = np.clip(np.rint(image), 0, 255).astype(np.uint8)
