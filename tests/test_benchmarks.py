@@ -346,6 +346,8 @@ def test_real_gaze_quick_run_goes_through_every_command(tmp_path, shared_fixture
     assert set(figures["procedural_variants"]) == {"synthetic", "real"}
     assert set(figures["realism"]) == {"synthetic", "refined"}
     assert figures["realism"]["refined"]["c2st_accuracy"]["runs"]
+    assert set(figures["dark_centre_px"]) == {"synthetic", "real", "refined"}
+    assert 20 < figures["dark_centre_px"]["real"]["x_mean"] < 35  # the irises of the crops
     assert (work / "config-s0.yaml").read_text().startswith("seed: 0\n")
     assert (work / "contact-sheet.png").stat().st_size > 0
     assert real_gaze.main(["--fixture", str(tmp_path / "absent"), "--results", str(results)]) == 0
@@ -381,6 +383,23 @@ def test_real_gaze_quick_run_goes_through_every_command(tmp_path, shared_fixture
         real_gaze.main(
             ["--synth-option", "iris_scale=big", "--tag", "x", "--results", str(results)]
         )
+
+
+def test_real_gaze_dark_centre_finds_a_dark_disc_where_it_was_drawn():
+    import numpy as np
+
+    from benchmarks import real_gaze
+
+    y, x = np.mgrid[:35, :55]
+    eyes = []
+    for cx, cy in ((20, 14), (30, 18), (34, 16)):
+        eye = np.full((35, 55), 180, np.uint8)
+        eye[np.hypot(x - cx, y - cy) < 5] = 30
+        eyes.append(eye)
+    centre = real_gaze._dark_centre(np.stack(eyes))
+    assert centre["x_mean"] == pytest.approx(28.0, abs=0.3)
+    assert centre["y_mean"] == pytest.approx(16.0, abs=0.3)
+    assert centre["x_std"] == pytest.approx(np.std([20, 30, 34]), abs=0.3)
 
 
 def test_real_gaze_targets_are_stated_from_the_record():

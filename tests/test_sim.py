@@ -243,6 +243,28 @@ def test_gaze_iris_tone_darkens_the_iris_alone():
         sim.render("gaze", "synthetic", 0, iris_tone=0.1)
 
 
+def test_gaze_distribution_options_move_and_scale_the_drawn_labels():
+    plain = [s["json"]["gaze"] for s in sim.generate("gaze", "synthetic", 40, seed=8)]
+    same = list(
+        sim.generate("gaze", "synthetic", 40, seed=8, pitch_shift=0.0, yaw_shift=0, yaw_scale=1)
+    )
+    assert [s["json"]["gaze"] for s in same] == plain
+    moved = list(
+        sim.generate("gaze", "synthetic", 40, seed=8, pitch_shift=10, yaw_shift=-4, yaw_scale=0.5)
+    )
+    for p, m in zip(plain, moved, strict=True):
+        assert m["json"]["gaze"]["pitch"] == pytest.approx(p["pitch"] + np.radians(10), abs=2e-5)
+        assert m["json"]["gaze"]["yaw"] == pytest.approx(0.5 * p["yaw"] - np.radians(4), abs=2e-5)
+    # the iris follows its label: higher in the crop when the gaze is shifted up
+    rows = [
+        np.mean([s["json"]["landmarks"]["iris_centre"][1] for s in drawn])
+        for drawn in (same, moved)
+    ]
+    assert rows[1] < rows[0] - 2.0
+    with pytest.raises(ValueError, match=r"gaze pitch_shift must be a number in \[-15.0, 15.0\]"):
+        sim.render("gaze", "synthetic", 0, pitch_shift=20)
+
+
 def _high_frequency(image: np.ndarray) -> float:
     image = image.astype(np.float32)
     return float(np.abs(image - cv2.medianBlur(image, 3)).mean())

@@ -56,6 +56,13 @@ class Options:
     iris_scale: float = 1.0
     opening: float = 1.0
     iris_tone: float = 1.0
+    # The gaze distribution, as UnityEyes' camera and eye ranges set it: ``pitch_shift`` and
+    # ``yaw_shift`` (degrees) move the ranges (positive: up, and towards the image left),
+    # ``yaw_scale`` narrows or widens the yaw range, so the drawn labels can match what a real
+    # set holds.
+    pitch_shift: float = 0.0
+    yaw_shift: float = 0.0
+    yaw_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for name, minimum in (("height", 16), ("width", 24)):
@@ -66,6 +73,9 @@ class Options:
             ("iris_scale", 0.5, 1.5),
             ("opening", 0.5, 1.5),
             ("iris_tone", 0.25, 1.5),
+            ("pitch_shift", -15.0, 15.0),
+            ("yaw_shift", -15.0, 15.0),
+            ("yaw_scale", 0.25, 1.5),
         ):
             value = getattr(self, name)
             if (
@@ -113,8 +123,8 @@ def sample_geometry(rng: np.random.Generator, options: Options) -> Geometry:
     # Uniform ranges, biased downwards like MPIIGaze's laptop users (its normalised gaze spans
     # about -20..+8 degrees of pitch and +-22 of yaw: the mean crop has its iris in the middle
     # third).
-    pitch = rng.uniform(-0.35, 0.15)
-    yaw = rng.uniform(-0.4, 0.4)
+    pitch = rng.uniform(-0.35, 0.15) + np.radians(options.pitch_shift)
+    yaw = rng.uniform(-0.4, 0.4) * options.yaw_scale + np.radians(options.yaw_shift)
     head = (
         float(np.clip(rng.normal(0.0, 0.08), -0.2, 0.2)),
         float(np.clip(rng.normal(0.0, 0.10), -0.25, 0.25)),
