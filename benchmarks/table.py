@@ -95,13 +95,13 @@ def _real_gaze(record: dict) -> list[str]:
         d = distance.get(f"{name}_vs_real")
         c = centres.get(name)
         where = (
-            f"{_fmt(c['x_mean'])} ± {_fmt(c['x_std'])}, {_fmt(c['y_mean'])} ± {_fmt(c['y_std'])}"
+            f" {_fmt(c['x_mean'])} ± {_fmt(c['x_std'])}, {_fmt(c['y_mean'])} ± {_fmt(c['y_std'])} |"
             if c
-            else "—"
+            else ""
         )
         return (
             f"| {label} | {_fmt(tone[name]['mean'])} | {_fmt(tone[name]['std'])} | "
-            f"{_fmt(d) if d is not None else '—'} | {where} |"
+            f"{_fmt(d) if d is not None else '—'} |{where}"
         )
 
     padding = record["settings"].get("refiner_padding", "reflect")  # the recipes' since 79ab41d
@@ -134,16 +134,21 @@ def _real_gaze(record: dict) -> list[str]:
         f"{refine['written']} written + {refine['rejected']} rejected, "
         f"{_fmt(refine['seconds'])} s.",
         "",
-        "| eyes | mean grey level | std | intensity-histogram distance to real (W1, grey levels) "
-        "| dark-blob centre x, y (px; mean ± std over eyes) |",
-        "|---|---|---|---|---|",
+        "| eyes | mean grey level | std | intensity-histogram distance to real (W1, grey levels) |"
+        + (" dark-blob centre x, y (px; mean ± std over eyes) |" if centres else ""),
+        "|---|---|---|---|" + ("---|" if centres else ""),
         row("synthetic", "procedural synthetic"),
         row("refined", "refined"),
         row("real", "real MPIIGaze"),
         "",
-        "The histogram distance sees tone only, not content. The dark-blob centre (the "
-        "centroid of each eye's darkest 8% of pixels) is where the iris sits, read without "
-        "labels (— in records made before it was measured). Contact sheet: "
+        "The histogram distance sees tone only, not content."
+        + (
+            " The dark-blob centre (the centroid of each eye's darkest 8% of pixels) is where "
+            "the iris sits, read without labels."
+            if centres
+            else ""
+        )
+        + " Contact sheet: "
         f"`{record['settings'].get('contact_sheet', 'out/bench-real-gaze/contact-sheet.png')}`.",
         *_realism_rows(f, record["settings"].get("robust_epochs")),
     ]

@@ -348,6 +348,10 @@ def test_real_gaze_quick_run_goes_through_every_command(tmp_path, shared_fixture
     assert figures["realism"]["refined"]["c2st_accuracy"]["runs"]
     assert set(figures["dark_centre_px"]) == {"synthetic", "real", "refined"}
     assert 20 < figures["dark_centre_px"]["real"]["x_mean"] < 35  # the irises of the crops
+    from benchmarks import table
+
+    record = json.loads((results / "real_gaze.json").read_text())
+    assert "| dark-blob centre x, y (px; mean ± std over eyes) |" in table._real_gaze(record)[4]
     assert (work / "config-s0.yaml").read_text().startswith("seed: 0\n")
     assert (work / "contact-sheet.png").stat().st_size > 0
     assert real_gaze.main(["--fixture", str(tmp_path / "absent"), "--results", str(results)]) == 0
