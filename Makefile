@@ -78,7 +78,6 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.real_gaze --set self_reg_weight=7.6 --robust-epochs 48 --tag selfreg-7.6 --out out/bench-real-gaze-sr76  # ~25 min: the paper's lambda for a 9x14 patch map
 	$(BIN)/python -m benchmarks.real_gaze --synth-option iris_scale=1.15 --synth-option opening=0.85 --robust-epochs 48 --tag anatomy --out out/bench-real-gaze-anatomy  # ~25 min: larger irises in narrower openings
 	$(BIN)/python -m benchmarks.real_gaze --synth-option iris_tone=0.45 --synth-option iris_scale=1.15 --synth-option opening=0.85 --robust-epochs 48 --tag tone-anatomy --out out/bench-real-gaze-tone-anatomy  # ~45 min: and near-black irises
-	$(BIN)/python -m benchmarks.real_gaze --synth-option iris_tone=0.45 --synth-option iris_scale=1.15 --synth-option opening=0.85 --synth-option pitch_shift=11 --synth-option yaw_shift=-4 --synth-option yaw_scale=0.7 --robust-epochs 48 --tag matched --out out/bench-real-gaze-matched  # ~45 min: and the gaze distribution placed where MPIIGaze's irises sit
 	$(BIN)/python -m benchmarks.table
 
 gpu-check:  # everything that needs a GPU, in one run (sized for < 8 min on one H200); --device cpu dry-runs it
