@@ -305,9 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         )["mean"],
     }
     placement = {name: _dark_centre(p) for name, p in pixels.items()}
+    per_run = [_dark_centre(r["pixels"]) for r in runs]
     placement["refined"] = {
-        key: summary([_dark_centre(r["pixels"])[key] for r in runs])["mean"]
-        for key in placement["real"]
+        key: summary([c[key] for c in per_run])["mean"] for key in placement["real"]
     }
     stats = [s for r in runs for s in r["stats"]]
     reports = [r["report"] for r in runs]

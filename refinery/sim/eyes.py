@@ -32,7 +32,6 @@ histogram equalisation and JPEG compression.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -344,7 +343,7 @@ def draw(
     )
     limbus = 1.0 - 0.45 * np.clip((rho - 0.72) / 0.28, 0.0, 1.0)
     collarette = 1.0 + 0.15 * np.exp(-(((rho - geo.pupil_ratio - 0.12) / 0.08) ** 2))
-    iris = look.iris * (1.0 + striation) * limbus * collarette
+    iris = look.iris * options.iris_tone * (1.0 + striation) * limbus * collarette
     iris = iris * (1.0 - pupil_mask) + look.pupil * pupil_mask
 
     eyeball = sclera * (1.0 - iris_mask) + iris * iris_mask
@@ -386,10 +385,7 @@ def render(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """({"png": (H, W) uint8}, labels) for one sample."""
     geo = sample_geometry(geometry, options)
-    look = _sample_look(appearance, real)
-    if options.iris_tone != 1.0:  # the defaults draw exactly the eyes every record used
-        look = dataclasses.replace(look, iris=look.iris * options.iris_tone)
-    image = draw(geo, look, appearance, real=real, options=options)
+    image = draw(geo, _sample_look(appearance, real), appearance, real=real, options=options)
     if real:
         image = _camera(image, appearance)
     png = np.clip(np.rint(image), 0, 255).astype(np.uint8)
