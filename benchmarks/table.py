@@ -107,6 +107,7 @@ def _real_gaze(record: dict) -> list[str]:
     padding = record["settings"].get("refiner_padding", "reflect")  # the recipes' since 79ab41d
     overrides = record["settings"].get("recipe_overrides") or {}
     options = record["settings"].get("synth_options") or {}
+    hold = record["settings"].get("hold_gaze")
     return [
         f"Refiner padding: `{padding}`"
         + (" (the ablation of the recipes' reflect)" if padding != "reflect" else "")
@@ -120,6 +121,13 @@ def _real_gaze(record: dict) -> list[str]:
             + ", ".join(f"`{k}={v}`" for k, v in options.items())
             + " (`synth --option`)"
             if options
+            else ""
+        )
+        + (
+            f"; geometry term μ = {_fmt(hold['task_reg_weight'])} (`--hold-gaze`): every refiner "
+            f"charged for what it changes in a frozen gaze network ({hold['network']}; its error "
+            f"on those eyes {_fmt(hold['error_on_synthetic_deg'])}°)"
+            if hold
             else ""
         )
         + ".",

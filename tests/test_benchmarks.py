@@ -381,8 +381,21 @@ def test_real_gaze_quick_run_goes_through_every_command(tmp_path, shared_fixture
     drawn = next(read(str(tmp_path / "a" / "synthetic"), "gaze"))["json"]["eyeball"]
     plain = sim.render("gaze", "synthetic", 0, seed=1)["json"]["eyeball"]
     assert drawn["iris_radius"] == pytest.approx(1.2 * plain["iris_radius"], rel=1e-4)
+    # the geometry term: a frozen gaze network, trained once, that every refiner answers to
+    assert real_gaze.main(["--quick", "--fixture", str(fixture), "--out", str(tmp_path / "h"),
+                           "--results", str(results), "--hold-gaze", "5",
+                           "--tag", "hold"]) == 0  # fmt: skip
+    held = json.loads((results / "real_gaze_hold.json").read_text())
+    assert held["settings"]["hold_gaze"]["task_reg_weight"] == 5.0
+    assert "--appearance --epochs 1 --seed 10" in held["settings"]["hold_gaze"]["network"]
+    recipe = (tmp_path / "h" / "config-s0.yaml").read_text()
+    assert f"task_reg_weight: 5.0\ntask_reg_network: {tmp_path / 'h' / 'gaze-hold'}\n" in recipe
+    assert held["figures"]["train"]["last"][0]["refiner/task_reg"] > 0
+    assert "geometry term μ = 5 (`--hold-gaze`)" in "\n".join(table._real_gaze(held))
     with pytest.raises(SystemExit):  # a variant needs its name
         real_gaze.main(["--synth-option", "iris_scale=1.2", "--results", str(results)])
+    with pytest.raises(SystemExit):
+        real_gaze.main(["--hold-gaze", "5", "--results", str(results)])
     with pytest.raises(SystemExit):  # and a number
         real_gaze.main(
             ["--synth-option", "iris_scale=big", "--tag", "x", "--results", str(results)]

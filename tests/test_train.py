@@ -342,3 +342,71 @@ def test_sigterm_finishes_the_iteration_checkpoints_and_resumes(shards, tmp_path
     assert latest.name == "iter-00000006"
     resumed = simgan.train(config, synthetic=synthetic, real=real, out=tmp_path / "t", resume=True)
     assert resumed.name == f"iter-{config.schedule.total:08d}"
+
+
+# -- the geometry term: a frozen task network as ψ --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gaze_network(shards, tmp_path_factory):
+    from train.downstream import train_task
+
+    out = tmp_path_factory.mktemp("gaze-net")
+    train_task("gaze", train=shards[0], eval=shards[0], out=out, epochs=1, batch_size=16)
+    return out
+
+
+def test_task_term_charges_what_the_frozen_task_network_reads(shards, gaze_network):
+    from train.downstream import load_task_model
+
+    trainer = simgan.SimGAN(
+        tiny_config(self_reg_weight=0.0, task_reg_weight=3.0, task_reg_network=str(gaze_network)),
+        synthetic=shards[0],
+        real=shards[1],
+        device=torch.device("cpu"),
+    )
+    assert not any(p.requires_grad for p in trainer.task_psi.parameters())
+    network, _, _ = load_task_model(gaze_network, device="cpu")
+    refiner = trainer.modules["refiner"]
+    synthetic = trainer._batch(trainer.synthetic)
+    before = [p.detach().clone() for p in refiner.parameters()]
+    with torch.no_grad():  # the term before the step, computed here without the trainer
+        expected = 3.0 * (network(refiner(synthetic)) - network(synthetic)).abs().mean()
+    losses = simgan.refiner_step(
+        refiner,
+        trainer.modules["discriminator"],
+        trainer.optimisers["refiner"],
+        synthetic,
+        psi=trainer.psi,
+        weight=0.0,
+        adversarial=False,
+        scaler=trainer.scalers["refiner"],
+        autocast=trainer.autocast,
+        task_psi=trainer.task_psi,
+        task_weight=3.0,
+    )
+    assert float(losses["refiner/task_reg"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(expected) > 0  # an untrained refiner changes what the network reads
+    # λ is 0: the refiner moved only because the task term charged it
+    assert any(not torch.equal(a, b) for a, b in zip(before, refiner.parameters(), strict=True))
+    # the trainer's own step logs it beside the paper's term
+    assert "refiner/task_reg" in trainer.generator_step(pretrain=True).losses
+
+
+def test_task_term_settings_are_checked_before_training(gaze_network, tmp_path):
+    cpu = torch.device("cpu")
+    assert simgan.task_psi(tiny_config(), cpu) is None  # μ 0: the paper, nothing loaded
+    with pytest.raises(ValueError, match="needs task_reg_network"):
+        simgan.task_psi(tiny_config(task_reg_weight=1.0), cpu)
+    with pytest.raises(ValueError, match=r"task_reg_weight must be >= 0"):
+        simgan.task_psi(tiny_config(task_reg_weight=-1.0), cpu)
+    with pytest.raises(ValueError, match=r"no model\.safetensors"):
+        simgan.task_psi(tiny_config(task_reg_weight=1.0, task_reg_network=str(tmp_path)), cpu)
+    with pytest.raises(ValueError, match="this run refines hand"):
+        simgan.task_psi(
+            tiny_config(domain="hand", task_reg_weight=1.0, task_reg_network=str(gaze_network)),
+            cpu,
+        )
+    psi = simgan.task_psi(tiny_config(task_reg_weight=1.0, task_reg_network=str(gaze_network)), cpu)
+    with pytest.raises(ValueError, match=r"trained on \(35, 55\) images; the refiner's are"):
+        psi(torch.zeros(2, 1, 36, 60))

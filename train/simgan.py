@@ -29,6 +29,7 @@ from refinery.history import HistoryBuffer
 from refinery.losses import (
     REAL,
     REFINED,
+    FeaturePsi,
     local_adversarial_loss,
     make_psi,
     patch_accuracy,
@@ -68,6 +69,11 @@ class SimGANConfig:
     k_d: int = 1
     self_reg_weight: float = 0.5  # λ
     psi: str = "identity"  # identity | mean-colour | gradients
+    # A geometry term beside the paper's: μ·‖g(R(x)) − g(x)‖₁, g the frozen network of a
+    # ``refinery train-task`` run directory (gaze: its look vector), so R may change how an eye
+    # looks but is charged for what a task network reads from it. 0 (the paper) loads none.
+    task_reg_weight: float = 0.0  # μ
+    task_reg_network: str | None = None  # train-task output dir (model.safetensors, config.json)
     buffer_size: int = 25600  # B
     refiner_optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
     discriminator_optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
@@ -105,12 +111,19 @@ def refiner_step(
     scaler: torch.amp.GradScaler,
     autocast: torch.autocast,
     ranks: Ranks = SINGLE,
+    task_psi=None,
+    task_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """One R update: L_R = ℓ_real(D(R(x))) + λ‖ψ(R(x)) − ψ(x)‖₁ (pretraining: the second term)."""
+    """One R update: L_R = ℓ_real(D(R(x))) + λ‖ψ(R(x)) − ψ(x)‖₁ (pretraining: the second term),
+    plus μ‖g(R(x)) − g(x)‖₁ when a task network g is given (``task_psi``, μ ``task_weight``)."""
     with autocast:
         refined = refiner(synthetic)  # (B, C, H, W) in [-1, 1]
         reg = self_regularisation(refined, synthetic, psi=psi, weight=weight)
         losses = {"refiner/self_reg": reg}
+        if task_psi is not None:
+            held = self_regularisation(refined, synthetic, psi=task_psi, weight=task_weight)
+            losses["refiner/task_reg"] = held
+            reg = reg + held
         loss = reg
         if adversarial:
             discriminator.requires_grad_(False)  # D is fixed for this update
@@ -169,6 +182,59 @@ def average(target: nn.Module, source: nn.Module, beta: float) -> None:
 # -- the method the loop drives ---------------------------------------------------------------
 
 
+def task_psi(config: SimGANConfig, device: torch.device) -> TaskPsi | None:
+    """The frozen task network of ``config.task_reg_network`` as a ψ, or None when μ is 0.
+
+    Its input must be what the refiner sees: the same domain and image size, scaled to [-1, 1]
+    like the refiner's images (gaze: ``train.data.scaling_for``), so R(x) goes in as it is.
+    """
+    if config.task_reg_weight < 0:
+        raise ValueError(f"task_reg_weight must be >= 0, got {config.task_reg_weight}")
+    if not config.task_reg_weight:
+        return None
+    if not config.task_reg_network:
+        raise ValueError(
+            "task_reg_weight > 0 needs task_reg_network: a `refinery train-task` output "
+            "directory (model.safetensors, config.json)"
+        )
+    from train.downstream import load_task_model
+
+    run = Path(config.task_reg_network)
+    if not (run / "model.safetensors").is_file() or not (run / "config.json").is_file():
+        raise ValueError(
+            f"task_reg_network {str(run)!r}: no model.safetensors and config.json there "
+            "(write them with `refinery train-task ... --out DIR`)"
+        )
+    model, task, info = load_task_model(run, device=str(device))
+    if task.domain != config.domain or task.domain != "gaze":
+        raise ValueError(
+            f"task_reg_network {str(run)!r}: a {task.domain} network; the geometry term needs "
+            f"a gaze network for a gaze refiner, this run refines {config.domain}"
+        )
+    if info.get("range") != [-1.0, 1.0] or info.get("channels") != config.channels:
+        raise ValueError(
+            f"task_reg_network {str(run)!r}: its input (channels {info.get('channels')}, range "
+            f"{info.get('range')}) is not the refiner's ({config.channels} channels in [-1, 1])"
+        )
+    return TaskPsi(model, size=tuple(info["size"]), source=str(run))
+
+
+class TaskPsi(FeaturePsi):
+    """A frozen task network as ψ, which names its run when an image is not its input size."""
+
+    def __init__(self, module: nn.Module, *, size: tuple[int, ...], source: str):
+        super().__init__(module)
+        self.size, self.source = size, source
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if tuple(image.shape[-2:]) != self.size:
+            raise ValueError(
+                f"task_reg_network {self.source!r} was trained on {self.size} images; the "
+                f"refiner's are {tuple(image.shape[-2:])}"
+            )
+        return self.module(image)
+
+
 class SimGAN:
     """Networks, optimisers, data streams and history buffer of one SimGAN run."""
 
@@ -204,6 +270,7 @@ class SimGAN:
         self.autocast = torch.autocast(device.type, dtype=torch.float16, enabled=amp)
         self.scalers = {k: torch.amp.GradScaler(device.type, enabled=amp) for k in self.optimisers}
         self.psi = make_psi(config.psi)
+        self.task_psi = task_psi(config, device)
         self.buffer = HistoryBuffer(capacity=config.buffer_size, seed=config.seed + 7919 * rank)
         stream = dict(
             domain=config.domain,
@@ -236,6 +303,8 @@ class SimGAN:
                 self._batch(self.synthetic),
                 psi=self.psi,
                 weight=self.config.self_reg_weight,
+                task_psi=self.task_psi,
+                task_weight=self.config.task_reg_weight,
                 adversarial=not pretrain,
                 scaler=self.scalers["refiner"],
                 autocast=self.autocast,
