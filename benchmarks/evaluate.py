@@ -42,9 +42,7 @@ has, ``streets-spigan-nopi`` trains SPIGAN with γ = 0 (no privileged depth netw
 every set (1,000 test), ``gaze-simgan-2k-real`` 2,000 real eyes for the discriminator alone,
 ``gaze-simgan-2k-synthetic`` 2,000 synthetic eyes alone,
 and ``streets-spigan-750`` / ``streets-spigan-nopi-750`` are SPIGAN with and without
-privileged information at 750 frames per set (375 test);
-``streets-spigan-750-600`` / ``streets-spigan-nopi-750-600`` the same pair with 600 GAN
-iterations instead of 300.
+privileged information at 750 frames per set (375 test).
 
 SPIGAN's own task network T is not what is scored here: its generator refines the synthetic
 shards like SG-GAN's does and a fresh ``fcn8s-small`` is trained on them, so both scene
@@ -363,22 +361,6 @@ FULL["streets-spigan-nopi-750"] = replace(
     name="streets-spigan-nopi-750",
     overrides={"gamma": 0.0},
     cpu_scale=FULL["streets-spigan-750"].cpu_scale
-    + "; and gamma 0, no privileged depth network (SPIGAN without PI)",
-)
-FULL["streets-spigan-750-600"] = replace(
-    FULL["streets-spigan-750"],
-    name="streets-spigan-750-600",
-    steps=600,
-    cpu_scale=FULL["streets-spigan-750"]
-    .cpu_scale.replace("for its 300 iterations", "for 600 iterations")
-    .replace("the same GAN budget and task schedule", "the same task schedule")
-    + "; and twice the GAN's iterations (600 instead of 300)",
-)
-FULL["streets-spigan-nopi-750-600"] = replace(
-    FULL["streets-spigan-750-600"],
-    name="streets-spigan-nopi-750-600",
-    overrides={"gamma": 0.0},
-    cpu_scale=FULL["streets-spigan-750-600"].cpu_scale
     + "; and gamma 0, no privileged depth network (SPIGAN without PI)",
 )
 

@@ -419,7 +419,6 @@ GAP_TARGETS = {  # issue 15
 PI_PAIRS = (  # issue 15: SPIGAN with privileged information (γ > 0) against the same without
     ("streets-spigan", "streets-spigan-nopi"),
     ("streets-spigan-750", "streets-spigan-nopi-750"),
-    ("streets-spigan-750-600", "streets-spigan-nopi-750-600"),
 )
 ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
     "gaze-simgan-zeros": ("gaze-simgan", "the refiner padded with zeros instead of reflection"),
@@ -457,14 +456,6 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
     "streets-spigan-nopi-750": (
         "streets-spigan-750",
         "SPIGAN without privileged information (γ = 0), at 750 frames per set",
-    ),
-    "streets-spigan-750-600": (
-        "streets-spigan-750",
-        "600 GAN iterations instead of 300, at 750 frames per set",
-    ),
-    "streets-spigan-nopi-750-600": (
-        "streets-spigan-750-600",
-        "SPIGAN without privileged information (γ = 0), at 750 frames and 600 iterations",
     ),
 }
 
