@@ -78,7 +78,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.real_gaze --set self_reg_weight=7.6 --robust-epochs 48 --tag selfreg-7.6 --out out/bench-real-gaze-sr76  # ~25 min: the paper's lambda for a 9x14 patch map
 	$(BIN)/python -m benchmarks.real_gaze --synth-option iris_scale=1.15 --synth-option opening=0.85 --robust-epochs 48 --tag anatomy --out out/bench-real-gaze-anatomy  # ~25 min: larger irises in narrower openings
 	$(BIN)/python -m benchmarks.real_gaze --synth-option iris_tone=0.45 --synth-option iris_scale=1.15 --synth-option opening=0.85 --robust-epochs 48 --tag tone-anatomy --out out/bench-real-gaze-tone-anatomy  # ~45 min: and near-black irises
-	$(BIN)/python -m benchmarks.real_gaze --hold-gaze 20 --robust-epochs 48 --tag hold-gaze-20 --out out/bench-real-gaze-hold  # ~70 min: the geometry term, a frozen gaze network every refiner answers to
+	$(BIN)/python -m benchmarks.real_gaze --hold-gaze 20 --robust-epochs 48 --tag hold-gaze-20 --out out/bench-real-gaze-hold  # ~75 min: the geometry term, a frozen gaze network every refiner answers to
 	$(BIN)/python -m benchmarks.table
 
 gpu-check:  # everything that needs a GPU, in one run (sized for < 8 min on one H200); --device cpu dry-runs it
