@@ -42,7 +42,8 @@ iris_scale=1.15 --synth-option opening=0.85 --tag anatomy``: larger irises in na
 openings, as UnityEyes and MPIIGaze have them. ``--hold-gaze MU`` adds the geometry term
 (``SimGANConfig.task_reg_weight``): an appearance-robust gaze network trained once on the
 synthetic eyes, frozen, and each refiner charged MU·‖g(R(x)) − g(x)‖₁ for what it changes in
-that network's reading, e.g. ``--hold-gaze 20 --robust-epochs 48 --tag hold-gaze-20`` (the recorded run).
+that network's reading, e.g. the recorded run ``--hold-gaze 20 --robust-epochs 48 --tag
+hold-gaze-20``.
 """
 
 from __future__ import annotations
