@@ -719,6 +719,33 @@ def _drift_floor(record: dict) -> list[str]:
     return lines
 
 
+def _realism_cues(record: dict) -> list[str]:
+    """``benchmarks/realism_cues.py``: the two-sample test on coarse and fine image content."""
+    bands = ("full", "coarse", "fine")
+    lines = [
+        "| run | set | " + " | ".join(f"two-sample accuracy, {b}" for b in bands) + " |",
+        "|---|---|" + "---|" * len(bands),
+    ]
+    for run, f in record["figures"].items():
+        for name in ("synthetic", "refined"):
+            cells = []
+            for band in bands:
+                acc = f[name][band]["c2st_accuracy"]
+                per = ", ".join(_fmt(x) for x in acc["runs"])
+                cells.append(f"{_fmt(acc['mean'])} ± {_fmt(acc['std'])} ({per})")
+            lines.append(f"| `{run}` | {name} | {' | '.join(cells)} |")
+    settings = record["settings"]
+    lines += [
+        "",
+        "The test: "
+        + settings["test"]
+        + ". Bands: "
+        + "; ".join(f"{band}: {settings['bands'][band]}" for band in bands)
+        + ". 0.5 = indistinguishable, 1.0 = told apart every time.",
+    ]
+    return lines
+
+
 def _generic(record: dict) -> list[str]:
     lines = ["| figure | value |", "|---|---|"]
     lines += [f"| {key} | {_fmt(value)} |" for key, value in _flatten("", record["figures"])]
@@ -736,6 +763,7 @@ RENDERERS = {
     "train_speed": _train_speed,
     "evaluate_memory": _evaluate_memory,
     "drift_floor": _drift_floor,
+    "realism_cues": _realism_cues,
 }
 
 

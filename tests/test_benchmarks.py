@@ -549,3 +549,67 @@ def test_a_benchmark_stopped_with_sigterm_takes_its_running_command_with_it(tmp_
     for name in ("evaluate", "real_gaze", "drift_floor"):  # each benchmark's __main__ sets it
         source = (Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py").read_text()
         assert "exit_on_sigterm()" in source.split('if __name__ == "__main__":')[-1], name
+
+
+def test_realism_cues_tells_a_change_of_tone_from_a_change_of_texture():
+    """A brighter set differs from real in the coarse band only, a noisier one in the fine."""
+    import cv2
+    import numpy as np
+
+    from benchmarks import realism_cues
+
+    rng = np.random.default_rng(0)
+
+    def fields(n: int) -> np.ndarray:
+        smooth = [cv2.GaussianBlur(rng.normal(size=(35, 55)), (0, 0), 4.0) for _ in range(n)]
+        return np.stack([100 + 40 * f / f.std() for f in smooth]).clip(0, 215)
+
+    real = fields(300).astype(np.uint8)
+    bands = realism_cues.bands(real[:2])
+    assert np.allclose(bands["coarse"] + bands["fine"], bands["full"], atol=1e-6)
+    brighter = (fields(300) + 40).astype(np.uint8)
+    noisier = (fields(300) + rng.normal(0, 20, (300, 35, 55))).clip(0, 255).astype(np.uint8)
+    tone = realism_cues.cues(real, [brighter], [0], epochs=3)
+    texture = realism_cues.cues(real, [noisier], [0], epochs=3)
+    accuracy = {
+        (name, band): found[band]["c2st_accuracy"]["mean"]
+        for name, found in (("tone", tone), ("texture", texture))
+        for band in realism_cues.BANDS
+    }
+    assert accuracy["tone", "coarse"] > 0.9 and accuracy["tone", "full"] > 0.9
+    assert accuracy["tone", "fine"] < 0.5 + 2 * tone["fine"]["c2st_null_band"]
+    assert accuracy["texture", "fine"] > 0.9 and accuracy["texture", "full"] > 0.9
+
+
+def test_realism_cues_quick_run_reads_real_gaze_work_directories(tmp_path):
+    from benchmarks import realism_cues
+    from benchmarks.common import procedural_shards
+
+    run, results = tmp_path / "bench-real-gaze", tmp_path / "results"
+    procedural_shards(run / "real", "gaze", "real", 24, seed=1)
+    procedural_shards(run / "synthetic", "gaze", "synthetic", 24, seed=2)
+    for seed in (0, 1):
+        procedural_shards(run / f"refined-s{seed}", "gaze", "real", 24, seed=3 + seed)
+    assert realism_cues.main(["--run", str(run), "--quick", "--results", str(results)]) == 0
+    record = json.loads((results / "realism_cues.json").read_text())
+    found = record["figures"][str(run)]
+    assert found["seeds"] == [0, 1]
+    for name in ("synthetic", "refined"):
+        for band in realism_cues.BANDS:
+            assert len(found[name][band]["c2st_accuracy"]["runs"]) == 2
+    rendered = "\n".join(table._realism_cues(record))
+    assert f"| `{run}` | refined | " in rendered and "coarse: Gaussian blur" in rendered
+    # nothing to read (a fresh clone): skipped, no record
+    assert realism_cues.main(["--run", str(tmp_path / "absent"), "--results", str(tmp_path)]) == 0
+    assert not (tmp_path / "realism_cues.json").exists()
+
+
+def test_realism_cues_keys_a_run_by_its_path_from_the_repository_root(tmp_path, monkeypatch):
+    from benchmarks import realism_cues
+
+    # named relative to the working directory, as make bench names it
+    monkeypatch.chdir(realism_cues.ROOT)
+    assert realism_cues.run_key(Path("out/bench-real-gaze")) == "out/bench-real-gaze"
+    monkeypatch.chdir(realism_cues.ROOT / "benchmarks")
+    assert realism_cues.run_key(Path("../out/bench-real-gaze")) == "out/bench-real-gaze"
+    assert realism_cues.run_key(tmp_path / "run") == str(tmp_path / "run")
