@@ -148,15 +148,17 @@ def vector_to_pitchyaw(vec: torch.Tensor) -> torch.Tensor:
 def angular_error_deg(pred_vec: torch.Tensor, true_vec: torch.Tensor) -> torch.Tensor:
     """(..., 3), (..., 3) -> (...,) angle between the vectors in degrees, in float32 or wider.
 
-    The cosine is clamped to [-1, 1] before arccos (rounding can push it past 1 for equal
-    vectors) and lengths are floored, so a zero vector gives 90°, not NaN. A metric: arccos has
-    an infinite slope at 0°, so train on ``euclidean_loss``, not on this.
+    Computed from the unit vectors u, v as 2·atan2(‖u − v‖, ‖u + v‖) (Kahan), which is exact for
+    equal vectors and accurate near 0° and 180°, where arccos of their cosine is not: in float32 a
+    cosine that rounds one or two steps below 1 reads 0.02-0.03° between a vector and itself. Lengths are floored, so
+    a zero vector gives 90°, not NaN. A metric: train on ``euclidean_loss``, not on this.
     """
     dtype = torch.promote_types(torch.promote_types(pred_vec.dtype, true_vec.dtype), torch.float32)
     a, b = pred_vec.to(dtype), true_vec.to(dtype)
     eps = torch.finfo(dtype).tiny
-    cos = (a * b).sum(-1) / (a.norm(dim=-1).clamp_min(eps) * b.norm(dim=-1).clamp_min(eps))
-    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
+    u = a / a.norm(dim=-1, keepdim=True).clamp_min(eps)
+    v = b / b.norm(dim=-1, keepdim=True).clamp_min(eps)
+    return torch.rad2deg(2.0 * torch.atan2((u - v).norm(dim=-1), (u + v).norm(dim=-1)))
 
 
 def euclidean_loss(pred_vec: torch.Tensor, true_vec: torch.Tensor) -> torch.Tensor:
