@@ -265,6 +265,31 @@ def test_gaze_distribution_options_move_and_scale_the_drawn_labels():
         sim.render("gaze", "synthetic", 0, pitch_shift=20)
 
 
+def test_gaze_equalise_spreads_a_synthetic_eye_over_the_grey_levels_and_keeps_its_order():
+    plain = list(sim.generate("gaze", "synthetic", 12, seed=5))
+    same = list(sim.generate("gaze", "synthetic", 12, seed=5, equalise=0))
+    half = list(sim.generate("gaze", "synthetic", 12, seed=5, equalise=0.5))
+    full = list(sim.generate("gaze", "synthetic", 12, seed=5, equalise=1.0))
+    for p, s, h, f in zip(plain, same, half, full, strict=True):
+        assert np.array_equal(s["png"], p["png"])  # 0 is the eyes every record used
+        assert f["json"] == p["json"] and h["json"] == p["json"]  # labels and geometry stay
+        before, after = p["png"].astype(int), f["png"].astype(int)
+        # like MPIIGaze's crops: mean near the middle, quartiles near a quarter and three quarters
+        assert abs(after.mean() - 127.5) < 10
+        quartiles = np.percentile(after, [25, 75])
+        assert abs(quartiles[0] - 64) < 25 and abs(quartiles[1] - 191) < 25
+        # a monotone map of the grey levels: a darker pixel never becomes the brighter one
+        order = np.argsort(before.ravel(), kind="stable")
+        assert np.all(np.diff(after.ravel()[order]) >= 0)
+        # the blend lies between the drawn eye and the equalised one
+        assert np.all(np.abs(2 * h["png"].astype(int) - before - after) <= 1)
+    with pytest.raises(ValueError, match=r"gaze equalise must be a number in \[0.0, 1.0\]"):
+        sim.render("gaze", "synthetic", 0, equalise=1.5)
+    # the real variant is always equalised; the option leaves it alone
+    real = sim.render("gaze", "real", 3, seed=5)["png"]
+    assert np.array_equal(sim.render("gaze", "real", 3, seed=5, equalise=1)["png"], real)
+
+
 def _high_frequency(image: np.ndarray) -> float:
     image = image.astype(np.float32)
     return float(np.abs(image - cv2.medianBlur(image, 3)).mean())

@@ -62,6 +62,11 @@ class Options:
     pitch_shift: float = 0.0
     yaw_shift: float = 0.0
     yaw_scale: float = 1.0
+    # What gaze pipelines do to every eye crop before a network sees it: MPIIGaze's normalised
+    # crops are histogram-equalised, and GazeML equalises UnityEyes crops the same way.
+    # ``equalise`` blends a synthetic eye towards its equalised self (0: as drawn, 1: fully
+    # equalised); the real variant is always equalised.
+    equalise: float = 0.0
 
     def __post_init__(self) -> None:
         for name, minimum in (("height", 16), ("width", 24)):
@@ -75,6 +80,7 @@ class Options:
             ("pitch_shift", -15.0, 15.0),
             ("yaw_shift", -15.0, 15.0),
             ("yaw_scale", 0.25, 1.5),
+            ("equalise", 0.0, 1.0),
         ):
             value = getattr(self, name)
             if (
@@ -394,6 +400,9 @@ def render(
         quality = int(appearance.integers(70, 96))
         _, jpeg = cv2.imencode(".jpg", png, [cv2.IMWRITE_JPEG_QUALITY, quality])
         png = cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE)
+    elif options.equalise > 0:
+        blend = (1.0 - options.equalise) * png + options.equalise * cv2.equalizeHist(png)
+        png = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
     upper, lower = lid_curves(geo)
     labels = {
         "gaze": {"pitch": geo.pitch, "yaw": geo.yaw},
