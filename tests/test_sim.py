@@ -265,6 +265,14 @@ def test_gaze_distribution_options_move_and_scale_the_drawn_labels():
         sim.render("gaze", "synthetic", 0, pitch_shift=20)
 
 
+def _assert_equalised(images: np.ndarray) -> None:
+    """Each (H, W) image of the stack spreads over the grey levels as MPIIGaze's equalised crops
+    do: mean near the middle, quartiles near a quarter and three quarters of the range."""
+    assert np.all(np.abs(images.mean(axis=(1, 2)) - 127.5) < 10)
+    quartiles = np.percentile(images, [25, 75], axis=(1, 2))
+    assert np.all(np.abs(quartiles[0] - 64) < 25) and np.all(np.abs(quartiles[1] - 191) < 25)
+
+
 def test_gaze_equalise_spreads_a_synthetic_eye_over_the_grey_levels_and_keeps_its_order():
     plain = list(sim.generate("gaze", "synthetic", 12, seed=5))
     same = list(sim.generate("gaze", "synthetic", 12, seed=5, equalise=0))
@@ -274,10 +282,7 @@ def test_gaze_equalise_spreads_a_synthetic_eye_over_the_grey_levels_and_keeps_it
         assert np.array_equal(s["png"], p["png"])  # 0 is the eyes every record used
         assert f["json"] == p["json"] and h["json"] == p["json"]  # labels and geometry stay
         before, after = p["png"].astype(int), f["png"].astype(int)
-        # like MPIIGaze's crops: mean near the middle, quartiles near a quarter and three quarters
-        assert abs(after.mean() - 127.5) < 10
-        quartiles = np.percentile(after, [25, 75])
-        assert abs(quartiles[0] - 64) < 25 and abs(quartiles[1] - 191) < 25
+        _assert_equalised(after[None])  # like MPIIGaze's crops
         # a monotone map of the grey levels: a darker pixel never becomes the brighter one
         order = np.argsort(before.ravel(), kind="stable")
         assert np.all(np.diff(after.ravel()[order]) >= 0)
@@ -310,10 +315,8 @@ def test_real_gaze_is_equalised_and_grainy_like_mpiigaze():
     # grey levels with a mean near the middle; synthetic ones keep their own exposure.
     real = np.stack([r for _, r in pairs]).astype(np.float32)
     synthetic = np.stack([s for s, _ in pairs]).astype(np.float32)
-    assert np.all(np.abs(real.mean(axis=(1, 2)) - 127.5) < 10)
+    _assert_equalised(real)
     assert synthetic.mean(axis=(1, 2)).std() > 4 * real.mean(axis=(1, 2)).std()
-    quartiles = np.percentile(real, [25, 75], axis=(1, 2))
-    assert np.all(np.abs(quartiles[0] - 64) < 25) and np.all(np.abs(quartiles[1] - 191) < 25)
 
 
 def test_real_gaze_is_closer_to_mpiigaze_than_synthetic(shared_fixture):
