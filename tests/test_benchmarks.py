@@ -101,6 +101,40 @@ def test_train_speed_quick_run_measures_the_loop_with_and_without_background_dec
     assert "on the loop's thread" in "\n".join(table.RENDERERS["train_speed"](record))
 
 
+def test_evaluate_trains_each_experiment_over_its_own_seeds_unless_told(monkeypatch, tmp_path):
+    """The SPIGAN pair at 750 frames runs six GANs per arm, every other experiment three;
+    --seeds overrides both and --quick runs one."""
+    from benchmarks import evaluate
+
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def record_seeds(experiment, workdir, *, seeds, device):
+        asked.append((experiment.name, tuple(seeds)))
+        raise Stop
+
+    monkeypatch.setattr(evaluate, "run_experiment", record_seeds)
+    for argv in (
+        ["--experiments", "streets-spigan-750"],
+        ["--experiments", "streets-spigan-nopi-750"],
+        ["--experiments", "streets-spigan"],
+        ["--experiments", "streets-spigan-750", "--seeds", "4"],
+        ["--experiments", "streets-spigan-750", "--quick"],
+    ):
+        with pytest.raises(Stop):
+            evaluate.main([*argv, "--out", str(tmp_path)])
+    six = (0, 1, 2, 3, 4, 5)
+    assert asked == [
+        ("streets-spigan-750", six),
+        ("streets-spigan-nopi-750", six),
+        ("streets-spigan", (0, 1, 2)),
+        ("streets-spigan-750", (4,)),
+        ("streets-spigan-750", (0,)),
+    ]
+
+
 @pytest.mark.slow
 def test_evaluate_quick_run_records_the_report_and_keeps_labels(tmp_path):
     from benchmarks import evaluate
