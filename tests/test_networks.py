@@ -205,6 +205,23 @@ def test_discriminator_patch_maps():
     assert hand.shape == (1, 2, 7, 7)
 
 
+def test_receptive_fields_of_the_eye_discriminators():
+    """The small discriminator's logits each see 23×23 pixels, the local one's 11×11, measured
+    as the input pixels a centre logit's gradient reaches (random weights, no max-pool to
+    route the gradient to one pixel of each window in the local one)."""
+    from refinery.nets.simgan import LOCAL_LAYERS, SMALL_LAYERS, receptive_field
+
+    assert receptive_field(SMALL_LAYERS) == 23 and receptive_field(LOCAL_LAYERS) == 11
+    torch.manual_seed(0)
+    net = build_network("simgan-discriminator-local")
+    x = images(1, 1, (35, 55)).requires_grad_(True)
+    y = net(x)
+    assert y.shape == (1, 2, 18, 28)
+    y[0, :, 9, 14].sum().backward()
+    rows, cols = torch.nonzero(x.grad[0, 0], as_tuple=True)
+    assert rows.max() - rows.min() + 1 == 11 and cols.max() - cols.min() + 1 == 11
+
+
 def test_gaze_estimator_layout():
     net = model("gaze-estimator")
     assert net.config.feature_size == (5, 10)

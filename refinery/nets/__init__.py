@@ -2,7 +2,7 @@
 
 | module      | registers                                                                    |
 |-------------|------------------------------------------------------------------------------|
-| `simgan`    | `simgan-refiner-{gaze,hand,small}`, `simgan-discriminator-{gaze,hand,small}` |
+| `simgan`    | `simgan-refiner-{gaze,hand,small}`, `simgan-discriminator-{gaze,hand,small,local}` |
 | `gaze`      | `gaze-estimator`, `gaze-estimator-small`                                     |
 | `hourglass` | `hand-hourglass{,-small}`; heatmap helpers                                   |
 | `sggan`     | `sggan-generator{,-resnet,-small}`, `sggan-discriminator{,-small}`           |

@@ -236,6 +236,26 @@ SMALL_LAYERS: tuple[Layer, ...] = (
     ("conv", 1, 1, 2),
 )
 
+# The small maps with an 11×11 receptive field (SMALL_LAYERS: 23×23): no second stride and no
+# max-pool, so each logit judges texture, edges and tone in a window the size of an iris's
+# half, not the iris and both lids at once; 35×55 -> 18×28 patches.
+LOCAL_LAYERS: tuple[Layer, ...] = (
+    ("conv", 3, 2, 32),
+    ("conv", 3, 1, 32),
+    ("conv", 3, 1, 16),
+    ("conv", 1, 1, 16),
+    ("conv", 1, 1, 2),
+)
+
+
+def receptive_field(layers: tuple[Layer, ...]) -> int:
+    """The side, in input pixels, of the window one output logit of ``layers`` sees."""
+    side, step = 1, 1
+    for _, kernel, stride, *_ in layers:
+        side += (kernel - 1) * step
+        step *= stride
+    return side
+
 
 @dataclass(frozen=True, kw_only=True)
 class DiscriminatorConfig:
@@ -298,3 +318,9 @@ def simgan_discriminator_hand(*, channels: int = 1) -> LocalDiscriminator:
 def simgan_discriminator_small(*, channels: int = 1) -> LocalDiscriminator:
     """A CPU-sized discriminator: the gaze layout with 32/32/16/16 maps."""
     return LocalDiscriminator(DiscriminatorConfig(channels=channels, layers=SMALL_LAYERS))
+
+
+@register_network("simgan-discriminator-local", role="discriminator", input_size=(35, 55))
+def simgan_discriminator_local(*, channels: int = 1) -> LocalDiscriminator:
+    """The small discriminator's maps on 11×11 windows instead of 23×23 (``LOCAL_LAYERS``)."""
+    return LocalDiscriminator(DiscriminatorConfig(channels=channels, layers=LOCAL_LAYERS))
