@@ -57,7 +57,8 @@ no per-sample values) and copies the self-contained ``report.html`` (images embe
 Sizes (FULL), planned for about 40 minutes on an otherwise idle 2-core CPU for all four with
 one GAN and 3 evaluate seeds; with one GAN per seed each GAN trains three times (the evaluate
 work is the same: 3 sets × 3 seeds), about 100 minutes for the first six experiments; the
-twelve ablations bring ``make bench``'s run of this module to about four hours (the size
+twelve ablations (the SPIGAN pair at 750 frames with six GANs each, ~65 min of it) bring
+``make bench``'s run of this module to about four and a half hours (the size
 ablations' task networks train on 2.5× the samples). The machine they were planned on was
 shared, so wall times there meant little; costs were taken as single-thread CPU time
 (``time.process_time`` under ``torch.set_num_threads(1)``: what an idle core takes), and two
