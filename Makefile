@@ -83,6 +83,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.real_gaze --synth-option equalise=1 --synth-option pitch_shift=5 --synth-option yaw_shift=-4 --synth-option yaw_scale=0.5 --hold-gaze 5 --robust-epochs 48 --tag equalised-matched-hold-gaze-5 --out out/bench-real-gaze-eq-matched-hold  # ~25 min: and synthetic eyes histogram-equalised as MPIIGaze's crops are
 	$(BIN)/python -m benchmarks.real_gaze --synth-option equalise=1 --robust-epochs 48 --tag equalised --out out/bench-real-gaze-eq  # ~25 min: the recipe with synthetic eyes histogram-equalised
 	$(BIN)/python -m benchmarks.real_gaze --set discriminator=simgan-discriminator-local --robust-epochs 48 --tag local-d --out out/bench-real-gaze-local  # ~30 min: the recipe with a discriminator on 11x11 windows instead of 23x23
+	$(BIN)/python -m benchmarks.real_gaze --set discriminator=simgan-discriminator-local --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5 --out out/bench-real-gaze-local-hold  # ~35 min: and the geometry term
 	$(BIN)/python -m benchmarks.realism_cues --run out/bench-real-gaze --run out/bench-real-gaze-matched-hold --run out/bench-real-gaze-noise  # ~16 min: which image content (coarse or fine) tells these runs' refined eyes from real
 	$(BIN)/python -m benchmarks.table
 
