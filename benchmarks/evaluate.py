@@ -406,6 +406,7 @@ QUICK: dict[str, Experiment] = {
         epochs=1,
         batch_size=8,
         cpu_scale="quick smoke run: tiny sets, 2 GAN iterations, 1 epoch; figures meaningless",
+        seeds=(0,),
     )
     for name, e in FULL.items()
 }
@@ -752,7 +753,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     if unknown or not names:
         parser.error(f"unknown experiment(s) {unknown or names}; known: {', '.join(FULL)}")
     chosen = QUICK if args.quick else FULL
-    seeds = args.seeds or ((0,) if args.quick else None)  # None: each experiment's own
     results = Path(args.out or common.RESULTS)
     recorded: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -760,7 +760,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
             # absolute: every command runs inside the work directory
             workdir = (args.keep.resolve() / name) if args.keep else Path(tmp)
             figures, settings, html = run_experiment(
-                chosen[name], workdir, seeds=seeds or chosen[name].seeds, device=args.device
+                chosen[name], workdir, seeds=args.seeds or chosen[name].seeds, device=args.device
             )
             sample = results / "reports" / f"{name}.html"
             sample.parent.mkdir(parents=True, exist_ok=True)
