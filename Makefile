@@ -86,6 +86,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.real_gaze --set discriminator=simgan-discriminator-local --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5 --out out/bench-real-gaze-local-hold  # ~35 min: and the geometry term
 	$(BIN)/python -m benchmarks.real_gaze --set discriminator=simgan-discriminator-local --set self_reg_weight=0.1 --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-selfreg-0.1 --out out/bench-real-gaze-local-hold-sr01  # ~30 min: and lambda 0.1, the geometry term holding the gaze instead
 	$(BIN)/python -m benchmarks.real_gaze --set refiner=simgan-refiner-gaze --set discriminator=simgan-discriminator-local --hold-gaze 5 --robust-epochs 48 --tag paper-refiner-local-d-hold-gaze-5 --out out/bench-real-gaze-paper-refiner  # ~60 min: the local D and geometry term with the paper's larger refiner (64 maps, 4 blocks)
+	$(BIN)/python -m benchmarks.real_gaze --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x --out out/bench-real-gaze-local-hold-dlr  # ~35 min: the local D and geometry term with the discriminator learning 4x as fast as the refiner
 	$(BIN)/python -m benchmarks.realism_cues --run out/bench-real-gaze --run out/bench-real-gaze-matched-hold --run out/bench-real-gaze-noise  # ~16 min: which image content (coarse or fine) tells these runs' refined eyes from real
 	$(BIN)/python -m benchmarks.table
 
