@@ -12,7 +12,7 @@ of 60x36 JPEGs, no labels) go through the commands a user types, each in a proce
     refinery refine --engine W/engine-s --input W/synthetic --output W/refined-s
     refinery evaluate gaze --synthetic ... --refined W/refined-s --real-test W/real --seeds s
     then
-    refinery inspect W/synthetic W/refined-s0 W/real --sheet W/contact-sheet.png
+    refinery inspect W/synthetic W/refined-s0 W/real --sheet W/contact-sheet.png   (first seed)
 
 and the record holds what each step did (counts, rejects, seconds), the discriminator's last
 accuracies on real and refined images (TensorBoard scalars of the run), the realism that
@@ -43,7 +43,8 @@ openings, as UnityEyes and MPIIGaze have them. ``--hold-gaze MU`` adds the geome
 (``SimGANConfig.task_reg_weight``): an appearance-robust gaze network trained once on the
 synthetic eyes, frozen, and each refiner charged MU·‖g(R(x)) − g(x)‖₁ for what it changes in
 that network's reading, e.g. the recorded run ``--hold-gaze 20 --robust-epochs 48 --tag
-hold-gaze-20``.
+hold-gaze-20``. ``--seeds S [S ...]`` trains one GAN per seed instead of seeds 0 1 2 (under a tag
+too), e.g. ``--seeds 0 1 2 3 4 5`` when three GANs spread wider than the settings differ.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ STEPS = 600  # the walk-through's budget: the README's "with real eyes" commands
 # --hold-gaze's frozen network: as long as evaluate's 48-epoch drift estimator, on a seed none
 # of evaluate's runs (0, 1, 2) uses, so the network the refiner answers to is not the one read
 HOLD_EPOCHS, HOLD_SEED = 48, 10
+SEEDS = (0, 1, 2)  # one GAN per seed (issue 15: the GAN's variance is the larger one)
 
 QUICK_RECIPE = """\
 pretrain_refiner_steps: 2
@@ -212,6 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         "and every refiner charged MU times the change in its reading (recipe keys "
         "task_reg_weight, task_reg_network; needs --tag)",
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="S",
+        help=f"one GAN per seed (default: {' '.join(map(str, SEEDS))}; others need --tag)",
+    )
     parser.add_argument("--tag", help="names the variant: records real_gaze_TAG.json")
     args = parser.parse_args(argv)
     # a variant of the recipe, its budget, its eyes or its instrument records under its own name
@@ -219,13 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         bool(args.set or args.synth_option or args.hold_gaze)
         or args.steps != STEPS
         or args.robust_epochs is not None
+        or args.seeds not in (None, list(SEEDS))
     )
     if any("=" not in item for item in args.set) or variant != bool(args.tag):
         parser.error(
             f"--set KEY=VALUE, --synth-option KEY=NUMBER, --hold-gaze, --steps other than "
-            f"{STEPS} or --robust-epochs make a variant, which --tag NAME names (and --tag "
+            f"{STEPS}, --robust-epochs or --seeds other than {' '.join(map(str, SEEDS))} make a variant, which --tag NAME names (and --tag "
             "needs one)"
         )
+    if args.seeds is not None and (len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0):
+        parser.error(f"--seeds must be distinct and >= 0, got {' '.join(map(str, args.seeds))}")
     if args.hold_gaze < 0:
         parser.error(f"--hold-gaze must be >= 0, got {args.hold_gaze}")
     overrides = dict(item.split("=", 1) for item in args.set)
@@ -272,9 +284,9 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": seconds,
             "error_on_synthetic_deg": metrics["mean_angular_error_deg"],
         }
-    # One GAN per seed (issue 15: the GAN's variance is the larger one), each refining the same
-    # synthetic eyes and scored by evaluate with that seed; the contact sheet is run 0's.
-    seeds = [0] if args.quick else [0, 1, 2]
+    # One GAN per seed, each refining the same synthetic eyes and scored by evaluate with that
+    # seed; the contact sheet is the first run's.
+    seeds = args.seeds or ([0] if args.quick else list(SEEDS))
     runs = []
     for seed in seeds:
         tag = f"s{seed}"
@@ -320,7 +332,14 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     sheet = work / "contact-sheet.png"
-    _refinery("inspect", str(synthetic), str(work / "refined-s0"), str(real), "--sheet", str(sheet))
+    _refinery(
+        "inspect",
+        str(synthetic),
+        str(work / f"refined-s{seeds[0]}"),
+        str(real),
+        "--sheet",
+        str(sheet),
+    )
 
     from benchmarks.evaluate import drift_over_runs, realism_over_runs
     from train.evaluate import summary

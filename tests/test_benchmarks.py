@@ -417,12 +417,14 @@ def test_real_gaze_quick_run_goes_through_every_command(tmp_path, shared_fixture
     assert drawn["iris_radius"] == pytest.approx(1.2 * plain["iris_radius"], rel=1e-4)
     # the geometry term: a frozen gaze network, trained once, that every refiner answers to
     assert real_gaze.main(["--quick", "--fixture", str(fixture), "--out", str(tmp_path / "h"),
-                           "--results", str(results), "--hold-gaze", "5",
+                           "--results", str(results), "--hold-gaze", "5", "--seeds", "3",
                            "--tag", "hold"]) == 0  # fmt: skip
     held = json.loads((results / "real_gaze_hold.json").read_text())
     assert held["settings"]["hold_gaze"]["task_reg_weight"] == 5.0
     assert "--appearance --epochs 1 --seed 10" in held["settings"]["hold_gaze"]["network"]
-    recipe = (tmp_path / "h" / "config-s0.yaml").read_text()
+    assert held["figures"]["seeds"] == [3] and len(held["figures"]["train"]["last"]) == 1
+    recipe = (tmp_path / "h" / "config-s3.yaml").read_text()  # --seeds: the GAN's own seed
+    assert recipe.startswith("seed: 3\n") and (tmp_path / "h" / "contact-sheet.png").exists()
     assert f"task_reg_weight: 5.0\ntask_reg_network: {tmp_path / 'h' / 'gaze-hold'}\n" in recipe
     assert held["figures"]["train"]["last"][0]["refiner/task_reg"] > 0
     assert "geometry term μ = 5 (`--hold-gaze`)" in "\n".join(table._real_gaze(held))
@@ -512,6 +514,9 @@ def test_real_gaze_recipe_variants_need_a_tag():
         ["--robust-epochs", "0", "--tag", "x"],
         ["--tag", "x"],
         ["--set", "psi", "--tag", "x"],
+        ["--seeds", "0", "1", "2", "3"],
+        ["--seeds", "1", "1", "--tag", "x"],
+        ["--seeds", "-1", "--tag", "x"],
     ):
         with pytest.raises(SystemExit):
             real_gaze.main(argv)
