@@ -233,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     if any("=" not in item for item in args.set) or variant != bool(args.tag):
         parser.error(
             f"--set KEY=VALUE, --synth-option KEY=NUMBER, --hold-gaze, --steps other than "
-            f"{STEPS}, --robust-epochs or --seeds other than {' '.join(map(str, SEEDS))} make a variant, which --tag NAME names (and --tag "
-            "needs one)"
+            f"{STEPS}, --robust-epochs or --seeds other than {' '.join(map(str, SEEDS))} make a "
+            "variant, which --tag NAME names (and --tag needs one)"
         )
     if args.seeds is not None and (len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0):
         parser.error(f"--seeds must be distinct and >= 0, got {' '.join(map(str, args.seeds))}")
@@ -332,14 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     sheet = work / "contact-sheet.png"
-    _refinery(
-        "inspect",
-        str(synthetic),
-        str(work / f"refined-s{seeds[0]}"),
-        str(real),
-        "--sheet",
-        str(sheet),
-    )
+    first = work / f"refined-s{seeds[0]}"
+    _refinery("inspect", str(synthetic), str(first), str(real), "--sheet", str(sheet))
 
     from benchmarks.evaluate import drift_over_runs, realism_over_runs
     from train.evaluate import summary
