@@ -36,9 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RESULTS, exit_on_sigterm, write_result
+from benchmarks.common import RESULTS, SEEDS, exit_on_sigterm, write_result
 
-SEEDS = (0, 1, 2)
 ROBUST_EPOCHS = 48  # the longer-trained appearance-robust gaze estimator (6x the task's 8)
 DOMAINS: dict[str, dict[str, Any]] = {
     # as real_gaze: 2,000 procedural eyes (data seed 1), evaluate's defaults for the task

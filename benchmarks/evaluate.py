@@ -135,10 +135,10 @@ from typing import Any
 import yaml
 
 from benchmarks import common
+from benchmarks.common import SEEDS
 from train.evaluate import gap_closed, summary
 
 SETS = ("synthetic", "refined", "real")
-SEEDS = (0, 1, 2)
 PCK_AT = (5, 10, 20)  # crop pixels
 SHARD_SIZE = 500
 LOG_TAIL = 40  # lines of a failed command's output to show

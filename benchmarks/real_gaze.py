@@ -60,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, exit_on_sigterm, write_result
+from benchmarks.common import RESULTS, SEEDS, exit_on_sigterm, write_result
 from refinery.cli import UsageError, domain_options, positive_int
 from refinery.shards import read
 
@@ -72,7 +72,6 @@ STEPS = 600  # the walk-through's budget: the README's "with real eyes" commands
 # --hold-gaze's frozen network: as long as evaluate's 48-epoch drift estimator, on a seed none
 # of evaluate's runs (0, 1, 2) uses, so the network the refiner answers to is not the one read
 HOLD_EPOCHS, HOLD_SEED = 48, 10
-SEEDS = (0, 1, 2)  # one GAN per seed (issue 15: the GAN's variance is the larger one)
 
 QUICK_RECIPE = """\
 pretrain_refiner_steps: 2
@@ -214,12 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         "and every refiner charged MU times the change in its reading (recipe keys "
         "task_reg_weight, task_reg_network; needs --tag)",
     )
+    default_seeds = " ".join(map(str, SEEDS))
     parser.add_argument(
         "--seeds",
         type=int,
         nargs="+",
         metavar="S",
-        help=f"one GAN per seed (default: {' '.join(map(str, SEEDS))}; others need --tag)",
+        help=f"one GAN per seed (default: {default_seeds}; others need --tag)",
     )
     parser.add_argument("--tag", help="names the variant: records real_gaze_TAG.json")
     args = parser.parse_args(argv)
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if any("=" not in item for item in args.set) or variant != bool(args.tag):
         parser.error(
             f"--set KEY=VALUE, --synth-option KEY=NUMBER, --hold-gaze, --steps other than "
-            f"{STEPS}, --robust-epochs or --seeds other than {' '.join(map(str, SEEDS))} make a "
+            f"{STEPS}, --robust-epochs or --seeds other than {default_seeds} make a "
             "variant, which --tag NAME names (and --tag needs one)"
         )
     if args.seeds is not None and (len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0):
