@@ -652,3 +652,46 @@ def test_realism_cues_keys_a_run_by_its_path_from_the_repository_root(tmp_path, 
     monkeypatch.chdir(realism_cues.ROOT / "benchmarks")
     assert realism_cues.run_key(Path("../out/bench-real-gaze")) == "out/bench-real-gaze"
     assert realism_cues.run_key(tmp_path / "run") == str(tmp_path / "run")
+
+
+def test_real_gaze_records_of_one_setting_pool_their_gans():
+    def record(name, seeds, refined, drift, lr=0.0008, sheet="out/a/contact-sheet.png"):
+        c2st = {"mean": sum(refined) / len(refined), "std": 0.0, "runs": refined}
+        return (
+            Path(f"{name}.json"),
+            {
+                "benchmark": name,
+                "settings": {
+                    "steps": 600,
+                    "recipe_overrides": {"discriminator_optimiser": {"lr": lr}},
+                    "hold_gaze": {"task_reg_weight": 5.0, "seconds": 100.0 + len(name)},
+                    "contact_sheet": sheet,
+                    "realism": f"... seed {seeds[0]} ...",
+                },
+                "figures": {
+                    "seeds": seeds,
+                    "realism": {
+                        "refined": {"c2st_accuracy": c2st},
+                        "synthetic": {"c2st_accuracy": {"runs": [1.0] * len(seeds)}},
+                    },
+                    "label_drift_robust_deg": {"runs": drift},
+                },
+            },
+        )
+
+    first = record("real_gaze_x", [0, 1], [0.7, 0.9], [1.0, 2.0])
+    more = record("real_gaze_x-seeds-2-3", [2, 3], [0.8, 0.6], [3.0, 4.0], sheet="out/b/c.png")
+    lines = table._real_gaze_pools([more, first])
+    assert set(lines) == {"real_gaze_x-seeds-2-3"}  # rendered once, under the later seeds
+    text = lines["real_gaze_x-seeds-2-3"][-1]
+    assert "Pooled with `real_gaze_x` (the same settings, other GAN seeds): 4 GANs" in text
+    assert "(seeds 0, 1, 2, 3)" in text and "(per GAN 0.7, 0.9, 0.8, 0.6)" in text
+    assert (
+        "accuracy 0.75 ± 0.129" in text
+        and "25.0 points below synthetic (issue 15's 20: met)" in text
+    )
+    assert "label drift 2.5° (1 to 4; under 3°: met)" in text
+    rerun = record("real_gaze_x-again", [1, 2], [0.8, 0.6], [3.0, 4.0])  # overlapping seeds
+    assert table._real_gaze_pools([first, rerun]) == {}
+    other = record("real_gaze_y", [2, 3], [0.8, 0.6], [3.0, 4.0], lr=0.0016)  # another setting
+    assert table._real_gaze_pools([first, other]) == {}
