@@ -243,6 +243,30 @@ def test_gaze_iris_tone_darkens_the_iris_alone():
         sim.render("gaze", "synthetic", 0, iris_tone=0.1)
 
 
+def test_gaze_lower_lash_darkens_a_band_under_the_lower_lid_alone():
+    plain = sim.generate("gaze", "synthetic", 12, seed=4)
+    same = sim.generate("gaze", "synthetic", 12, seed=4, lower_lash=0.0)
+    lashed = sim.generate("gaze", "synthetic", 12, seed=4, lower_lash=0.6)
+    below, elsewhere = [], []
+    for p, s, d in zip(plain, same, lashed, strict=True):
+        assert np.array_equal(s["png"], p["png"])  # 0 is the eyes every earlier record used
+        assert d["json"] == p["json"]  # labels and geometry stay
+        before, after = p["png"].astype(int), d["png"].astype(int)
+        assert np.all(after <= before)  # only darker
+        # the lower lid polyline, interpolated per column: darkening lies 0-6 px under it
+        lid = np.asarray(p["json"]["landmarks"]["lower_lid"])
+        y, x = np.mgrid[: before.shape[0], : before.shape[1]]
+        under = y - np.interp(x, lid[:, 0], lid[:, 1])
+        drop = before - after
+        band = (under > 0.5) & (under < 5.0) & (x > lid[0, 0] + 4) & (x < lid[-1, 0] - 4)
+        below.append(drop[band].mean())
+        elsewhere.append(drop[(under < -1.5) | (under > 8.0)].mean())
+    assert np.mean(below) > 8.0  # the band: several grey levels darker
+    assert np.mean(elsewhere) < 0.1 * np.mean(below)  # the eye and the skin away from it stay
+    with pytest.raises(ValueError, match=r"gaze lower_lash must be a number in \[0.0, 1.0\]"):
+        sim.render("gaze", "synthetic", 0, lower_lash=1.5)
+
+
 def test_gaze_distribution_options_move_and_scale_the_drawn_labels():
     plain = [s["json"]["gaze"] for s in sim.generate("gaze", "synthetic", 40, seed=8)]
     same = list(
