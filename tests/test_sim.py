@@ -253,7 +253,7 @@ def test_gaze_lower_lash_darkens_a_band_under_the_lower_lid_alone():
         assert d["json"] == p["json"]  # labels and geometry stay
         before, after = p["png"].astype(int), d["png"].astype(int)
         assert np.all(after <= before)  # only darker
-        # the lower lid polyline, interpolated per column: darkening lies 0-6 px under it
+        # the lower lid polyline, interpolated per column: the band lies 0.5-5 px under it
         lid = np.asarray(p["json"]["landmarks"]["lower_lid"])
         y, x = np.mgrid[: before.shape[0], : before.shape[1]]
         under = y - np.interp(x, lid[:, 0], lid[:, 1])
