@@ -45,6 +45,16 @@ synthetic eyes, frozen, and each refiner charged MU·‖g(R(x)) − g(x)‖₁ f
 that network's reading, e.g. the recorded run ``--hold-gaze 20 --robust-epochs 48 --tag
 hold-gaze-20``. ``--seeds S [S ...]`` trains one GAN per seed instead of seeds 0 1 2 (under a tag
 too), e.g. ``--seeds 0 1 2 3 4 5`` when three GANs spread wider than the settings differ.
+
+``--holdout`` (under a tag) splits the real crops in two by a seeded draw: the GANs train on
+one half and ``evaluate`` scores realism on the other, which no discriminator saw (without it
+both read all 2,000, as every earlier record did). ``--select-every N`` (with ``--holdout``)
+keeps a checkpoint every N iterations and chooses among the adversarial ones by realism on a
+validation set: each refines fresh procedural eyes (``synth --seed 2``), a two-sample test
+scores them against the GAN's own training half, and the lowest accuracy is exported, refines
+the set and is evaluated on the held-out half; every checkpoint's accuracy on the held-out half
+is recorded beside it (read after the choice, never used for it), so the record shows what
+choosing by validation gave against the last checkpoint and against the best one in hindsight.
 """
 
 from __future__ import annotations
@@ -72,6 +82,10 @@ STEPS = 600  # the walk-through's budget: the README's "with real eyes" commands
 # --hold-gaze's frozen network: as long as evaluate's 48-epoch drift estimator, on a seed none
 # of evaluate's runs (0, 1, 2) uses, so the network the refiner answers to is not the one read
 HOLD_EPOCHS, HOLD_SEED = 48, 10
+# --holdout: the draw that splits the real crops; --select-every: the seed of the fresh
+# procedural eyes checkpoints are chosen on (the refined set is drawn with seed 1)
+HOLDOUT_SEED, VALIDATION_SEED = 0, 2
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what ingest images reads
 
 QUICK_RECIPE = """\
 pretrain_refiner_steps: 2
@@ -137,6 +151,81 @@ def _last_scalars(run: Path, names: tuple[str, ...]) -> dict[str, float]:
     return {name: float(events.Scalars(name)[-1].value) for name in names if name in have}
 
 
+def split_fixture(fixture: Path, work: Path, *, seed: int = HOLDOUT_SEED) -> dict[str, Path]:
+    """Two folders of links to the fixture's images, as ``ingest images`` lists them (sorted
+    relative paths, hidden names left out), split by a seeded permutation: ``train`` (the first
+    half of the draw, the GANs' real set) and ``test`` (the rest, held out for ``evaluate``)."""
+    files = sorted(
+        path.relative_to(fixture)
+        for path in fixture.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES
+        and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(fixture).parts)
+    )
+    if len(files) < 8:
+        raise ValueError(f"{fixture}: {len(files)} images, too few to hold half out")
+    order = np.random.default_rng(seed).permutation(len(files))
+    parts = {"train": order[: len(files) // 2], "test": order[len(files) // 2 :]}
+    folders = {}
+    for part, rows in parts.items():
+        folders[part] = work / f"fixture-{part}"
+        for row in sorted(rows):
+            link = folders[part] / files[row]
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to((fixture / files[row]).resolve())
+    return folders
+
+
+def _c2st(real, url: str, seed: int) -> float:
+    """``evaluate``'s two-sample accuracy (seed ``seed``, 10 epochs) of the eyes at ``url``
+    against ``real`` (``train.realism.images``, 35x55)."""
+    from train.realism import images, two_sample_test
+
+    candidate = images(url, "gaze", size=(35, 55))
+    return two_sample_test(real, candidate, seed=seed, epochs=10)["accuracy"]
+
+
+def select_checkpoint(
+    run: Path, work: Path, *, seed: int, validation: Path, synthetic: Path, real_train, real_test
+) -> dict:
+    """Choose among the adversarial checkpoints of ``run`` (those after pretraining): each is
+    exported and refines the ``validation`` eyes, which a two-sample test scores against the
+    GAN's own real half (``real_train``); the lowest accuracy wins (the earlier on a tie). Each
+    also refines ``synthetic`` and is scored against the held-out half, for the record only.
+    Returns the choice and every checkpoint's two accuracies."""
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    pretraining = config["pretrain_refiner_steps"] + config["pretrain_discriminator_steps"]
+    names = sorted(p.name for p in (run / "checkpoints").glob("iter-*") if p.is_dir())
+    candidates = [n for n in names if int(n.split("-")[1]) > pretraining]
+    scored = []
+    for name in candidates:
+        engine, where = work / f"engine-{name}", {}
+        _refinery("export", str(run), "--checkpoint", name, "--out", str(engine))
+        for part, source in (("validation", validation), ("test", synthetic)):
+            where[part] = work / f"refined-{part}-{name}"
+            _refinery("refine", "--engine", str(engine), "--input", str(source),
+                      "--output", str(where[part]))  # fmt: skip
+        scored.append(
+            {
+                "checkpoint": name,
+                "iteration": int(name.split("-")[1]),
+                "validation_c2st": _c2st(real_train, str(where["validation"]), seed),
+                "heldout_c2st": _c2st(real_test, str(where["test"]), seed),
+            }
+        )
+    chosen = min(scored, key=lambda c: (c["validation_c2st"], c["iteration"]))
+    hindsight = min(scored, key=lambda c: (c["heldout_c2st"], c["iteration"]))
+    return {
+        "chosen": chosen["checkpoint"],
+        "last": scored[-1]["checkpoint"],
+        "best_in_hindsight": hindsight["checkpoint"],
+        "pretraining_iterations": pretraining,
+        "checkpoints": scored,
+    }
+
+
 def _variants(
     real: np.ndarray, *, count: int, seeds: list[int], quick: bool, options: dict[str, int | float]
 ) -> dict[str, dict]:
@@ -165,6 +254,26 @@ def _variants(
             "c2st_null_band": null_band(runs[0]["test"]),
         }
     return out
+
+
+def _selection_figures(runs: list[dict]) -> dict:
+    """Per GAN: the checkpoint chosen by validation, the last and the best on the held-out half
+    in hindsight, each with its held-out two-sample accuracy; and the three over GANs."""
+    from train.evaluate import summary
+
+    def heldout(selection: dict, key: str) -> float:
+        return next(
+            c["heldout_c2st"] for c in selection["checkpoints"] if c["checkpoint"] == selection[key]
+        )
+
+    per_gan = [{"seed": r["seed"], **r["selection"]} for r in runs]
+    return {
+        "per_gan": per_gan,
+        **{
+            f"heldout_c2st_{key}": summary([heldout(s, key) for s in per_gan])
+            for key in ("chosen", "last", "best_in_hindsight")
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,6 +330,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="S",
         help=f"one GAN per seed (default: {default_seeds}; others need --tag)",
     )
+    parser.add_argument(
+        "--holdout",
+        action="store_true",
+        help="the GANs train on half the real crops (a seeded draw) and evaluate scores on the "
+        "other half (needs --tag)",
+    )
+    parser.add_argument(
+        "--select-every",
+        type=positive_int,
+        metavar="N",
+        help="with --holdout: a checkpoint every N iterations; the one whose refined "
+        "validation eyes look most real against the training half is evaluated",
+    )
     parser.add_argument("--tag", help="names the variant: records real_gaze_TAG.json")
     args = parser.parse_args(argv)
     # a variant of the recipe, its budget, its eyes or its instrument records under its own name
@@ -229,15 +351,18 @@ def main(argv: list[str] | None = None) -> int:
         or args.steps != STEPS
         or args.robust_epochs is not None
         or args.seeds not in (None, list(SEEDS))
+        or args.holdout
     )
     if any("=" not in item for item in args.set) or variant != bool(args.tag):
         parser.error(
             f"--set KEY=VALUE, --synth-option KEY=NUMBER, --hold-gaze, --steps other than "
-            f"{STEPS}, --robust-epochs or --seeds other than {default_seeds} make a "
+            f"{STEPS}, --robust-epochs, --seeds other than {default_seeds} or --holdout make a "
             "variant, which --tag NAME names (and --tag needs one)"
         )
     if args.seeds is not None and (len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0):
         parser.error(f"--seeds must be distinct and >= 0, got {' '.join(map(str, args.seeds))}")
+    if args.select_every and not args.holdout:
+        parser.error("--select-every needs --holdout: choosing on the test crops would flatter it")
     if args.hold_gaze < 0:
         parser.error(f"--hold-gaze must be >= 0, got {args.hold_gaze}")
     overrides = dict(item.split("=", 1) for item in args.set)
@@ -256,17 +381,38 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     real, synthetic = work / "real", work / "synthetic"
-
-    ingest_seconds = _refinery(
-        "ingest", "images", str(args.fixture), "--domain", "gaze", "--out", str(real),
-        "--workers", "2",
-    )  # fmt: skip
-    ingested = json.loads((real / "ingest.json").read_text())
+    # --holdout: the GANs' half in `real`, evaluate's in `real-test`; else both read `real`
+    real_test = work / "real-test" if args.holdout else real
+    sources = split_fixture(args.fixture, work) if args.holdout else {"train": args.fixture}
+    ingest_seconds, ingested = 0.0, {"items": 0, "samples_written": 0, "rejected": 0}
+    for part, out in (("train", real), ("test", real_test)):
+        if part in sources:
+            ingest_seconds += _refinery(
+                "ingest", "images", str(sources[part]), "--domain", "gaze", "--out", str(out),
+                "--workers", "2",
+            )  # fmt: skip
+            done = json.loads((out / "ingest.json").read_text())
+            ingested["items"] += done["items"]
+            ingested["samples_written"] += done["samples_written"]
+            ingested["rejected"] += done["items_rejected"] + done["samples_rejected"]
     _refinery(
         "synth", "gaze", "--variant", "synthetic", "--n", str(count), "--seed", "1",
         "--shard-size", "500", "--out", str(synthetic),
         *(f"--option={item}" for item in args.synth_option),
     )  # fmt: skip
+    validation = work / "synthetic-validation"
+    if args.select_every:  # fresh eyes of the same kind, which the choice of checkpoint reads
+        _refinery(
+            "synth", "gaze", "--variant", "synthetic", "--n", str(count // 2),
+            "--seed", str(VALIDATION_SEED), "--shard-size", "500", "--out", str(validation),
+            *(f"--option={item}" for item in args.synth_option),
+        )  # fmt: skip
+        from train.realism import images
+
+        real_halves = {
+            "train": images(str(real), "gaze", size=(35, 55)),
+            "test": images(str(real_test), "gaze", size=(35, 55)),
+        }
     hold: dict = {}
     if args.hold_gaze:  # one frozen network for every GAN, apart from evaluate's drift networks
         holder = work / "gaze-hold"
@@ -294,11 +440,17 @@ def main(argv: list[str] | None = None) -> int:
         refined, report_dir = work / f"refined-{tag}", work / f"report-{tag}"
         recipe = work / f"config-{tag}.yaml"
         # --quick: the same commands with a few small steps, to test this script
+        quick = QUICK_RECIPE if args.quick else ""
+        if args.select_every:
+            quick = "".join(
+                line for line in quick.splitlines(True) if not line.startswith("checkpoint_every")
+            )
         recipe.write_text(
             f"seed: {seed}\nrefiner_padding: {args.padding}\n"
             + "".join(f"{key}: {value}\n" for key, value in overrides.items())
             + (f"task_reg_weight: {args.hold_gaze}\ntask_reg_network: {holder}\n" if hold else "")
-            + (QUICK_RECIPE if args.quick else "")
+            + (f"checkpoint_every: {args.select_every}\n" if args.select_every else "")
+            + quick
         )
         took = {}
         took["train"] = _refinery(
@@ -306,14 +458,26 @@ def main(argv: list[str] | None = None) -> int:
             "--config", str(recipe), "--synthetic", str(synthetic), "--real", str(real),
             "--out", str(run),
         )  # fmt: skip
-        took["export"] = _refinery("export", str(run), "--out", str(engine))
+        chosen: dict = {}
+        if args.select_every:
+            began = time.perf_counter()
+            chosen = select_checkpoint(
+                run, work / f"select-{tag}", seed=seed, validation=validation,
+                synthetic=synthetic, real_train=real_halves["train"],
+                real_test=real_halves["test"],
+            )  # fmt: skip
+            took["select"] = time.perf_counter() - began
+        took["export"] = _refinery(
+            "export", str(run), "--out", str(engine),
+            *(["--checkpoint", chosen["chosen"]] if chosen else []),
+        )  # fmt: skip
         took["refine"] = _refinery(
             "refine", "--engine", str(engine), "--input", str(synthetic), "--output", str(refined)
         )
         # the real crops have no labels: evaluate reports realism and label drift only
         took["evaluate"] = _refinery(
             "evaluate", "gaze", "--synthetic", str(synthetic), "--refined", str(refined),
-            "--real-test", str(real), "--out", str(report_dir), "--seeds", str(seed),
+            "--real-test", str(real_test), "--out", str(report_dir), "--seeds", str(seed),
             *(["--epochs", "1"] if args.quick else []),
             *(["--robust-epochs", str(args.robust_epochs)] if args.robust_epochs else []),
         )  # fmt: skip
@@ -324,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                 "report": json.loads((report_dir / "report.json").read_text()),
                 "stats": [json.loads(p.read_text()) for p in sorted(refined.glob("*.stats.json"))],
                 "pixels": _pixels(str(refined)),
+                "selection": chosen,
                 "last": _last_scalars(
                     run,
                     ("discriminator/accuracy_real", "discriminator/accuracy_refined")
@@ -338,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.evaluate import drift_over_runs, realism_over_runs
     from train.evaluate import summary
 
-    pixels = {"synthetic": _pixels(str(synthetic)), "real": _pixels(str(real))}
+    pixels = {"synthetic": _pixels(str(synthetic)), "real": _pixels(str(real_test))}
     variants = (
         _variants(pixels["real"], count=count, seeds=seeds, quick=args.quick, options=options)
         # they depend on the eyes drawn, not on the recipe or the drift instrument
@@ -371,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         "ingest": {
             "files": ingested["items"],
             "written": ingested["samples_written"],
-            "rejected": ingested["items_rejected"] + ingested["samples_rejected"],
+            "rejected": ingested["rejected"],
             "seconds": round(ingest_seconds, 2),
         },
         "train": {
@@ -402,6 +567,10 @@ def main(argv: list[str] | None = None) -> int:
         "procedural_variants": variants,
         "evaluate_seconds": round(sum(r["seconds"]["evaluate"] for r in runs), 1),
     }
+    if args.holdout:
+        figures["ingest"]["held_out"] = len(pixels["real"])
+    if args.select_every:
+        figures["selection"] = _selection_figures(runs)
     report = reports[0]
     settings = {
         "fixture": "shared/fixtures/real/mpiigaze_unlabeled (2,000 MPIIGaze 60x36 JPEG crops)",
@@ -424,6 +593,21 @@ def main(argv: list[str] | None = None) -> int:
     settings["synth_options"] = options
     if hold:
         settings["hold_gaze"] = hold
+    if args.holdout:
+        settings["holdout"] = (
+            f"the real crops split by a seeded permutation (numpy default_rng({HOLDOUT_SEED})): "
+            f"{figures['ingest']['written'] - figures['ingest']['held_out']} the GANs train on, "
+            f"{figures['ingest']['held_out']} held out as evaluate's --real-test"
+        )
+    if args.select_every:
+        settings["select_every"] = args.select_every
+        settings["selection"] = (
+            f"a checkpoint every {args.select_every} iterations; among those after pretraining, "
+            f"each refines {count // 2} fresh procedural eyes (synth --seed {VALIDATION_SEED}) "
+            "and the lowest two-sample accuracy (seed: the GAN's, 10 epochs) against the GANs' "
+            "half of the real crops is exported, refines the set and is evaluated; each "
+            "checkpoint's accuracy on the held-out half is recorded, not used"
+        )
     settings["robust_epochs"] = report["settings"]["robust_epochs"]  # the drift estimator's
     write_result(name, figures, settings, results=args.results)
     print(json.dumps(figures, indent=1))

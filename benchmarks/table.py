@@ -110,6 +110,7 @@ def _real_gaze(record: dict) -> list[str]:
     overrides = record["settings"].get("recipe_overrides") or {}
     options = record["settings"].get("synth_options") or {}
     hold = record["settings"].get("hold_gaze")
+    holdout = record["settings"].get("holdout")
     return [
         f"Refiner padding: `{padding}`"
         + (" (the ablation of the recipes' reflect)" if padding != "reflect" else "")
@@ -132,7 +133,9 @@ def _real_gaze(record: dict) -> list[str]:
             if hold
             else ""
         )
+        + (f"; `--holdout`: {holdout}" if holdout else "")
         + ".",
+        *_selection_lines(f.get("selection")),
         "",
         f"`ingest images`: {ingest['files']} real MPIIGaze crops → {ingest['written']} samples, "
         f"{ingest['rejected']} rejected, {_fmt(ingest['seconds'])} s. `train simgan` (small "
@@ -161,6 +164,36 @@ def _real_gaze(record: dict) -> list[str]:
         + " Contact sheet: "
         f"`{record['settings'].get('contact_sheet', 'out/bench-real-gaze/contact-sheet.png')}`.",
         *_realism_rows(f, record["settings"].get("robust_epochs")),
+    ]
+
+
+def _selection_lines(selection: dict | None) -> list[str]:
+    """``real_gaze --select-every``: which checkpoint validation chose for each GAN, and the
+    held-out two-sample accuracy of the chosen, the last and the best checkpoint in hindsight."""
+    if not selection:
+        return []
+
+    def step(name: str) -> str:
+        return str(int(name.split("-")[1]))
+
+    def pm(key: str) -> str:
+        stat = selection[f"heldout_c2st_{key}"]
+        return f"{_fmt(stat['mean'])} ± {_fmt(stat['std'])}"
+
+    gans = []
+    for gan in selection["per_gan"]:
+        scores = ", ".join(
+            f"{step(c['checkpoint'])}: {_fmt(c['validation_c2st'])} / {_fmt(c['heldout_c2st'])}"
+            for c in gan["checkpoints"]
+        )
+        gans.append(f"GAN {gan['seed']} chose iteration {step(gan['chosen'])} ({scores})")
+    return [
+        "",
+        "Checkpoint chosen by validation (`--select-every`; iteration: two-sample accuracy on "
+        "the validation eyes against the training half / on the refined eyes against the "
+        f"held-out half): {'; '.join(gans)}. Held-out accuracy over GANs: chosen {pm('chosen')}, "
+        f"last checkpoint {pm('last')}, best in hindsight {pm('best_in_hindsight')} (read after "
+        "the choice, not used for it).",
     ]
 
 
