@@ -428,6 +428,37 @@ def test_real_gaze_quick_run_goes_through_every_command(tmp_path, shared_fixture
     assert f"task_reg_weight: 5.0\ntask_reg_network: {tmp_path / 'h' / 'gaze-hold'}\n" in recipe
     assert held["figures"]["train"]["last"][0]["refiner/task_reg"] > 0
     assert "geometry term μ = 5 (`--hold-gaze`)" in "\n".join(table._real_gaze(held))
+    # half the crops held out for evaluate, the checkpoint chosen on fresh eyes and the other half
+    assert real_gaze.main(["--quick", "--fixture", str(fixture), "--out", str(tmp_path / "s"),
+                           "--results", str(results), "--holdout", "--select-every", "2",
+                           "--tag", "select"]) == 0  # fmt: skip
+    chose = json.loads((results / "real_gaze_select.json").read_text())
+    assert chose["figures"]["ingest"] == {
+        **chose["figures"]["ingest"],
+        "files": 2000,
+        "written": 2000,
+        "held_out": 1000,
+    }
+    report = json.loads((tmp_path / "s" / "report-s0" / "report.json").read_text())
+    assert report["realism"]["real_images"] == 1000  # evaluate read the held-out half alone
+    gan = chose["figures"]["selection"]["per_gan"][0]
+    # quick: 2 + 2 pretraining iterations, then 4 adversarial; a checkpoint every 2
+    assert [c["iteration"] for c in gan["checkpoints"]] == [6, 8] and gan["last"] == "iter-00000008"
+    picked = next(c for c in gan["checkpoints"] if c["checkpoint"] == gan["chosen"])
+    assert picked["validation_c2st"] == min(c["validation_c2st"] for c in gan["checkpoints"])
+    # the held-out accuracy recorded per checkpoint is evaluate's own measure of the same eyes
+    refined_c2st = chose["figures"]["realism"]["refined"]["c2st_accuracy"]["runs"][0]
+    assert picked["heldout_c2st"] == pytest.approx(refined_c2st, abs=1e-6)
+    engine = json.loads((tmp_path / "s" / "engine-s0" / "engine.json").read_text())
+    assert engine["source"]["checkpoint"] == gan["chosen"]
+    assert "checkpoint_every: 2\n" in (tmp_path / "s" / "config-s0.yaml").read_text()
+    control = chose["figures"]["realism_all_crops"]  # the halves together: the older scale
+    assert control["real_images"] == 2000 and len(control["refined"]["runs"]) == 1
+    assert 0 <= control["synthetic"]["mean"] <= 1 and 0 <= control["refined"]["mean"] <= 1
+    text = "\n".join(table._real_gaze(chose))
+    assert "Scale check: the same eyes against all 2000 real crops (both halves" in text
+    assert "`--holdout`: the real crops split by a seeded permutation" in text
+    assert f"GAN 0 chose iteration {int(gan['chosen'][5:])} (6: " in text
     with pytest.raises(SystemExit):  # a variant needs its name
         real_gaze.main(["--synth-option", "iris_scale=1.2", "--results", str(results)])
     with pytest.raises(SystemExit):
@@ -517,9 +548,94 @@ def test_real_gaze_recipe_variants_need_a_tag():
         ["--seeds", "0", "1", "2", "3"],
         ["--seeds", "1", "1", "--tag", "x"],
         ["--seeds", "-1", "--tag", "x"],
+        ["--holdout"],
+        ["--select-every", "150", "--tag", "x"],  # choosing needs crops it does not score on
+        ["--holdout", "--select-every", "0", "--tag", "x"],
     ):
         with pytest.raises(SystemExit):
             real_gaze.main(argv)
+
+
+def test_real_gaze_holdout_splits_the_crops_in_two_disjoint_halves_by_a_seeded_draw(tmp_path):
+    from benchmarks.real_gaze import split_fixture
+
+    fixture = tmp_path / "crops"
+    names = [f"p0{i % 2}/{i:04d}.jpg" for i in range(10)] + ["x.PNG"]
+    for name in [*names, ".hidden.jpg", "notes.txt", ".cache/a.jpg"]:
+        (fixture / name).parent.mkdir(parents=True, exist_ok=True)
+        (fixture / name).write_bytes(name.encode())
+    halves = split_fixture(fixture, tmp_path / "a")
+    listed = {
+        part: sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        for part, folder in halves.items()
+    }
+    assert len(listed["train"]) == 5 and len(listed["test"]) == 6
+    assert sorted(listed["train"] + listed["test"]) == sorted(names)  # each image once
+    for part, folder in halves.items():  # links to the originals, folders kept
+        for name in listed[part]:
+            assert (folder / name).read_bytes() == name.encode()
+    again = split_fixture(fixture, tmp_path / "b")
+    assert {
+        p: sorted(str(x.relative_to(f)) for x in f.rglob("*.*")) for p, f in again.items()
+    } == listed
+    other = split_fixture(fixture, tmp_path / "c", seed=1)
+    assert (
+        sorted(str(x.relative_to(other["test"])) for x in other["test"].rglob("*.*"))
+        != listed["test"]
+    )
+    with pytest.raises(ValueError, match="too few"):
+        split_fixture(fixture / "p00", tmp_path / "d")
+
+
+def test_real_gaze_chooses_the_checkpoint_by_validation_not_by_the_held_out_crops(
+    tmp_path, monkeypatch
+):
+    from benchmarks import real_gaze
+
+    run = tmp_path / "run"
+    (run / "config.yaml").parent.mkdir()
+    (run / "config.yaml").write_text(
+        "pretrain_refiner_steps: 100\npretrain_discriminator_steps: 50\n"
+    )
+    for step in (150, 300, 450, 600, 750):
+        (run / "checkpoints" / f"iter-{step:08d}").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("iter-00000750")
+    commands = []
+    monkeypatch.setattr(real_gaze, "_refinery", lambda *args: commands.append(args) or 0.0)
+    # validation prefers 450 (tied with 600: the earlier wins); the held-out half prefers 750
+    scores = {
+        ("train", 300): 0.9, ("train", 450): 0.8, ("train", 600): 0.8, ("train", 750): 0.85,
+        ("test", 300): 0.95, ("test", 450): 0.9, ("test", 600): 0.88, ("test", 750): 0.7,
+    }  # fmt: skip
+
+    def c2st(real, url, seed):
+        assert seed == 4
+        return scores[(real, int(url.rsplit("-", 1)[1]))]
+
+    monkeypatch.setattr(real_gaze, "_c2st", c2st)
+    chosen = real_gaze.select_checkpoint(
+        run, tmp_path / "w", seed=4, validation=tmp_path / "val", synthetic=tmp_path / "syn",
+        real_train="train", real_test="test",
+    )  # fmt: skip
+    assert chosen["chosen"] == "iter-00000450" and chosen["last"] == "iter-00000750"
+    assert chosen["best_in_hindsight"] == "iter-00000750"
+    assert [c["iteration"] for c in chosen["checkpoints"]] == [300, 450, 600, 750]  # not 150
+    exports = [c for c in commands if c[0] == "export"]
+    assert [c[c.index("--checkpoint") + 1] for c in exports] == [
+        f"iter-{s:08d}" for s in (300, 450, 600, 750)
+    ]
+    refines = [c for c in commands if c[0] == "refine"]
+    assert {c[c.index("--input") + 1] for c in refines} == {
+        str(tmp_path / "val"),
+        str(tmp_path / "syn"),
+    }
+    figures = real_gaze._selection_figures([{"seed": 4, "selection": chosen}])
+    assert figures["heldout_c2st_chosen"]["mean"] == 0.9
+    assert (
+        figures["heldout_c2st_last"]["mean"]
+        == figures["heldout_c2st_best_in_hindsight"]["mean"]
+        == 0.7
+    )
 
 
 @pytest.mark.slow
