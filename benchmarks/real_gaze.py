@@ -86,6 +86,8 @@ HOLD_EPOCHS, HOLD_SEED = 48, 10
 # procedural eyes checkpoints are chosen on (the refined set is drawn with seed 1)
 HOLDOUT_SEED, VALIDATION_SEED = 0, 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what ingest images reads
+# the eyes' (H, W): ingest's and synth's, so realism reads them as evaluate does
+EYE_SIZE = (35, 55)
 
 QUICK_RECIPE = """\
 pretrain_refiner_steps: 2
@@ -178,10 +180,10 @@ def split_fixture(fixture: Path, work: Path, *, seed: int = HOLDOUT_SEED) -> dic
 
 def _c2st(real, url: str, seed: int) -> float:
     """``evaluate``'s two-sample accuracy (seed ``seed``, 10 epochs) of the eyes at ``url``
-    against ``real`` (``train.realism.images``, 35x55)."""
+    against ``real`` (``train.realism.images`` at ``EYE_SIZE``)."""
     from train.realism import images, two_sample_test
 
-    candidate = images(url, "gaze", size=(35, 55))
+    candidate = images(url, "gaze", size=EYE_SIZE)
     return two_sample_test(real, candidate, seed=seed, epochs=10)["accuracy"]
 
 
@@ -267,7 +269,7 @@ def _all_crops(real: Path, real_test: Path, synthetic: Path, work: Path, seeds: 
     from train.evaluate import summary
     from train.realism import images
 
-    halves = [images(str(url), "gaze", size=(35, 55)) for url in (real, real_test)]
+    halves = [images(str(url), "gaze", size=EYE_SIZE) for url in (real, real_test)]
     crops = torch.cat([half[0 : len(half)] for half in halves])
     out = {"real_images": len(crops)}
     for name in ("synthetic", "refined"):
@@ -434,8 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         from train.realism import images
 
         real_halves = {
-            "train": images(str(real), "gaze", size=(35, 55)),
-            "test": images(str(real_test), "gaze", size=(35, 55)),
+            "train": images(str(real), "gaze", size=EYE_SIZE),
+            "test": images(str(real_test), "gaze", size=EYE_SIZE),
         }
     hold: dict = {}
     if args.hold_gaze:  # one frozen network for every GAN, apart from evaluate's drift networks
