@@ -339,7 +339,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(
             f"realism, {name:9s} vs real: two-sample test accuracy {c2st['mean']:.3f} ± "
             f"{c2st['std']:.3f} (0.5 = indistinguishable, null band ±"
-            f"{entry['c2st_null_band']:.3f}), KID {kid['mean']:.4f}"
+            f"{entry['c2st_null_band']:.3f}; learned from {entry['c2st_train_images']} images, "
+            f"scored on {entry['c2st_test_images']}), KID {kid['mean']:.4f}"
         )
     print(f"report: {args.out}/report.html")
     return 0

@@ -56,7 +56,10 @@ def eyes(tmp_path_factory):
 
 def test_two_sample_test_tells_different_sets_apart_and_not_one_set_from_itself(eyes):
     apart = R.two_sample_test(eyes["x_real"], eyes["x_synthetic"], seed=0, epochs=4)
-    assert apart["accuracy"] > 0.8 and apart["test"] == 400
+    assert apart["accuracy"] > 0.8 and apart["test"] == 400 and apart["train"] == 400
+    # the smaller set sets the scale: half of each set's draw trains, the other half scores
+    small = R.two_sample_test(eyes["x_real"][:101], eyes["x_synthetic"], seed=0, epochs=1)
+    assert small["train"] == small["test"] == 100
     synthetic = eyes["x_synthetic"]
     same = R.two_sample_test(synthetic[::2], synthetic[1::2], seed=0, epochs=4)
     assert abs(same["accuracy"] - 0.5) < 2 * R.null_band(same["test"])
@@ -181,6 +184,8 @@ def test_evaluate_cli_prints_realism_for_a_labeled_real_test(eyes, tmp_path, cap
     printed = capsys.readouterr().out
     assert "realism, synthetic vs real: two-sample test accuracy" in printed
     assert "realism, refined   vs real" in printed
+    # the scale of the test is part of its figure: how many images its classifier learned from
+    assert "learned from 400 images, scored on 400" in printed
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["real_test_labeled"] is True and set(report["results"]) == {
         "synthetic",
@@ -192,3 +197,6 @@ def test_evaluate_cli_prints_realism_for_a_labeled_real_test(eyes, tmp_path, cap
     band = sets["refined"]["c2st_null_band"]
     assert abs(sets["refined"]["c2st_accuracy"]["mean"] - 0.5) < 2 * band
     assert sets["refined"]["kid"]["mean"] < sets["synthetic"]["kid"]["mean"]
+    assert sets["refined"]["c2st_train_images"] == sets["refined"]["c2st_test_images"] == 400
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "classifier learned from 400 images" in html

@@ -287,6 +287,7 @@ def realism(
         ]
         entry: dict[str, Any] = {
             "c2st_accuracy": summary([r["accuracy"] for r in runs]),
+            "c2st_train_images": runs[0]["train"],
             "c2st_test_images": runs[0]["test"],
             "c2st_null_band": null_band(runs[0]["test"]),
         }

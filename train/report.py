@@ -570,12 +570,19 @@ def _realism(record: dict) -> str:
                 *(_esc(_num(runs[i])) if i < len(runs) else "–" for i in range(len(seeds))),
             ]
         )
-    tested = next(iter(sets.values())).get("c2st_test_images")
+    first = next(iter(sets.values()))
+    tested, learned = first.get("c2st_test_images"), first.get("c2st_train_images")
     notes = [
         f"Two-sample test: {realism.get('note', '')}; {_num(tested)} held-out images per test, "
         f"{_num(realism.get('real_images'))} real images in all; mean ± std over seeds (split, "
         "draw and initialisation). A value inside the null band is not told apart."
     ]
+    if learned is not None:  # reports written before the key was added lack it
+        notes.append(
+            f"The test's classifier learned from {_num(learned)} images (half real, half "
+            "candidate). A classifier given fewer images tells sets apart less often, so compare "
+            "accuracies only between tests that learned from the same number."
+        )
     if realism.get("kid_note"):
         notes.append(f"KID: {realism['kid_note']}; mean ± std over random subsets.")
     return _table(head, rows) + "\n" + "\n".join(f'<p class="note">{_esc(n)}</p>' for n in notes)
