@@ -270,7 +270,7 @@ def _all_crops(real: Path, real_test: Path, synthetic: Path, work: Path, seeds: 
     from train.realism import images
 
     halves = [images(str(url), "gaze", size=EYE_SIZE) for url in (real, real_test)]
-    crops = torch.cat([half[0 : len(half)] for half in halves])
+    crops = torch.cat(halves)  # images() without scratch: tensors in memory
     out = {"real_images": len(crops)}
     for name in ("synthetic", "refined"):
         out[name] = summary(
