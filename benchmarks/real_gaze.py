@@ -78,6 +78,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "real" / "mpiigaze_unlabeled"
 
 
+SYNTHETIC = 2000  # procedural eyes to train on and refine
 STEPS = 600  # the walk-through's budget: the README's "with real eyes" commands
 # --hold-gaze's frozen network: as long as evaluate's 48-epoch drift estimator, on a seed none
 # of evaluate's runs (0, 1, 2) uses, so the network the refiner answers to is not the one read
@@ -305,7 +306,9 @@ def _selection_figures(runs: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=STEPS, help="adversarial iterations")
-    parser.add_argument("--synthetic", type=int, default=2000, help="procedural eyes to refine")
+    parser.add_argument(
+        "--synthetic", type=positive_int, default=SYNTHETIC, help="procedural eyes to refine"
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny run to test the script")
     parser.add_argument("--fixture", type=Path, default=FIXTURE)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench-real-gaze")
@@ -375,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     variant = (
         bool(args.set or args.synth_option or args.hold_gaze)
         or args.steps != STEPS
+        or args.synthetic != SYNTHETIC
         or args.robust_epochs is not None
         or args.seeds not in (None, list(SEEDS))
         or args.holdout
@@ -382,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     if any("=" not in item for item in args.set) or variant != bool(args.tag):
         parser.error(
             f"--set KEY=VALUE, --synth-option KEY=NUMBER, --hold-gaze, --steps other than "
-            f"{STEPS}, --robust-epochs, --seeds other than {default_seeds} or --holdout make a "
+            f"{STEPS}, --synthetic other than {SYNTHETIC}, --robust-epochs, --seeds other than {default_seeds} or --holdout make a "
             "variant, which --tag NAME names (and --tag needs one)"
         )
     if args.seeds is not None and (len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0):

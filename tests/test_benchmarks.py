@@ -541,6 +541,8 @@ def test_real_gaze_recipe_variants_need_a_tag():
     for argv in (
         ["--set", "psi=gradients"],
         ["--steps", "1200"],
+        ["--synthetic", "4000"],  # more eyes would overwrite the default record untagged
+        ["--synthetic", "0", "--tag", "x"],
         ["--robust-epochs", "48"],
         ["--robust-epochs", "0", "--tag", "x"],
         ["--tag", "x"],
