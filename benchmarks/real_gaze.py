@@ -386,8 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     if any("=" not in item for item in args.set) or variant != bool(args.tag):
         parser.error(
             f"--set KEY=VALUE, --synth-option KEY=NUMBER, --hold-gaze, --steps other than "
-            f"{STEPS}, --synthetic other than {SYNTHETIC}, --robust-epochs, --seeds other than {default_seeds} or --holdout make a "
-            "variant, which --tag NAME names (and --tag needs one)"
+            f"{STEPS}, --synthetic other than {SYNTHETIC}, --robust-epochs, --seeds other than "
+            f"{default_seeds} or --holdout make a variant, which --tag NAME names (and --tag "
+            "needs one)"
         )
     if args.seeds is not None and (len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0):
         parser.error(f"--seeds must be distinct and >= 0, got {' '.join(map(str, args.seeds))}")

@@ -212,9 +212,9 @@ def _all_crops_lines(control: dict | None, realism: dict | None) -> list[str]:
         "",
         f"Scale check: the same eyes against all {control['real_images']} real crops (both "
         "halves, as records without `--holdout` measure; the test's classifier then learns from "
-        f"twice the real eyes, so the two are not on one scale): synthetic {_fmt(synthetic['mean'])}, refined "
-        f"{_fmt(refined['mean'])} ± {_fmt(refined['std'])} (per GAN "
-        f"{', '.join(_fmt(x) for x in refined['runs'])}), {100 * gap:.1f} points below "
+        "twice the real eyes, so the two are not on one scale): synthetic "
+        f"{_fmt(synthetic['mean'])}, refined {_fmt(refined['mean'])} ± {_fmt(refined['std'])} "
+        f"(per GAN {', '.join(_fmt(x) for x in refined['runs'])}), {100 * gap:.1f} points below "
         f"synthetic (issue 15's {100 * REALISM_TARGET:.0f}: {_met(gap >= REALISM_TARGET)}), "
         f"against {100 * held:.1f} on the held-out half.",
     ]
