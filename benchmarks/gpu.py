@@ -752,6 +752,13 @@ def main(argv: list[str] | None = None) -> int:
         "CUDA, out/gpu-check-cpu on the CPU)",
     )
     parser.add_argument("--skip", nargs="*", default=[], choices=list(STEPS))
+    parser.add_argument(
+        "--steps",
+        nargs="+",
+        choices=list(STEPS),
+        help="run these steps in this order (default: all, in the order above), so the ones "
+        "that matter most run before --budget is spent; the others are recorded as not run",
+    )
     parser.add_argument("--budget", type=float, default=450, help="seconds; later steps skip")
     parser.add_argument("--quick", action="store_true", help="smallest sizes (tests)")
     args = parser.parse_args(argv)
@@ -819,10 +826,15 @@ def main(argv: list[str] | None = None) -> int:
     from refinery.records import write_record
 
     path = out / "gpu-check.json"
+    order = args.steps or list(STEPS)
+    if "environment" in order:  # the matrix peak it measures is what the engines are shared by
+        order = ["environment", *(n for n in order if n != "environment")]
     try:
-        for name, step in STEPS.items():
-            if name in args.skip:
-                figures["steps"][name] = {"status": "not run", "reason": "--skip"}
+        for name in [*order, *(n for n in STEPS if n not in order)]:
+            step = STEPS[name]
+            if name in args.skip or name not in order:
+                reason = "--skip" if name in args.skip else "not in --steps"
+                figures["steps"][name] = {"status": "not run", "reason": reason}
                 continue
             if time.perf_counter() - began > args.budget:
                 figures["steps"][name] = {"status": "not run", "reason": "time budget spent"}

@@ -341,6 +341,48 @@ def test_gpu_check_reads_pytest_outcomes_and_refuses_to_run_without_cuda(tmp_pat
         assert gpu.main(["--device", "cuda", "--out", str(tmp_path)]) == 2
 
 
+def test_gpu_check_runs_the_chosen_steps_first_and_records_the_rest_as_not_run(
+    tmp_path, monkeypatch
+):
+    """--steps orders the run (environment always first, for the peak the engines are shared
+    by); a step left out or past the budget is recorded as not run, never as passed."""
+    from benchmarks import gpu
+
+    ran = []
+
+    def step(name, fail=False):
+        def run(ctx):
+            ran.append(name)
+            if fail:
+                raise ValueError("boom")
+            return {"value": name}
+
+        return run
+
+    steps = {n: step(n, fail=n == "job") for n in gpu.STEPS}
+    monkeypatch.setattr(gpu, "STEPS", steps)
+    args = ["--device", "cpu", "--out", str(tmp_path), "--steps", "train", "job", "environment"]
+    assert gpu.main(args) == 1  # the job failed
+    assert ran == ["environment", "train", "job"]
+    figures = json.loads((tmp_path / "gpu-check.json").read_text())["figures"]
+    statuses = {k: v["status"] for k, v in figures["steps"].items()}
+    assert statuses == {
+        "environment": "passed",
+        "train": "passed",
+        "job": "failed",
+        "pytest": "not run",
+        "engines": "not run",
+        "evaluate": "not run",
+    }
+    assert figures["steps"]["engines"]["reason"] == "not in --steps"
+    assert "ValueError: boom" in figures["steps"]["job"]["error"]
+    ran.clear()
+    assert gpu.main(["--device", "cpu", "--out", str(tmp_path), "--budget", "0"]) == 0
+    assert ran == []  # nothing starts once the budget is spent
+    figures = json.loads((tmp_path / "gpu-check.json").read_text())["figures"]
+    assert {v["status"] for v in figures["steps"].values()} == {"not run"}
+
+
 def test_gpu_check_needs_its_wheels_where_modules_are_missing(tmp_path, monkeypatch):
     from benchmarks import gpu
 
