@@ -657,6 +657,14 @@ GPU_TARGETS = {  # issue 13: FP16 engine-only and whole-job frames/s on one H200
 }
 
 
+def _against(value: float, target: str) -> str:
+    """A "≥ N ..." target cell with whether ``value`` meets it; empty targets stay empty."""
+    if not target:
+        return ""
+    number = float(target.removeprefix("≥").split()[0].replace(",", ""))
+    return f"{target}: {'met' if value >= number else 'not met'}"
+
+
 def _gpu_check(record: dict) -> list[str]:
     """``make gpu-check``: what ran on the GPU, engine by engine, then the whole job."""
     steps, settings = record["figures"]["steps"], record["settings"]
@@ -686,7 +694,8 @@ def _gpu_check(record: dict) -> list[str]:
                 f"| {name} | {label} | {_fmt(row['frames_per_s'])} | "
                 f"{_fmt(row['frames_per_s_host_to_host'])} | {_fmt(row['achieved_tflops'])} | "
                 f"{row['share_of_measured_peak']:.0%} | {_fmt(row.get('peak_device_memory_mib', ''))} | "
-                f"{row.get('max_grey_levels_vs_fp32_eager', '')} | {target} |"
+                f"{row.get('max_grey_levels_vs_fp32_eager', '')} | "
+                f"{_against(row['frames_per_s'], target)} |"
             )
     job = steps.get("job", {})
     lines += ["", "| whole job | engine | frames | frames/s | target |", "|---|---|---|---|---|"]
@@ -703,10 +712,15 @@ def _gpu_check(record: dict) -> list[str]:
             procs = f" ({row['processes']} processes)" if row.get("processes", 1) > 1 else ""
             lines.append(
                 f"| {label}{procs} | {row.get('engine', '')} | {_fmt(row['frames'])} | "
-                f"{_fmt(row['frames_per_s'])} | {target} |"
+                f"{_fmt(row['frames_per_s'])} | {_against(row['frames_per_s'], target)} |"
             )
     lines += _training_rows(steps.get("train", {}))
     lines += _evaluate_rows(steps.get("evaluate", {}))
+    failed = [
+        f"{n}: {t['detail']}" for n, t in tests.get("tests", {}).items() if t["outcome"] == "failed"
+    ]
+    if failed:
+        lines += ["", "Failed on the device: " + "; ".join(failed) + "."]
     not_run = record["figures"].get("not_run", [])
     if not_run:
         lines += ["", "Not run: " + "; ".join(not_run) + "."]
@@ -733,6 +747,19 @@ def _training_rows(found: dict) -> list[str]:
             f"| {key} | {r['batch_size']} | {'yes' if r['amp'] else 'no'} | "
             f"{r['decode_workers']} | {_fmt(r['images_per_s'])} | {r['data_wait_share']:.1%} |"
         )
+    targets = found.get("targets")
+    amp = [r for k, r in rows.items() if k.startswith("simgan_gaze") and r["amp"]]
+    if targets and amp:
+        best = max(amp, key=lambda r: r["images_per_s"])
+        rate, wait = targets["simgan_gaze_amp_images_per_s"], targets["data_wait_share"]
+        lines += [
+            "",
+            f"Targets ({targets['note']}): ≥ {rate:,} images/s, "
+            f"{'met' if best['images_per_s'] >= rate else 'not met'} "
+            f"({_fmt(best['images_per_s'])} at best); waiting for data ≤ {wait:.0%}, "
+            f"{'met' if best['data_wait_share'] <= wait else 'not met'} "
+            f"({best['data_wait_share']:.1%} in that run).",
+        ]
     return lines
 
 

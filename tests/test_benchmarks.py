@@ -855,3 +855,63 @@ def test_real_gaze_records_of_one_setting_pool_their_gans():
     assert table._real_gaze_pools([first, rerun]) == {}
     other = record("real_gaze_y", [2, 3], [0.8, 0.6], [3.0, 4.0], lr=0.0016)  # another setting
     assert table._real_gaze_pools([first, other]) == {}
+
+
+def test_gpu_check_table_says_which_targets_were_met_and_which_tests_failed():
+    from benchmarks.table import RENDERERS
+
+    def engine(fps):
+        row = {"status": "passed", "frames_per_s": fps, "frames_per_s_host_to_host": fps / 2,
+               "achieved_tflops": 1.0, "share_of_measured_peak": 0.1}  # fmt: skip
+        return {"torch fp16 graphs": row}
+
+    def train(rate, wait):
+        return {"batch_size": 512, "amp": True, "decode_workers": 2, "images_per_s": rate,
+                "data_wait_share": wait}  # fmt: skip
+
+    record = {
+        "settings": {"device": "cuda"},
+        "figures": {
+            "not_run": [],
+            "steps": {
+                "pytest": {
+                    "status": "failed",
+                    "counts": {"passed": 1, "failed": 1, "skipped": 0},
+                    "tests": {
+                        "t::ok": {"outcome": "passed", "detail": ""},
+                        "t::bad": {"outcome": "failed", "detail": "AttributeError: x"},
+                    },
+                },
+                "engines": {
+                    "gaze-refiner": {
+                        "network": "g",
+                        "size": [35, 55],
+                        "batch": 1024,
+                        "variants": engine(150_000.0),
+                    },
+                    "spigan-resnet9": {
+                        "network": "s",
+                        "size": [1024, 2048],
+                        "batch": 2,
+                        "variants": engine(27.0),
+                    },
+                },
+                "job": {"gaze": {"engine": "e", "frames": 10, "frames_per_s": 6_000.0}},
+                "train": {
+                    "simgan_gaze_amp_decode2": train(12_000.0, 0.3),
+                    "simgan_gaze_amp_decode8": train(9_000.0, 0.05),
+                    "targets": {
+                        "simgan_gaze_amp_images_per_s": 10_000,
+                        "data_wait_share": 0.1,
+                        "note": "issue 16",
+                    },
+                },
+            },
+        },
+    }
+    text = "\n".join(RENDERERS["gpu-check"](record))
+    assert "| g (35x55, 1024) | torch fp16 graphs | 150,000 |" in text
+    assert "| ≥ 100,000: met |" in text and "| ≥ 100: not met |" in text
+    assert "| 6,000 | ≥ 50,000: not met |" in text
+    assert "≥ 10,000 images/s, met (12,000 at best); waiting for data ≤ 10%, not met (30.0%" in text
+    assert "Failed on the device: t::bad: AttributeError: x." in text and "t::ok" not in text
