@@ -698,6 +698,7 @@ def train_step(ctx: dict) -> dict[str, Any]:
                 log_every=gaze["log_every"], batch_size=gaze["batch_size"], amp=amp,
                 decode_workers=workers, buffer_size=max(64, 4 * gaze["batch_size"]), **short,
             )  # fmt: skip
+            print(f"gpu-check: train {key}: {json.dumps(found[key])}", flush=True)
     scene = sizes["train_scene"]
     urls = make_shards(work / "train-scene", "scene", scene["pool"], size=tuple(scene["size"]))
     for amp in (False, True):
@@ -705,7 +706,9 @@ def train_step(ctx: dict) -> dict[str, Any]:
             "sggan", scene["preset"], urls, device=dev, steps=scene["steps"],
             log_every=scene["log_every"], batch_size=scene["batch_size"], amp=amp,
         )  # fmt: skip
-        found[f"sggan_{'amp' if amp else 'fp32'}"]["size"] = scene["size"]
+        key = f"sggan_{'amp' if amp else 'fp32'}"
+        found[key]["size"] = scene["size"]
+        print(f"gpu-check: train {key}: {json.dumps(found[key])}", flush=True)
     found["targets"] = {
         "simgan_gaze_amp_images_per_s": 10_000,
         "data_wait_share": 0.10,

@@ -23,9 +23,11 @@ Target (issue 16): on the CPU, small gaze preset, waiting for data ≤ 10% of st
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +41,17 @@ NAME = "train_speed"
 def make_shards(
     root: Path, domain: str, count: int, *, size: tuple[int, int] | None = None
 ) -> dict:
-    """Synthetic and real procedural shards (500 per shard) for ``domain``; their URLs."""
-    return {
-        variant: common.procedural_shards(root, domain, variant, count, seed=seed, size=size)
-        for variant, seed in (("synthetic", 1), ("real", 2))
-    }
+    """Synthetic and real procedural shards (500 per shard) for ``domain``, rendered side by
+    side in two spawned processes; their URLs."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=spawn) as pool:
+        made = {
+            variant: pool.submit(
+                common.procedural_shards, root, domain, variant, count, seed=seed, size=size
+            )
+            for variant, seed in (("synthetic", 1), ("real", 2))
+        }
+    return {variant: future.result() for variant, future in made.items()}
 
 
 def measure(

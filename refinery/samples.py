@@ -92,6 +92,9 @@ class SampleError(Exception):
             self.url = url
         return self
 
+    def __reduce__(self):  # crosses to and from decoding processes whole, not as its message
+        return (_sample_error, (self.reason, self.detail, self.key, self.component, self.url))
+
     def as_record(self) -> dict[str, Any]:
         """JSON-able form for stats files and reject lists."""
         return {
@@ -301,6 +304,27 @@ def decode_component(name: str, data: bytes, domain: str | None = None) -> Any:
             raise ValueError(f"expected a JSON object, got {type(value).__name__}")
         return value
     return decode_image(data, kind)
+
+
+def _sample_error(reason, detail, key, component, url) -> SampleError:
+    return SampleError(reason, detail, key=key, component=component, url=url)
+
+
+def decode_draws(
+    draws: list[tuple[Any, Mapping[str, Any]]], domain: str | None = None, *, labels: bool = True
+) -> list[tuple[Any, dict[str, Any] | SampleError]]:
+    """``[(tag, raw sample)]`` -> ``[(tag, decoded sample, or the SampleError it raised)]``.
+
+    The unit of work of a decoding process (``train.data``): a module without torch, so a
+    spawned worker starts in a fraction of a second, and errors come back as values for the
+    caller's handler to see in order."""
+    out: list[tuple[Any, dict[str, Any] | SampleError]] = []
+    for tag, sample in draws:
+        try:
+            out.append((tag, decode_sample(sample, domain, labels=labels)))
+        except SampleError as error:
+            out.append((tag, error.with_url(sample.get("__url__", "<stream>"))))
+    return out
 
 
 def decode_sample(

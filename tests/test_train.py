@@ -104,8 +104,8 @@ def test_stream_scales_to_unit_range_and_resumes_exactly(shards):
 
 
 def test_background_decoding_keeps_the_order_and_the_resume_position(shards, tmp_path):
-    """Threads decode ahead, yet batches, positions and resume equal decoding on the caller's
-    thread, across epochs and with a rejected sample in the stream."""
+    """Worker processes decode ahead, yet batches, positions and resume equal decoding on the
+    caller's thread, across epochs and with a rejected sample in the stream."""
     synthetic, _ = shards
     bad = tmp_path / "bad-000.tar"
     with tarfile.open(bad, "w") as tar:  # one undecodable sample among the good shards
@@ -125,6 +125,11 @@ def test_background_decoding_keeps_the_order_and_the_resume_position(shards, tmp
     assert len(rejected) == 2 and rejected[0].key == "broken"
     threaded = ImageStream(urls, decoders=3, lookahead=5, **common)
     assert keys(threaded, 16) == expected
+    # decoded in worker processes, the rejects still reach this process's handler, whole
+    assert len(rejected) == 4 and rejected[2].key == "broken" and rejected[3].reason
+    assert rejected[2].url == str(bad) and str(rejected[2]) == str(rejected[0])
+    chunked = ImageStream(urls, decoders=2, lookahead=40, **common)  # chunks of 20 draws
+    assert keys(chunked, 16) == expected
     half = ImageStream(urls, decoders=3, **common)
     keys(half, 9)
     resumed = ImageStream(urls, decoders=2, **common)
