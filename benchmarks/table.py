@@ -790,6 +790,8 @@ def _train_speed(record: dict) -> list[str]:
         "|---|---|---|---|",
     ]
     for method, f in record["figures"].items():
+        if method not in record["settings"]["cases"]:
+            continue
         for workers in (0, 2):
             r = f[f"decode_workers_{workers}"]
             where = "on the loop's thread" if workers == 0 else f"{workers} background threads"
@@ -803,6 +805,26 @@ def _train_speed(record: dict) -> list[str]:
         "streams; the loop's `time/data_wait_share`), means over the logged intervals of the "
         "adversarial phase after the first; both cases side by side in one run.",
     ]
+    feed = record["figures"].get("feed")
+    if feed:
+        lines += [
+            "",
+            "| gaze data feed (batch 512) | heap | samples/s here | CPU per sample on the "
+            "loop's process | its ceiling (a core per worker) |",
+            "|---|---|---|---|---|",
+        ]
+        for r in feed.values():
+            where = f"{r['decoders']} decoding processes" if r["decoders"] else "on its thread"
+            lines.append(
+                f"| {where} | {'frozen (as `train.loop`)' if r['frozen_heap'] else 'as it is'} | "
+                f"{_fmt(r['samples_per_s'])} | {_fmt(r['cpu_us_per_sample'])} µs | "
+                f"{_fmt(r['ceiling_samples_per_s'])} samples/s |"
+            )
+        lines += [
+            "",
+            f"{record['settings'].get('feed', '')}. SimGAN's paper preset draws 2,048 samples "
+            "per iteration, so on a GPU the loop's images/s cannot pass the feed's ceiling.",
+        ]
     return lines
 
 

@@ -23,6 +23,8 @@ Target (issue 16): on the CPU, small gaze preset, waiting for data ≤ 10% of st
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import multiprocessing
 import statistics
 import tempfile
@@ -110,6 +112,52 @@ def measure(
     }
 
 
+def feed(
+    urls: dict[str, list[str]],
+    *,
+    batch_size: int = 512,
+    seconds: float = 5.0,
+    rounds: int = 3,
+    decoders: tuple[int, ...] = (0, 2),
+) -> dict[str, Any]:
+    """The gaze data feed alone, as the loop drives it: ``ImageStream`` batches of
+    ``batch_size`` (SimGAN's paper preset) from the synthetic shards, with decoding on this
+    process's thread or in ``decoders`` worker processes, and with the heap as it is or frozen
+    as ``train.loop`` freezes it. Per case: samples/s here, and the CPU seconds this process
+    (all its threads, not the workers) spends per sample, whose inverse is the most it can feed
+    where every worker has a core of its own, as on a GPU server. Cases interleaved over
+    ``rounds``; each keeps its least CPU per sample and its best rate."""
+    from train.data import ImageStream
+    from train.loop import frozen_heap
+
+    rows: dict[str, dict[str, Any]] = {}
+    for _ in range(rounds):
+        for frozen in (False, True):
+            for workers in decoders:
+                key = f"{'frozen' if frozen else 'default'}_heap_decoders_{workers}"
+                with frozen_heap() if frozen else contextlib.nullcontext():
+                    stream = ImageStream(
+                        urls["synthetic"], domain="gaze", batch_size=batch_size, seed=1,
+                        decoders=workers, shuffle_buffer=5000,
+                    )  # fmt: skip
+                    stream.next_batch()  # workers started, shuffle buffer filled
+                    wall, cpu, samples = time.perf_counter(), time.process_time(), 0
+                    while time.perf_counter() - wall < seconds:
+                        stream.next_batch()
+                        samples += batch_size
+                    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                row = rows.setdefault(
+                    key,
+                    {"decoders": workers, "frozen_heap": frozen, "samples_per_s": 0.0,
+                     "cpu_us_per_sample": math.inf},
+                )  # fmt: skip
+                row["samples_per_s"] = max(row["samples_per_s"], samples / wall)
+                row["cpu_us_per_sample"] = min(row["cpu_us_per_sample"], cpu / samples * 1e6)
+    for row in rows.values():
+        row["ceiling_samples_per_s"] = 1e6 / row["cpu_us_per_sample"]
+    return rows
+
+
 CASES = {
     # method: (preset, domain, frame size or None, overrides)
     "simgan": (
@@ -163,11 +211,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "target_data_wait_share": 0.10,
                 "met": threaded["data_wait_share"] <= 0.10,
             }
+        urls = make_shards(Path(tmp) / "feed", "gaze", 64 if args.quick else 5000)
+        figures["feed"] = feed(
+            urls, batch_size=8 if args.quick else 512, seconds=0.2 if args.quick else 5.0,
+            rounds=1 if args.quick else 3,
+        )  # fmt: skip
+        for key, row in figures["feed"].items():
+            print(
+                f"feed {key}: {row['samples_per_s']:.0f} samples/s, "
+                f"{row['cpu_us_per_sample']:.0f} µs CPU per sample on the loop's process",
+                flush=True,
+            )
     settings = {
         "cases": {
             m: dict(zip(("preset", "domain", "size", "overrides"), CASES[m], strict=True))
             for m in figures
+            if m in CASES
         },
+        "feed": "ImageStream alone on 5,000 procedural eyes, batch 512, shuffle buffer 5,000; "
+        "three interleaved rounds of 5 s per case, each case's least CPU and best rate",
         "steps": steps,
         "log_every": log_every,
         "samples_per_pool": count,

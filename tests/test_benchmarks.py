@@ -97,8 +97,17 @@ def test_train_speed_quick_run_measures_the_loop_with_and_without_background_dec
     assert runs["speedup"] == pytest.approx(
         runs["decode_workers_2"]["images_per_s"] / runs["decode_workers_0"]["images_per_s"]
     )
+    feed = figures["feed"]
+    assert set(feed) == {
+        f"{heap}_heap_decoders_{n}" for heap in ("default", "frozen") for n in (0, 2)
+    }
+    for row in feed.values():
+        assert row["samples_per_s"] > 0 and row["cpu_us_per_sample"] > 0
+        assert row["ceiling_samples_per_s"] == pytest.approx(1e6 / row["cpu_us_per_sample"])
     record = json.loads((tmp_path / "train_speed.json").read_text())
-    assert "on the loop's thread" in "\n".join(table.RENDERERS["train_speed"](record))
+    rendered = "\n".join(table.RENDERERS["train_speed"](record))
+    assert "on the loop's thread" in rendered
+    assert "| 2 decoding processes | frozen (as `train.loop`) |" in rendered
 
 
 def test_evaluate_trains_each_experiment_over_its_own_seeds_unless_told(monkeypatch, tmp_path):

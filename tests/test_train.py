@@ -140,17 +140,28 @@ def test_background_decoding_keeps_the_order_and_the_resume_position(shards, tmp
         ImageStream(urls, decoders=-1, **common)
 
 
-def test_the_loop_logs_the_share_of_time_spent_waiting_for_data(shards, tmp_path):
+def test_the_loop_logs_the_share_of_time_spent_waiting_for_data_with_the_heap_frozen(
+    shards, tmp_path
+):
+    import gc
+
     synthetic, real = shards
-    seen = []
+    seen, frozen = [], []
+
+    def progress(done, values):
+        seen.append(values["time/data_wait_share"])
+        frozen.append(gc.get_freeze_count())
+
     simgan.train(
         tiny_config(decode_workers=0),
         synthetic=synthetic,
         real=real,
         out=tmp_path / "run",
-        progress=lambda done, values: seen.append(values["time/data_wait_share"]),
+        progress=progress,
     )
     assert seen and all(0 < share < 1 for share in seen)
+    # the heap alive at the start is left out of collections while training, and only then
+    assert all(count > 1000 for count in frozen) and gc.get_freeze_count() == 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "run" / "tb"))
