@@ -715,6 +715,9 @@ def _gpu_check(record: dict) -> list[str]:
                 f"{_fmt(row['frames_per_s'])} | {_against(row['frames_per_s'], target)} |"
             )
     lines += _training_rows(steps.get("train", {}))
+    earlier = record["figures"].get("earlier", {}).get("train")
+    if earlier:
+        lines += _training_rows(earlier, "training, an earlier call")
     lines += _evaluate_rows(steps.get("evaluate", {}))
     failed = [
         f"{n}: {t['detail']}" for n, t in tests.get("tests", {}).items() if t["outcome"] == "failed"
@@ -732,14 +735,16 @@ def _gpu_check(record: dict) -> list[str]:
     return lines
 
 
-def _training_rows(found: dict) -> list[str]:
+def _training_rows(found: dict, title: str = "training (real loop)") -> list[str]:
     """Training through the real loop: images/s and the share of time waiting for data."""
     rows = {k: v for k, v in found.items() if isinstance(v, dict) and "images_per_s" in v}
     if not rows:
         return []
-    lines = [
-        "",
-        "| training (real loop) | batch | AMP | decoding threads | images/s | waiting for data |",
+    lines = [""]
+    if found.get("call"):
+        lines += [f"{title[0].upper()}{title[1:]}: {found['call']}.", ""]
+    lines += [
+        f"| {title} | batch | AMP | decoding workers | images/s | waiting for data |",
         "|---|---|---|---|---|---|",
     ]
     for key, r in rows.items():
@@ -794,7 +799,7 @@ def _train_speed(record: dict) -> list[str]:
             continue
         for workers in (0, 2):
             r = f[f"decode_workers_{workers}"]
-            where = "on the loop's thread" if workers == 0 else f"{workers} background threads"
+            where = "on the loop's thread" if workers == 0 else f"{workers} decoding processes"
             lines.append(
                 f"| {method} `--preset {record['settings']['cases'][method]['preset']}` | "
                 f"{where} | {_fmt(r['images_per_s'])} | {r['data_wait_share']:.1%} |"

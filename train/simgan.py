@@ -82,7 +82,7 @@ class SimGANConfig:
     log_every: int = 20
     sample_every: int = 200
     seed: int = 0
-    decode_workers: int = 2  # threads decoding samples ahead of the loop (0: on the loop's own)
+    decode_workers: int = 2  # processes decoding samples ahead of the loop (0: on its own thread)
     amp: bool = True  # float16 autocast + grad scaling, on CUDA only
 
     @property

@@ -97,7 +97,7 @@ class SPIGANConfig:
     log_every: int = 50
     sample_every: int = 500
     seed: int = 0
-    decode_workers: int = 2  # threads decoding samples ahead of the loop (0: on the loop's own)
+    decode_workers: int = 2  # processes decoding samples ahead of the loop (0: on its own thread)
     amp: bool = True
 
     @property
