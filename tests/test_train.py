@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 
 import numpy as np
@@ -138,6 +139,35 @@ def test_background_decoding_keeps_the_order_and_the_resume_position(shards, tmp
     assert threaded.waited > 0 and threaded.state_dict() == inline.state_dict()
     with pytest.raises(ValueError, match="decoders"):
         ImageStream(urls, decoders=-1, **common)
+
+
+def test_a_script_without_a_main_guard_is_told_why_its_decoding_processes_died(shards, tmp_path):
+    """Decoding processes are spawned, which re-imports the main script: one that trains at
+    its top level breaks them, and the error says what to change rather than only
+    BrokenProcessPool."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    synthetic, _ = shards
+    script = tmp_path / "train_here.py"
+    script.write_text(
+        "from train.data import ImageStream\n"
+        f"ImageStream({expand_urls(synthetic)!r}, domain='gaze', batch_size=4, seed=0, "
+        "decoders=1).next_batch()\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode != 0
+    assert "a decoding process died" in done.stderr
+    assert "if __name__ == '__main__':" in done.stderr and "decode_workers: 0" in done.stderr
 
 
 def test_the_loop_logs_the_share_of_time_spent_waiting_for_data_with_the_heap_frozen(
