@@ -24,7 +24,7 @@ Steps, each recorded with its seconds and a status (``passed``, ``failed`` with 
    several processes sharing the GPU (``--rank``/``--world-size``, ``--device cuda:0``).
 5. ``train``: training through the real loop (shards read, decoded and batched by the
    trainers' streams): SimGAN's gaze paper preset (batch 512) in FP32 and with AMP (two and
-   eight decoding threads) and SG-GAN's paper preset at 256x512, FP32 and AMP; images/s and
+   eight decoding processes) and SG-GAN's paper preset at 256x512, FP32 and AMP; images/s and
    the share of the wall time the loop waited for data (targets: ≥ 10,000 images/s with AMP,
    ≤ 10% waiting).
 6. ``evaluate``: ``refinery evaluate scene`` on the device at 256x512, 100 and 400 frames per
