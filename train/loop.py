@@ -358,6 +358,7 @@ def frozen_heap():
     if gc.get_freeze_count():
         yield
         return
+    gc.collect()  # garbage left from setting up is collected, not frozen with the rest
     gc.freeze()
     try:
         yield
