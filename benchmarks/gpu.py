@@ -702,11 +702,11 @@ def train_step(ctx: dict) -> dict[str, Any]:
     scene = sizes["train_scene"]
     urls = make_shards(work / "train-scene", "scene", scene["pool"], size=tuple(scene["size"]))
     for amp in (False, True):
-        found[f"sggan_{'amp' if amp else 'fp32'}"] = measure(
+        key = f"sggan_{'amp' if amp else 'fp32'}"
+        found[key] = measure(
             "sggan", scene["preset"], urls, device=dev, steps=scene["steps"],
             log_every=scene["log_every"], batch_size=scene["batch_size"], amp=amp,
         )  # fmt: skip
-        key = f"sggan_{'amp' if amp else 'fp32'}"
         found[key]["size"] = scene["size"]
         print(f"gpu-check: train {key}: {json.dumps(found[key])}", flush=True)
     found["targets"] = {

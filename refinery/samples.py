@@ -310,6 +310,16 @@ def _sample_error(reason, detail, key, component, url) -> SampleError:
     return SampleError(reason, detail, key=key, component=component, url=url)
 
 
+def decode_or_error(
+    sample: Mapping[str, Any], domain: str | None = None, *, labels: bool = True
+) -> dict[str, Any] | SampleError:
+    """``decode_sample``, or the SampleError it raised (with the sample's shard), as a value."""
+    try:
+        return decode_sample(sample, domain, labels=labels)
+    except SampleError as error:
+        return error.with_url(sample.get("__url__", "<stream>"))
+
+
 def decode_draws(
     draws: list[tuple[Any, Mapping[str, Any]]], domain: str | None = None, *, labels: bool = True
 ) -> list[tuple[Any, dict[str, Any] | SampleError]]:
@@ -318,13 +328,7 @@ def decode_draws(
     The unit of work of a decoding process (``train.data``): a module without torch, so a
     spawned worker starts in a fraction of a second, and errors come back as values for the
     caller's handler to see in order."""
-    out: list[tuple[Any, dict[str, Any] | SampleError]] = []
-    for tag, sample in draws:
-        try:
-            out.append((tag, decode_sample(sample, domain, labels=labels)))
-        except SampleError as error:
-            out.append((tag, error.with_url(sample.get("__url__", "<stream>"))))
-    return out
+    return [(tag, decode_or_error(sample, domain, labels=labels)) for tag, sample in draws]
 
 
 def decode_sample(

@@ -45,7 +45,7 @@ from refinery.samples import (
     TRUNCATED,
     UNREADABLE,
     SampleError,
-    decode_sample,
+    decode_or_error,
 )
 
 Handler = Callable[[SampleError], None]
@@ -717,10 +717,11 @@ def decoded(
     """Decode and validate each sample against ``domain``'s contract; bad ones go to handler.
     ``labels=False``: a real pool, where a sample may be its image alone."""
     for sample in samples:
-        try:
-            yield decode_sample(sample, domain, labels=labels)
-        except SampleError as error:
-            handler(error.with_url(sample.get("__url__", "<stream>")))
+        result = decode_or_error(sample, domain, labels=labels)
+        if isinstance(result, SampleError):
+            handler(result)
+        else:
+            yield result
 
 
 def read(

@@ -186,10 +186,11 @@ class ImageStream:
             )
             decoding = (done for chunk in _explained(chunks) for done in chunk)
         for emitted, sample in decoding:
-            if isinstance(sample, SampleError):
+            rejected = isinstance(sample, SampleError)
+            if rejected:
                 self.handler(sample)  # raises (the default) or counts; in order, in this process
             self.position = emitted
-            if not isinstance(sample, SampleError):
+            if not rejected:
                 yield sample
 
     def _next_sample(self) -> dict:
