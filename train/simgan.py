@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from refinery import sheets
+from refinery.augment import Augment
 from refinery.history import HistoryBuffer
 from refinery.losses import (
     REAL,
@@ -60,6 +61,11 @@ class SimGANConfig:
     # It starts as the pretrained refiner and follows every adversarial refiner update.
     refiner_ema: float = 0.0
     discriminator: str = "simgan-discriminator-gaze"
+    # DiffAugment (refinery.augment): a comma-separated policy, e.g. "brightness,contrast,
+    # translation,cutout", of random differentiable transforms applied to every image D sees,
+    # real and refined, in its updates and in R's adversarial term, so a D with few real
+    # images cannot learn them by heart. "" (the paper, and runs from before it) applies none.
+    discriminator_augment: str = ""
     channels: int = 1
     batch_size: int = 512
     pretrain_refiner_steps: int = 1000
@@ -113,9 +119,11 @@ def refiner_step(
     ranks: Ranks = SINGLE,
     task_psi=None,
     task_weight: float = 0.0,
+    augment: Augment | None = None,
 ) -> dict[str, torch.Tensor]:
     """One R update: L_R = ℓ_real(D(R(x))) + λ‖ψ(R(x)) − ψ(x)‖₁ (pretraining: the second term),
-    plus μ‖g(R(x)) − g(x)‖₁ when a task network g is given (``task_psi``, μ ``task_weight``)."""
+    plus μ‖g(R(x)) − g(x)‖₁ when a task network g is given (``task_psi``, μ ``task_weight``).
+    With ``augment``, D judges augment(R(x)) and R learns through the transforms."""
     with autocast:
         refined = refiner(synthetic)  # (B, C, H, W) in [-1, 1]
         reg = self_regularisation(refined, synthetic, psi=psi, weight=weight)
@@ -127,7 +135,8 @@ def refiner_step(
         loss = reg
         if adversarial:
             discriminator.requires_grad_(False)  # D is fixed for this update
-            adv = local_adversarial_loss(discriminator(refined), REAL)
+            seen = augment(refined) if augment else refined
+            adv = local_adversarial_loss(discriminator(seen), REAL)
             discriminator.requires_grad_(True)
             losses["refiner/adversarial"] = adv
             loss = adv + reg
@@ -147,14 +156,17 @@ def discriminator_step(
     scaler: torch.amp.GradScaler,
     autocast: torch.autocast,
     ranks: Ranks = SINGLE,
+    augment: Augment | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One D update on real images and refined ones, half current and half from the history."""
+    """One D update on real images and refined ones, half current and half from the history;
+    with ``augment``, on the augmented images, each its own draw."""
     with torch.no_grad(), autocast:
         refined = refiner(synthetic).float()
     (fake,) = buffer.mix(refined)  # (B, C, H, W): b/2 current, b/2 history (§2.3)
     with autocast:
         # one forward over both halves: one kernel launch per layer
-        logits = discriminator(torch.cat([real, fake]))  # (2B, 2, h, w)
+        both = torch.cat([real, fake])
+        logits = discriminator(augment(both) if augment else both)  # (2B, 2, h, w)
         logits_real, logits_fake = logits[: len(real)], logits[len(real) :]
         loss_real = local_adversarial_loss(logits_real, REAL)
         loss_fake = local_adversarial_loss(logits_fake, REFINED)
@@ -272,6 +284,9 @@ class SimGAN:
         self.psi = make_psi(config.psi)
         self.task_psi = task_psi(config, device)
         self.buffer = HistoryBuffer(capacity=config.buffer_size, seed=config.seed + 7919 * rank)
+        self.augment = Augment(
+            config.discriminator_augment, seed=config.seed + 7919 * rank + 104729, device=device
+        )
         stream = dict(
             domain=config.domain,
             batch_size=config.batch_size,
@@ -305,6 +320,7 @@ class SimGAN:
                 weight=self.config.self_reg_weight,
                 task_psi=self.task_psi,
                 task_weight=self.config.task_reg_weight,
+                augment=self.augment,
                 adversarial=not pretrain,
                 scaler=self.scalers["refiner"],
                 autocast=self.autocast,
@@ -334,6 +350,7 @@ class SimGAN:
                 scaler=self.scalers["discriminator"],
                 autocast=self.autocast,
                 ranks=self.ranks,
+                augment=self.augment,
             )
         )
 
@@ -414,7 +431,10 @@ class SimGAN:
             "real": self.real.state_dict(),
             "scalers": scalers,
         }
-        return {f"buffer.{k}": v for k, v in buffer["tensors"].items()}, meta
+        tensors = {f"buffer.{k}": v for k, v in buffer["tensors"].items()}
+        if self.augment:
+            tensors["augment.generator"] = self.augment.state_dict()
+        return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.buffer.load_state_dict(
@@ -423,6 +443,8 @@ class SimGAN:
                 "meta": meta["buffer"],
             }
         )
+        if self.augment:
+            self.augment.load_state_dict(tensors["augment.generator"])
         self.synthetic.load_state_dict(meta["synthetic"])
         self.real.load_state_dict(meta["real"])
         for key, state in meta.get("scalers", {}).items():
