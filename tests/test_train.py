@@ -220,9 +220,10 @@ def _weights(checkpoint) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_straight_run_equals_half_plus_resume(shards, tmp_path):
+@pytest.mark.parametrize("augment", ["", "brightness,contrast,translation,cutout"])
+def test_straight_run_equals_half_plus_resume(shards, tmp_path, augment):
     synthetic, real = shards
-    config = tiny_config()
+    config = tiny_config(discriminator_augment=augment)
     total = config.schedule.total
     straight = simgan.train(config, synthetic=synthetic, real=real, out=tmp_path / "a")
     assert straight.name == f"iter-{total:08d}"
@@ -238,6 +239,69 @@ def test_straight_run_equals_half_plus_resume(shards, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+class _Seen(torch.nn.Module):
+    """A discriminator that keeps what it was shown."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3)
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.conv(x)
+
+
+def test_discriminator_augment_transforms_what_d_sees_and_the_refiner_learns_through_it():
+    from refinery.augment import Augment
+    from refinery.history import HistoryBuffer
+
+    torch.manual_seed(0)
+    refiner = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.Tanh())
+    synthetic, real = torch.rand(4, 1, 12, 20) * 2 - 1, torch.rand(4, 1, 12, 20) * 2 - 1
+    amp = dict(
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        autocast=torch.autocast("cpu", enabled=False),
+    )
+
+    def d_step(augment):
+        seen = _Seen()
+        optimiser = torch.optim.SGD(seen.parameters(), lr=0.1)
+        buffer = HistoryBuffer(capacity=8, seed=0)
+        simgan.discriminator_step(
+            refiner, seen, optimiser, synthetic, real, buffer, augment=augment, **amp
+        )
+        return seen.inputs[0]
+
+    def r_step(augment):
+        seen = _Seen()
+        optimiser = torch.optim.SGD(refiner.parameters(), lr=0.0)
+        with torch.no_grad():
+            refined = refiner(synthetic)
+        simgan.refiner_step(
+            refiner, seen, optimiser, synthetic, psi="identity", weight=0.0, adversarial=True,
+            augment=augment, **amp,
+        )  # fmt: skip
+        grads = [p.grad.clone() for p in refiner.parameters()]
+        refiner.zero_grad()
+        return seen.inputs[0], refined, grads
+
+    # without a policy D sees the images as they are
+    plain = d_step(None)
+    assert torch.equal(plain[:4], real)
+    seen, refined, _ = r_step(None)
+    assert torch.equal(seen, refined)
+    # with one, every image D is shown, real or refined, gets its own cut-out hole
+    shown = d_step(Augment("cutout", seed=1))
+    holes = shown[:, 0] == 0
+    assert torch.equal(shown[~(shown == 0)], plain[~(shown == 0)])
+    assert (holes.flatten(1).sum(dim=1) >= 6 * 10 // 4).all()  # at least a quarter of 6x10
+    assert len({tuple(h.nonzero()[0].tolist()) for h in holes}) > 1
+    seen, refined, grads = r_step(Augment("cutout", seed=1))
+    assert (seen == 0).any() and not torch.equal(seen, refined)
+    assert all(g.abs().sum() > 0 for g in grads)
 
 
 def test_average_moves_floats_towards_the_source_and_copies_counters():
