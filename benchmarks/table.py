@@ -567,6 +567,11 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
         "gaze-simgan",
         "a moving average of the refiner's weights exported (refiner_ema: 0.995)",
     ),
+    "gaze-simgan-diffaugment": (
+        "gaze-simgan",
+        "DiffAugment on what the discriminator sees (discriminator_augment: brightness, "
+        "contrast, translation, cutout)",
+    ),
     "gaze-simgan-2k": (
         "gaze-simgan",
         "2,000 samples in every training set and 1,000 test eyes instead of 800 and 400",

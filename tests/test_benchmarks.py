@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,26 @@ def test_evaluate_trains_each_experiment_over_its_own_seeds_unless_told(monkeypa
         ("streets-spigan-750", (4,)),
         ("streets-spigan-750", (0,)),
     ]
+
+
+def test_every_evaluate_experiment_resolves_into_its_trainer_config():
+    """A typo in an experiment's overrides fails here, not hours into ``make bench``."""
+    import importlib
+
+    from benchmarks import evaluate
+
+    for name, experiment in {**evaluate.FULL, **evaluate.QUICK}.items():
+        trainer = importlib.import_module(f"train.{experiment.method}")
+        config = trainer.load_config(preset=experiment.preset, **experiment.overrides)
+        for key, value in experiment.overrides.items():
+            assert getattr(config, key) == value or isinstance(value, dict), (name, key)
+    # the DiffAugment ablation varies that one key of gaze-simgan
+    base, augmented = evaluate.FULL["gaze-simgan"], evaluate.FULL["gaze-simgan-diffaugment"]
+    policy = "brightness,contrast,translation,cutout"
+    assert augmented.overrides == {**base.overrides, "discriminator_augment": policy}
+    assert replace(augmented, name=base.name, overrides=base.overrides, cpu_scale="") == replace(
+        base, cpu_scale=""
+    )
 
 
 @pytest.mark.slow
