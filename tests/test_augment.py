@@ -55,15 +55,15 @@ def test_translation_moves_each_image_by_whole_pixels_and_fills_with_zero():
     y = augment.translation(x + 0.0, _gen(1))
     where = [(img[0] == 1).nonzero().tolist() for img in y]
     assert all(len(p) == 1 for p in where)  # moved, not blurred or lost
-    rows = {17 - p[0][0] for p in where}
-    cols = {27 - p[0][1] for p in where}
-    assert rows == set(range(-4, 5)) and cols == set(range(-7, 8))
+    dy = [17 - p[0][0] for p in where]  # each image's shift, as the pixel moved
+    dx = [27 - p[0][1] for p in where]
+    assert set(dy) == set(range(-4, 5)) and set(dx) == set(range(-7, 8))
     # content from outside the image is 0, never a copy of the border
     ones = augment.translation(torch.ones(200, 1, h, w), _gen(1))
     zero_rows = (ones[:, 0] == 0).all(dim=2).sum(dim=1)
     zero_cols = (ones[:, 0] == 0).all(dim=1).sum(dim=1)
-    assert torch.equal(zero_rows, torch.tensor([abs(r) for r in [17 - p[0][0] for p in where]]))
-    assert torch.equal(zero_cols, torch.tensor([abs(c) for c in [27 - p[0][1] for p in where]]))
+    assert torch.equal(zero_rows, torch.tensor(dy).abs())
+    assert torch.equal(zero_cols, torch.tensor(dx).abs())
 
 
 def test_cutout_zeroes_one_rectangle_of_half_each_side_clipped_at_the_edges():
