@@ -106,7 +106,9 @@ def _refinery(*args: str) -> float:
     """Run one ``refinery`` command as a user would; its seconds (it must succeed)."""
     began = time.perf_counter()
     command = [sys.executable, "-m", "refinery", *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # the repo first, then what the caller put on the path (the GPU machine's carried wheels)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}):\n{done.stderr}")

@@ -246,6 +246,14 @@ LOCAL_LAYERS: tuple[Layer, ...] = (
     ("conv", 1, 1, 16),
     ("conv", 1, 1, 2),
 )
+# The local window with twice the maps (64/64/32/32): a sharper judge of the same 11×11 patches.
+LOCAL_WIDE_LAYERS: tuple[Layer, ...] = (
+    ("conv", 3, 2, 64),
+    ("conv", 3, 1, 64),
+    ("conv", 3, 1, 32),
+    ("conv", 1, 1, 32),
+    ("conv", 1, 1, 2),
+)
 
 
 def receptive_field(layers: tuple[Layer, ...]) -> int:
@@ -302,6 +310,25 @@ class LocalDiscriminator(nn.Module):
         return self.layers(x)  # (B, 2, h, w)
 
 
+class TwoScaleDiscriminator(nn.Module):
+    """Two local discriminators on the same image, a fine one and a coarse one (the multi-scale
+    judges of pix2pixHD, Wang et al., CVPR 2018), as one D_φ: (B, C, H, W) -> (B, 2, 2h, w).
+
+    The coarse branch's logit map is resized (nearest) to the fine one's h×w and stacked under it,
+    so the local adversarial loss, a mean over patches, weighs the two scales equally whatever
+    their patch counts, and every caller still reads one (B, 2, h', w') map of decisions."""
+
+    def __init__(self, fine: DiscriminatorConfig, coarse: DiscriminatorConfig):
+        super().__init__()
+        self.fine = LocalDiscriminator(fine)
+        self.coarse = LocalDiscriminator(coarse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fine = self.fine(x)
+        coarse = nn.functional.interpolate(self.coarse(x), size=fine.shape[-2:], mode="nearest")
+        return torch.cat([fine, coarse], dim=2)  # (B, 2, 2h, w)
+
+
 @register_network("simgan-discriminator-gaze", role="discriminator", input_size=(35, 55))
 def simgan_discriminator_gaze(*, channels: int = 1) -> LocalDiscriminator:
     """The paper's eye discriminator (§3.1): 5 convs, 1 max-pool; 35×55 -> 9×14 patches."""
@@ -324,3 +351,19 @@ def simgan_discriminator_small(*, channels: int = 1) -> LocalDiscriminator:
 def simgan_discriminator_local(*, channels: int = 1) -> LocalDiscriminator:
     """The small discriminator's maps on 11×11 windows instead of 23×23 (``LOCAL_LAYERS``)."""
     return LocalDiscriminator(DiscriminatorConfig(channels=channels, layers=LOCAL_LAYERS))
+
+
+@register_network("simgan-discriminator-local-wide", role="discriminator", input_size=(35, 55))
+def simgan_discriminator_local_wide(*, channels: int = 1) -> LocalDiscriminator:
+    """The local discriminator's 11×11 windows with twice its maps (``LOCAL_WIDE_LAYERS``)."""
+    return LocalDiscriminator(DiscriminatorConfig(channels=channels, layers=LOCAL_WIDE_LAYERS))
+
+
+@register_network("simgan-discriminator-two-scale", role="discriminator", input_size=(35, 55))
+def simgan_discriminator_two_scale(*, channels: int = 1) -> TwoScaleDiscriminator:
+    """The local discriminator (11×11 windows: texture, edges, tone) and the small one (23×23:
+    the iris and both lids at once) on the same eye, weighed equally; 35×55 -> 36×28 patches."""
+    return TwoScaleDiscriminator(
+        DiscriminatorConfig(channels=channels, layers=LOCAL_LAYERS),
+        DiscriminatorConfig(channels=channels, layers=SMALL_LAYERS),
+    )
