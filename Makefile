@@ -22,9 +22,10 @@ DEMO_STEPS ?= 200  # adversarial iterations of the small preset: a couple of min
 # installs what that machine lacks from the wheels `make gpu-wheels` puts in .whl/.
 GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 GPU_CHECK_ARGS ?=
+GPU_SWEEP_ARGS ?=
 GPU_WHEELS ?= webdataset==1.0.2 braceexpand==0.1.7
 
-.PHONY: install test lint demo bench results-table clean gpu-check gpu-wheels
+.PHONY: install test lint demo bench results-table clean gpu-check gpu-sweep gpu-wheels
 
 install: $(STAMP)
 
@@ -107,6 +108,10 @@ bench: $(STAMP)
 
 gpu-check:  # everything that needs a GPU, in one run (sized for < 8 min on one H200); --device cpu dry-runs it
 	$(GPU_PYTHON) -m benchmarks.gpu $(GPU_CHECK_ARGS)
+	$(GPU_PYTHON) -m benchmarks.table
+
+gpu-sweep:  # real_gaze variants side by side, 12 at a time (~10 min on one H200 with 16 cores): a search for a CPU run
+	$(GPU_PYTHON) -m benchmarks.real_gaze_sweep $(GPU_SWEEP_ARGS)
 	$(GPU_PYTHON) -m benchmarks.table
 
 gpu-wheels: $(STAMP)  # pure-Python wheels the GPU check installs where no index is reachable

@@ -3,16 +3,19 @@
 A ``real_gaze`` run of three GANs takes 30 to 80 minutes on the 2-core CPU, so settings there are
 tried one at a time. On a GPU machine (16 cores, one H200) this script runs one ``real_gaze``
 process per (variant, GAN seed) side by side, ``--workers`` at a time, seeds in turn (every
-variant's seed 0 first), until ``--budget`` seconds are spent, and writes what each finished run
-measured to ``OUT/sweep.json`` after every run, so a run cut short keeps what it measured:
+variant's seed 0 first), launching a run only while the budget left exceeds a typical run's
+seconds and killing what still runs when ``--budget`` is spent. What each run measured goes to
+``benchmarks/results/real_gaze_sweep.json`` (``--results``) after every run, so a sweep cut
+short keeps what it measured; a run that failed or was killed is listed with its reason.
 
-    python -m benchmarks.real_gaze_sweep --fixture DIR --out DIR [--workers 8] [--budget 480]
-        [--variants NAME ...] [--seeds 0 1 2] [--quick]
+    python -m benchmarks.real_gaze_sweep [--fixture DIR] [--workers 12] [--budget 570]
+        [--variants NAME ...] [--seeds 0 1 2] [--quick]      (make gpu-sweep)
 
-Each run is ``benchmarks.real_gaze --seeds S --tag NAME-sS`` with the variant's arguments
-(``VARIANTS``): the same commands, recipe and scoring as the CPU records, a GAN per seed. Its
-figures are exploratory, not records: GAN training does not repeat to the digit across kinds of
-machine, and a setting found here counts once ``make bench`` has rerun it on the CPU.
+Each run is ``benchmarks.real_gaze --seeds S --tag NAME-sS --robust-epochs 48`` with the
+variant's arguments (``VARIANTS``): the same commands, recipe and scoring as the CPU records,
+one GAN per seed, each process with ``cpu_count // workers`` torch threads. Its figures are a
+search, not results: GAN training does not repeat to the digit across kinds of machine, and a
+setting found here counts once ``make bench`` has rerun it on the CPU as a ``real_gaze`` record.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import SEEDS, exit_on_sigterm, machine, versions
+from benchmarks.common import RESULTS, SEEDS, exit_on_sigterm, write_result
+from refinery.cli import positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT.parent / "shared" / "fixtures" / "real" / "mpiigaze_unlabeled"
 D_4X = "discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}"
 # the 4x pair (README: real_gaze_local-d-hold-gaze-5-d-lr-4x), the best setting on the CPU
 PAIR = ["--set", "discriminator=simgan-discriminator-local", "--set", D_4X, "--hold-gaze", "5"]
@@ -80,15 +85,19 @@ def _summary(runs: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--fixture", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--budget", type=float, default=480.0, help="seconds for the whole sweep")
+    parser.add_argument("--fixture", type=Path, default=FIXTURE)
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "real-gaze-sweep")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--workers", type=positive_int, default=12)
+    parser.add_argument("--budget", type=float, default=570.0, help="seconds for the whole sweep")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--robust-epochs", type=int, default=48)
     parser.add_argument("--quick", action="store_true", help="real_gaze --quick: tests the script")
     args = parser.parse_args(argv)
+    if not args.fixture.is_dir():
+        print(f"real_gaze_sweep: skipped: no fixture at {args.fixture}")
+        return 0
     began = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 2) // args.workers)
@@ -99,18 +108,24 @@ def main(argv: list[str] | None = None) -> int:
     durations: list[float] = []
 
     def write() -> None:
-        record = {
-            "benchmark": "real_gaze_sweep",
+        figures = {
             "seconds": round(time.monotonic() - began, 1),
-            "settings": {**vars(args), "fixture": str(args.fixture), "out": str(args.out)},
-            "machine": machine(),
-            "versions": versions(),
-            "variants": {v: VARIANTS[v] for v in args.variants},
             "unfinished": [f"{v}-s{s}" for v, s in [*running, *queue]],
             "summary": _summary(runs),
             "runs": runs,
         }
-        (args.out / "sweep.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+        settings = {
+            "variants": {v: VARIANTS[v] for v in args.variants},
+            "seeds": args.seeds,
+            "workers": args.workers,
+            "torch_threads_per_run": threads,
+            "budget_s": args.budget,
+            "robust_epochs": args.robust_epochs,
+            "quick": args.quick,
+            "run": "python -m benchmarks.real_gaze VARIANT-ARGS --seeds S --tag VARIANT-sS "
+            f"--robust-epochs {args.robust_epochs}: one GAN, its refine and evaluate",
+        }
+        write_result("real_gaze_sweep", figures, settings, results=args.results)
 
     while queue or running:
         left = args.budget - (time.monotonic() - began)
@@ -137,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             over = time.monotonic() - began > args.budget
             if process.poll() is None and not over:
                 continue
-            if process.poll() is None:  # out of budget: the run and its refinery commands go
+            killed = process.poll() is None
+            if killed:  # out of budget: the run and its refinery commands go
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
             del running[key]
@@ -147,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             if process.returncode == 0 and record.exists():
                 run["figures"] = _figures(json.loads(record.read_text()))
                 durations.append(run["seconds"])
+            elif killed:
+                run["error"] = f"killed unfinished when the {args.budget:g}-s budget was spent"
             else:
                 run["error"] = f"exit {process.returncode}: " + log.read_text()[-600:]
             runs.append(run)

@@ -942,6 +942,49 @@ def _realism_cues(record: dict) -> list[str]:
     return lines
 
 
+def _real_gaze_sweep(record: dict) -> list[str]:
+    """``make gpu-sweep``: real_gaze variants side by side on a GPU machine, one GAN per run."""
+    figures, settings = record["figures"], record["settings"]
+    seeds = [str(s) for s in settings["seeds"]]
+    lines = [
+        "| variant | arguments beyond the 4× pair | "
+        + " | ".join(f"GAN {s}: refined vs real (drift °)" for s in seeds)
+        + " | mean refined vs real (GANs) |",
+        "|---" * (len(seeds) + 3) + "|",
+    ]
+    pair = settings["variants"].get("pair", [])
+    for variant, arguments in settings["variants"].items():
+        entry = figures["summary"].get(variant, {"seeds": {}})
+        extra = arguments[len(pair) :] if arguments[: len(pair)] == pair else arguments
+        cells = []
+        for seed in seeds:
+            run = entry["seeds"].get(seed, {})
+            done = "refined_c2st" in run
+            cells.append(
+                f"{_fmt(run['refined_c2st'])} ({_fmt(run['drift_robust_deg'])})" if done else "—"
+            )
+        count = sum("refined_c2st" in run for run in entry["seeds"].values())
+        mean = f"{_fmt(entry['mean_refined_c2st'])} ({count})" if count else "—"
+        shown = " ".join(extra) if extra else "(the pair itself)"
+        lines.append(f"| `{variant}` | `{shown}` | {' | '.join(cells)} | {mean} |")
+    unfinished = figures["unfinished"]
+    synthetic = [
+        run["synthetic_c2st"]
+        for entry in figures["summary"].values()
+        for run in entry["seeds"].values()
+        if "synthetic_c2st" in run
+    ]
+    span = f"{_fmt(min(synthetic))} to {_fmt(max(synthetic))}" if synthetic else "—"
+    lines += [
+        "",
+        f"One run: {settings['run']}. The 4× pair: `{' '.join(pair)}`. Synthetic vs real reads "
+        f"{span} over the finished runs. "
+        + (f"Not finished ({len(unfinished)}): {', '.join(unfinished)}. " if unfinished else "")
+        + "A search, not a result: a setting counts once `make bench` reruns it on the CPU.",
+    ]
+    return lines
+
+
 def _generic(record: dict) -> list[str]:
     lines = ["| figure | value |", "|---|---|"]
     lines += [f"| {key} | {_fmt(value)} |" for key, value in _flatten("", record["figures"])]
@@ -956,6 +999,7 @@ RENDERERS = {
     "refine": _refine,
     "gpu-check": _gpu_check,
     "real_gaze": _real_gaze,
+    "real_gaze_sweep": _real_gaze_sweep,
     "train_speed": _train_speed,
     "evaluate_memory": _evaluate_memory,
     "drift_floor": _drift_floor,

@@ -945,3 +945,37 @@ def test_gpu_check_table_says_which_targets_were_met_and_which_tests_failed():
     assert "| 6,000 | ≥ 50,000: not met |" in text
     assert "≥ 10,000 images/s, met (12,000 at best); waiting for data ≤ 10%, not met (30.0%" in text
     assert "Failed on the device: t::bad: AttributeError: x." in text and "t::ok" not in text
+
+
+def test_real_gaze_sweep_records_finished_and_killed_runs(tmp_path, shared_fixture):
+    """make gpu-sweep on the CPU at --quick sizes: one finished real_gaze run per (variant, seed)
+    with its figures, read from that run's own record, and a run the budget cut short listed as
+    killed, not counted (skipped without ../shared)."""
+    from benchmarks import real_gaze_sweep, table
+
+    fixture = shared_fixture("mpiigaze_unlabeled")
+    results = tmp_path / "results"
+    common = ["--fixture", str(fixture), "--results", str(results), "--quick", "--seeds", "0"]
+    assert real_gaze_sweep.main([*common, "--out", str(tmp_path / "a"), "--workers", "1",
+                                 "--variants", "pair", "--budget", "600"]) == 0  # fmt: skip
+    record = json.loads((results / "real_gaze_sweep.json").read_text())
+    (run,) = record["figures"]["runs"]
+    assert run["variant"] == "pair" and run["seed"] == 0 and "error" not in run
+    own = json.loads((tmp_path / "a" / "records" / "real_gaze_pair-s0.json").read_text())
+    realism = own["figures"]["realism"]
+    assert run["figures"]["refined_c2st"] == realism["refined"]["c2st_accuracy"]["runs"][0]
+    assert own["settings"]["hold_gaze"]["task_reg_weight"] == 5.0
+    assert own["settings"]["recipe_overrides"]["discriminator"] == "simgan-discriminator-local"
+    summary = record["figures"]["summary"]["pair"]
+    assert summary["mean_refined_c2st"] == run["figures"]["refined_c2st"]
+    assert record["figures"]["unfinished"] == []
+    assert "| `pair` | `(the pair itself)` |" in "\n".join(table._real_gaze_sweep(record))
+
+    assert real_gaze_sweep.main([*common, "--out", str(tmp_path / "b"), "--workers", "2",
+                                 "--variants", "pair", "pair-wide-d", "--budget", "3"]) == 0  # fmt: skip
+    record = json.loads((results / "real_gaze_sweep.json").read_text())
+    runs = record["figures"]["runs"]
+    assert [r["variant"] for r in runs] == ["pair", "pair-wide-d"]
+    assert all(r["error"] == "killed unfinished when the 3-s budget was spent" for r in runs)
+    assert record["figures"]["summary"]["pair"]["seeds"]["0"] == {"failed": runs[0]["error"]}
+    assert "mean_refined_c2st" not in record["figures"]["summary"]["pair"]

@@ -185,12 +185,13 @@ def test_reflect_padding_leaves_no_frame(name):
 @pytest.mark.parametrize("name", DISCRIMINATORS)
 def test_discriminator_emits_unbounded_logits(name):
     net = copy.deepcopy(model(name))
-    last = last_conv(net)
+    lasts = [last_conv(b) for b in getattr(net, "branches", (net,))]  # a two-scale D: each head
     # Shift even logits down and odd ones up (SimGAN: "refined" down, "real" up; one-logit
     # nets: down): every one must show through unclipped.
-    signs = torch.tensor([(-1.0) ** (k + 1) for k in range(last.out_channels)])
+    signs = torch.tensor([(-1.0) ** (k + 1) for k in range(lasts[0].out_channels)])
     with torch.no_grad():
-        last.bias.copy_(50.0 * signs)
+        for last in lasts:
+            last.bias.copy_(50.0 * signs)
         y = net(images(4, network_info(name).channels, sizes(name)[0]))
     assert (y * signs.view(1, -1, 1, 1) > 0).all(), (
         "logits are clipped at 0: is there a ReLU on the last layer?"
@@ -220,6 +221,38 @@ def test_receptive_fields_of_the_eye_discriminators():
     y[0, :, 9, 14].sum().backward()
     rows, cols = torch.nonzero(x.grad[0, 0], as_tuple=True)
     assert rows.max() - rows.min() + 1 == 11 and cols.max() - cols.min() + 1 == 11
+
+
+def test_wide_local_discriminator_judges_the_local_windows_with_twice_the_maps():
+    from refinery.nets.simgan import LOCAL_LAYERS, LOCAL_WIDE_LAYERS, receptive_field
+
+    assert receptive_field(LOCAL_WIDE_LAYERS) == receptive_field(LOCAL_LAYERS) == 11
+    wide, local = (build_network(f"simgan-discriminator-local{s}") for s in ("-wide", ""))
+    maps = [
+        [m.out_channels for m in n.modules() if isinstance(m, nn.Conv2d)] for n in (wide, local)
+    ]
+    assert maps[0] == [2 * c for c in maps[1][:-1]] + [2]
+    with torch.no_grad():
+        assert wide(images(1, 1, (35, 55))).shape == (1, 2, 18, 28)
+
+
+def test_two_scale_discriminator_weighs_its_scales_equally():
+    """The fine (11×11) and coarse (23×23) heads' maps are stacked at the fine map's size, so
+    the local adversarial loss of the whole map is the mean of the two heads' losses."""
+    from refinery.losses import REAL, local_adversarial_loss
+
+    torch.manual_seed(0)
+    net = build_network("simgan-discriminator-two-scale")
+    x = images(3, 1, (35, 55))
+    with torch.no_grad():
+        y, fine, coarse = net(x), net.fine(x), net.coarse(x)
+    assert fine.shape == (3, 2, 18, 28) and coarse.shape == (3, 2, 9, 14)
+    assert y.shape == (3, 2, 36, 28)
+    assert torch.equal(y[:, :, :18], fine)
+    assert torch.equal(y[:, :, 18::2, ::2], coarse) and torch.equal(y[:, :, 19::2, 1::2], coarse)
+    both = local_adversarial_loss(y, REAL)
+    halves = (local_adversarial_loss(fine, REAL) + local_adversarial_loss(coarse, REAL)) / 2
+    assert torch.allclose(both, halves, atol=1e-6)
 
 
 def test_gaze_estimator_layout():

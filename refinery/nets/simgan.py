@@ -323,6 +323,10 @@ class TwoScaleDiscriminator(nn.Module):
         self.fine = LocalDiscriminator(fine)
         self.coarse = LocalDiscriminator(coarse)
 
+    @property
+    def branches(self) -> tuple[LocalDiscriminator, LocalDiscriminator]:
+        return self.fine, self.coarse
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fine = self.fine(x)
         coarse = nn.functional.interpolate(self.coarse(x), size=fine.shape[-2:], mode="nearest")
