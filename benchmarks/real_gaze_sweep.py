@@ -127,50 +127,60 @@ def main(argv: list[str] | None = None) -> int:
         }
         write_result("real_gaze_sweep", figures, settings, results=args.results)
 
-    while queue or running:
-        left = args.budget - (time.monotonic() - began)
-        typical = sorted(durations)[len(durations) // 2] if durations else 0.0
-        while queue and len(running) < args.workers and left > typical:
-            variant, seed = queue.pop(0)
-            name = f"{variant}-s{seed}"
-            log = args.out / f"{name}.log"
-            command = [
-                sys.executable, "-m", "benchmarks.real_gaze", *VARIANTS[variant],
-                "--seeds", str(seed), "--tag", name, "--robust-epochs", str(args.robust_epochs),
-                "--fixture", str(args.fixture), "--out", str(args.out / "work" / name),
-                "--results", str(args.out / "records"), *(["--quick"] if args.quick else []),
-            ]  # fmt: skip
-            process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-            running[(variant, seed)] = (process, time.monotonic(), log)
-        if not running:
-            break  # too little budget left for another run
-        time.sleep(1.0)
-        for key, (process, start, log) in list(running.items()):
-            over = time.monotonic() - began > args.budget
-            if process.poll() is None and not over:
-                continue
-            killed = process.poll() is None
-            if killed:  # out of budget: the run and its refinery commands go
+    try:
+        while queue or running:
+            left = args.budget - (time.monotonic() - began)
+            typical = sorted(durations)[len(durations) // 2] if durations else 0.0
+            while queue and len(running) < args.workers and left > typical:
+                variant, seed = queue.pop(0)
+                name = f"{variant}-s{seed}"
+                log = args.out / f"{name}.log"
+                command = [
+                    sys.executable, "-m", "benchmarks.real_gaze", *VARIANTS[variant],
+                    "--seeds", str(seed), "--tag", name, "--robust-epochs", str(args.robust_epochs),
+                    "--fixture", str(args.fixture), "--out", str(args.out / "work" / name),
+                    "--results", str(args.out / "records"), *(["--quick"] if args.quick else []),
+                ]  # fmt: skip
+                process = subprocess.Popen(
+                    command, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
+                running[(variant, seed)] = (process, time.monotonic(), log)
+            if not running:
+                break  # too little budget left for another run
+            time.sleep(1.0)
+            for key, (process, start, log) in list(running.items()):
+                over = time.monotonic() - began > args.budget
+                if process.poll() is None and not over:
+                    continue
+                killed = process.poll() is None
+                if killed:  # out of budget: the run and its refinery commands go
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                del running[key]
+                variant, seed = key
+                run = {
+                    "variant": variant,
+                    "seed": seed,
+                    "seconds": round(time.monotonic() - start, 1),
+                }
+                record = args.out / "records" / f"real_gaze_{variant}-s{seed}.json"
+                if process.returncode == 0 and record.exists():
+                    run["figures"] = _figures(json.loads(record.read_text()))
+                    durations.append(run["seconds"])
+                elif killed:
+                    run["error"] = f"killed unfinished when the {args.budget:g}-s budget was spent"
+                else:
+                    run["error"] = f"exit {process.returncode}: " + log.read_text()[-600:]
+                runs.append(run)
+                write()
+    finally:
+        # the sweep stopped (SIGTERM, Ctrl-C, an error): its runs, each in a session of its own
+        # that a signal to the sweep does not reach, are killed with it
+        for process, _, _ in running.values():
+            if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-            del running[key]
-            variant, seed = key
-            run = {"variant": variant, "seed": seed, "seconds": round(time.monotonic() - start, 1)}
-            record = args.out / "records" / f"real_gaze_{variant}-s{seed}.json"
-            if process.returncode == 0 and record.exists():
-                run["figures"] = _figures(json.loads(record.read_text()))
-                durations.append(run["seconds"])
-            elif killed:
-                run["error"] = f"killed unfinished when the {args.budget:g}-s budget was spent"
-            else:
-                run["error"] = f"exit {process.returncode}: " + log.read_text()[-600:]
-            runs.append(run)
-            write()
-        if time.monotonic() - began > args.budget:
-            queue.clear()
     write()
     print(json.dumps(_summary(runs), indent=1))
     return 0

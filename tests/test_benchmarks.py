@@ -947,7 +947,7 @@ def test_gpu_check_table_says_which_targets_were_met_and_which_tests_failed():
     assert "Failed on the device: t::bad: AttributeError: x." in text and "t::ok" not in text
 
 
-def test_real_gaze_sweep_records_finished_and_killed_runs(tmp_path, shared_fixture):
+def test_real_gaze_sweep_records_finished_and_killed_runs(tmp_path, shared_fixture, monkeypatch):
     """make gpu-sweep on the CPU at --quick sizes: one finished real_gaze run per (variant, seed)
     with its figures, read from that run's own record, and a run the budget cut short listed as
     killed, not counted (skipped without ../shared)."""
@@ -979,3 +979,21 @@ def test_real_gaze_sweep_records_finished_and_killed_runs(tmp_path, shared_fixtu
     assert all(r["error"] == "killed unfinished when the 3-s budget was spent" for r in runs)
     assert record["figures"]["summary"]["pair"]["seeds"]["0"] == {"failed": runs[0]["error"]}
     assert "mean_refined_c2st" not in record["figures"]["summary"]["pair"]
+
+    # stopped from outside (SIGTERM raises SystemExit under exit_on_sigterm): no run outlives it
+    started = []
+    popen = real_gaze_sweep.subprocess.Popen
+
+    def spawn(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    def stop(seconds):
+        raise SystemExit(143)
+
+    monkeypatch.setattr(real_gaze_sweep.subprocess, "Popen", spawn)
+    monkeypatch.setattr(real_gaze_sweep.time, "sleep", stop)
+    with pytest.raises(SystemExit):
+        real_gaze_sweep.main([*common, "--out", str(tmp_path / "c"), "--workers", "2",
+                              "--variants", "pair", "pair-wide-d", "--budget", "600"])  # fmt: skip
+    assert len(started) == 2 and all(p.poll() == -signal.SIGKILL for p in started)
