@@ -35,9 +35,10 @@ data and budget: ``gaze-simgan-zeros`` pads the refiner with zeros (the paper's 
 instead of the recipes' reflect, ``gaze-simgan-noise`` adds a noise channel the gaze recipe
 lacks, ``gaze-simgan-ema`` exports a moving average of the refiner's weights (β = 0.995)
 instead of its last iterate, ``gaze-simgan-diffaugment`` shows the discriminator every image
-through DiffAugment's random transforms (``discriminator_augment``), ``hand-simgan-nonoise`` drops the noise channel the hand recipe
-has, ``streets-spigan-nopi`` trains SPIGAN with γ = 0 (no privileged depth network) and
-``streets-spigan-gamma1`` with γ = 1 (ten times the paper's weight on it).
+through DiffAugment's random transforms (``discriminator_augment``), ``hand-simgan-nonoise``
+drops the noise channel the hand recipe has, ``streets-spigan-nopi`` trains SPIGAN with γ = 0
+(no privileged depth network) and ``streets-spigan-gamma1`` with γ = 1 (ten times the paper's
+weight on it).
 ``gaze-simgan-1200`` doubles the adversarial iterations. Five change how much data there is
 (each larger set starts with the smaller one's samples): ``gaze-simgan-2k`` has 2,000 eyes in
 every set (1,000 test), ``gaze-simgan-2k-real`` 2,000 real eyes for the discriminator alone,

@@ -30,10 +30,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import RESULTS, SEEDS, exit_on_sigterm, write_result
+from benchmarks.real_gaze import FIXTURE, ROOT
 from refinery.cli import positive_int
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "real" / "mpiigaze_unlabeled"
 D_4X = "discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}"
 # the 4x pair (README: real_gaze_local-d-hold-gaze-5-d-lr-4x), the best setting on the CPU
 PAIR = ["--set", "discriminator=simgan-discriminator-local", "--set", D_4X, "--hold-gaze", "5"]
@@ -141,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
                     "--fixture", str(args.fixture), "--out", str(args.out / "work" / name),
                     "--results", str(args.out / "records"), *(["--quick"] if args.quick else []),
                 ]  # fmt: skip
-                process = subprocess.Popen(
-                    command, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )  # fmt: skip
+                with log.open("w") as output:  # the run holds its own copy of the file
+                    process = subprocess.Popen(
+                        command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )  # fmt: skip
                 running[(variant, seed)] = (process, time.monotonic(), log)
             if not running:
                 break  # too little budget left for another run
