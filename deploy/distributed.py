@@ -18,8 +18,9 @@ store every node can reach), so the driver's network link and memory are not the
 and a shard stays the unit of work and of retry (contract 3). Because a task runs
 ``deploy.job.run`` unchanged, the output shards are byte-identical to a single-process run's.
 
-Failures. A task that raises stops the job: the other tasks are cancelled and the error names
-the group's unfinished shards. Finished shards keep their outputs and stats files, so a rerun
+Failures. A task that raises stops the job: the other tasks are cancelled, the driver waits
+until they have ended (so nothing writes after it reports), and the error names the group's
+unfinished shards. Finished shards keep their outputs and stats files, so a rerun
 redoes only the rest. A task whose worker or node dies is retried by Ray; the retry skips the
 shards the first attempt finished.
 """
@@ -215,8 +216,25 @@ def _collect(
     except BaseException:
         for task in pending:
             ray.cancel(task, force=True)  # a killed task leaves finished shards or none
+        _wait_ended(ray, pending)
         raise
     return collected
+
+
+def _wait_ended(ray, tasks: list[Any]) -> None:
+    """Block until each cancelled task has ended.
+
+    ``ray.cancel`` only asks for the kill: until it lands, a task goes on refining and can
+    finish a shard after the driver has reported the failure, racing a rerun that starts at
+    once. A cancelled task's stream ends in an error once its worker is gone (or normally, if
+    it finished first); shards it finished in the meantime are complete and a rerun skips them.
+    """
+    for task in tasks:
+        try:
+            for ref in task:
+                ray.get(ref)
+        except Exception:  # TaskCancelledError, WorkerCrashedError: the worker is gone
+            continue
 
 
 def _failure(exc: Exception, group: list[str], collected: dict[str, ShardStats]) -> Exception:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,42 @@ def test_a_failing_task_names_its_shards_and_a_rerun_redoes_only_the_rest(data, 
     assert {p.name.removesuffix(job.STATS_SUFFIX) for p in stats} == kept
     rerun = run_on_ray(_config(root, "failed"), urls, tasks=2)
     assert {s.shard for s in rerun.shards if s.skipped} == kept and rerun.written == 48
+
+
+def test_a_failure_returns_only_once_the_cancelled_tasks_have_ended(tmp_path, local_ray):
+    # ray.cancel only asks for the kill; a task still running after the driver reports can
+    # finish a shard under a rerun that started at once (CI saw it: a shard appeared after
+    # the failure). This task ticks into a file until it is killed.
+    ticks = tmp_path / "ticks"
+
+    def busy():
+        with open(ticks, "a") as out:
+            out.write(f"{os.getpid()}\n")
+            out.flush()
+            while True:
+                out.write("t\n")
+                out.flush()
+                time.sleep(0.002)
+        yield
+
+    def fails():
+        while not ticks.exists():
+            time.sleep(0.01)
+        time.sleep(0.5)
+        raise ValueError("boom")
+        yield
+
+    running = {
+        ray.remote(busy).options(num_cpus=1).remote(): ["/x/busy-000.tar"],
+        ray.remote(fails).options(num_cpus=1).remote(): ["/x/fails-000.tar"],
+    }
+    with pytest.raises(ShardGroupFailed, match=r"fails-000\.tar failed: ValueError: boom"):
+        distributed._collect(ray, None, running, None)
+    size, pid = ticks.stat().st_size, int(ticks.read_text().split()[0])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    time.sleep(0.3)
+    assert ticks.stat().st_size == size
 
 
 def test_the_reject_rate_limit_stops_a_ray_run(data, local_ray):
