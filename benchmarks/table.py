@@ -942,6 +942,47 @@ def _realism_cues(record: dict) -> list[str]:
     return lines
 
 
+def _c2st_noise(record: dict) -> list[str]:
+    """``benchmarks/c2st_noise.py``: the two-sample test's own spread against the GANs'."""
+    figures, settings = record["figures"], record["settings"]
+    protocols = list(settings["protocols"])
+    lines = [
+        "| refined set | "
+        + " | ".join(f"two-sample accuracy, {p} (per classifier seed)" for p in protocols)
+        + " |",
+        "|---|" + "---|" * len(protocols),
+    ]
+    for name, entry in figures["sets"].items():
+        cells = []
+        for protocol in protocols:
+            acc = entry[protocol]
+            per = ", ".join(_fmt(x) for x in acc["runs"])
+            cells.append(f"{_fmt(acc['mean'])} ± {_fmt(acc['std'])} ({per})")
+        lines.append(f"| `{name}` | {' | '.join(cells)} |")
+    for protocol in protocols:
+        p = figures["protocols"][protocol]
+        lines.append(
+            f"| **{protocol}**: mean, spread within a set / between GANs | "
+            + " | ".join(
+                f"{_fmt(p['mean'])}, {_fmt(p['within_set_std'])} / {_fmt(p['between_gan_std'])}"
+                if other == protocol
+                else ""
+                for other in protocols
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "The test: "
+        + settings["test"]
+        + ". Protocols: "
+        + "; ".join(f"{p}: {settings['protocols'][p]}" for p in protocols)
+        + ". Spread within a set: the classifiers' standard deviation on one set of images "
+        "(pooled); between GANs: that of the sets' means.",
+    ]
+    return lines
+
+
 def _real_gaze_sweep(record: dict) -> list[str]:
     """``make gpu-sweep``: real_gaze variants side by side on a GPU machine, one GAN per run."""
     figures, settings = record["figures"], record["settings"]
@@ -1004,6 +1045,7 @@ RENDERERS = {
     "evaluate_memory": _evaluate_memory,
     "drift_floor": _drift_floor,
     "realism_cues": _realism_cues,
+    "c2st_noise": _c2st_noise,
 }
 
 

@@ -833,6 +833,35 @@ def test_realism_cues_quick_run_reads_real_gaze_work_directories(tmp_path):
     assert not (tmp_path / "realism_cues.json").exists()
 
 
+def test_c2st_noise_reruns_each_refined_set_with_several_classifiers(tmp_path):
+    from benchmarks import c2st_noise
+    from benchmarks.common import procedural_shards
+
+    run, results = tmp_path / "bench-real-gaze", tmp_path / "results"
+    procedural_shards(run / "real", "gaze", "real", 24, seed=1)
+    for seed in (0, 2):
+        procedural_shards(run / f"refined-s{seed}", "gaze", "synthetic", 24, seed=3 + seed)
+    argv = ["--run", str(run), "--quick", "--repeats", "2", "--results", str(results)]
+    assert c2st_noise.main(argv) == 0
+    record = json.loads((results / "c2st_noise.json").read_text())
+    sets = record["figures"]["sets"]
+    assert list(sets) == [f"{run}/refined-s0", f"{run}/refined-s2"]
+    for protocol in c2st_noise.PROTOCOLS:
+        per_set = [entry[protocol] for entry in sets.values()]
+        assert all(len(s["runs"]) == 2 for s in per_set)
+        spread = record["figures"]["protocols"][protocol]
+        means = [s["mean"] for s in per_set]
+        assert spread["mean"] == pytest.approx(sum(means) / 2)
+        assert spread["between_gan_std"] == pytest.approx(abs(means[0] - means[1]) / 2**0.5)
+        # evaluate scores GAN seed K with classifier seed K: seed 2 has no classifier 2 here
+        assert spread["as_evaluate"] == [per_set[0]["runs"][0]]
+    rendered = "\n".join(table._c2st_noise(record))
+    assert f"| `{run}/refined-s2` | " in rendered and "**cosine**" in rendered
+    # nothing to read (a fresh clone): skipped, no record
+    assert c2st_noise.main(["--run", str(tmp_path / "absent"), "--results", str(tmp_path)]) == 0
+    assert not (tmp_path / "c2st_noise.json").exists()
+
+
 def test_realism_cues_keys_a_run_by_its_path_from_the_repository_root(tmp_path, monkeypatch):
     from benchmarks import realism_cues
 

@@ -67,6 +67,18 @@ def test_two_sample_test_tells_different_sets_apart_and_not_one_set_from_itself(
         R.two_sample_test(synthetic, synthetic[:, :, :20])
 
 
+def test_a_cosine_decayed_two_sample_test_is_a_test_of_its_own(eyes):
+    synthetic = eyes["x_synthetic"]
+    apart = R.two_sample_test(eyes["x_real"], synthetic, seed=0, epochs=4, schedule="cosine")
+    assert apart["accuracy"] > 0.8
+    constant = R.two_sample_test(eyes["x_real"], synthetic, seed=0, epochs=4)
+    assert apart["accuracy"] != constant["accuracy"]  # the schedule is used, not ignored
+    same = R.two_sample_test(synthetic[::2], synthetic[1::2], seed=0, epochs=4, schedule="cosine")
+    assert abs(same["accuracy"] - 0.5) < 2 * R.null_band(same["test"])
+    with pytest.raises(ValueError, match="schedule 'step'"):
+        R.two_sample_test(synthetic, synthetic, schedule="step")
+
+
 def test_kernel_distance_is_zero_for_one_distribution_and_grows_with_a_shift():
     rng = torch.Generator().manual_seed(0)
     a, b = torch.randn(600, 16, generator=rng), torch.randn(600, 16, generator=rng)

@@ -1,0 +1,133 @@
+"""How much of a two-sample accuracy is the classifier's own draw, and how much the GAN's.
+
+``refinery evaluate`` scores GAN seed K's refined eyes with one two-sample test
+(``train.realism.two_sample_test``) of seed K: its split, draw and initialisation. So the
+spread over GANs every ``real_gaze`` record shows mixes two things: how differently the GANs
+refine, and how differently one classifier run lands from another on the same images. This
+benchmark separates them. For each refined set of ``benchmarks/real_gaze.py`` work directories
+(``--run DIR``, repeatable; ``refined-sK``), it reruns the test with classifier seeds
+0..``--repeats``-1 on the same images, with the learning-rate schedule every record uses
+(``constant``) and with a cosine decay to 0 (``cosine``), and reports per protocol:
+
+- ``within_set_std``: the classifiers' spread on one set of images (pooled over the sets);
+- ``between_gan_std``: the spread of the sets' means (each over ``--repeats`` classifiers);
+- ``as_evaluate``: the accuracies evaluate records (classifier seed = GAN seed), for reference.
+
+No GAN is trained here. Skipped (exit 0, nothing written) when no run directory exists, as on
+a fresh clone.
+
+    python -m benchmarks.c2st_noise --run out/bench-real-gaze-local-hold-dlr [--repeats 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import RESULTS, exit_on_sigterm, write_result
+from benchmarks.realism_cues import EPOCHS, run_key
+
+PROTOCOLS = ("constant", "cosine")  # train.realism.SCHEDULES, in the order they are reported
+
+
+def unit(pixels: np.ndarray):
+    """(N, H, W) uint8 images as the C2ST reads them: (N, 1, H, W) float32 in [-1, 1]."""
+    import torch
+
+    return torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0)[:, None]
+
+
+def noise(
+    real: np.ndarray, sets: dict[str, tuple[int, np.ndarray]], *, repeats: int, epochs: int
+) -> dict[str, dict]:
+    """Every set (name -> (GAN seed, pixels)) against ``real``, with classifier seeds
+    0..repeats-1 under each protocol; then the spreads within and between sets."""
+    from train.evaluate import summary
+    from train.realism import two_sample_test
+
+    real_images = unit(real)
+    figures: dict[str, dict] = {"sets": {}, "protocols": {}}
+    for name, (gan_seed, pixels) in sets.items():
+        images = unit(pixels)
+        entry: dict = {"gan_seed": gan_seed}
+        for protocol in PROTOCOLS:
+            runs = [
+                two_sample_test(real_images, images, seed=s, epochs=epochs, schedule=protocol)
+                for s in range(repeats)
+            ]
+            entry[protocol] = summary([r["accuracy"] for r in runs])
+            print(json.dumps({name: {protocol: entry[protocol]}}), flush=True)
+        figures["sets"][name] = entry
+    for protocol in PROTOCOLS:
+        per_set = [entry[protocol] for entry in figures["sets"].values()]
+        means = [s["mean"] for s in per_set]
+        figures["protocols"][protocol] = {
+            "mean": statistics.fmean(means),
+            "within_set_std": math.sqrt(statistics.fmean(s["std"] ** 2 for s in per_set)),
+            "between_gan_std": statistics.stdev(means) if len(means) > 1 else 0.0,
+            "as_evaluate": [
+                s["runs"][e["gan_seed"]]
+                for s, e in zip(per_set, figures["sets"].values(), strict=True)
+                if e["gan_seed"] < repeats
+            ],
+        }
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--run",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a benchmarks.real_gaze work directory (repeatable)",
+    )
+    parser.add_argument("--repeats", type=int, default=4, help="classifier seeds per set")
+    parser.add_argument("--quick", action="store_true", help="a tiny run to test the script")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if not args.run:
+        parser.error("name at least one real_gaze work directory with --run DIR")
+    if args.repeats < 2:
+        parser.error("--repeats must be at least 2 (a spread needs two classifiers)")
+    present = [run for run in args.run if (run / "real").is_dir()]
+    if not present:
+        print(f"c2st_noise: skipped: no real_gaze work directory among {args.run}")
+        return 0
+    from benchmarks.real_gaze import _pixels
+
+    epochs = 1 if args.quick else EPOCHS
+    real = _pixels(str(present[0] / "real"))
+    sets = {}
+    for run in present:
+        refined = {int(p.name.removeprefix("refined-s")): p for p in run.glob("refined-s*")}
+        for seed in sorted(refined):
+            sets[f"{run_key(run)}/refined-s{seed}"] = (seed, _pixels(str(refined[seed])))
+    figures = noise(real, sets, repeats=args.repeats, epochs=epochs)
+    settings = {
+        "test": "train.realism.two_sample_test (refinery evaluate's C2ST), "
+        f"{epochs} epochs, against the first run's real crops; classifier seeds "
+        f"0..{args.repeats - 1} (split, draw, initialisation) on each refined set",
+        "protocols": {
+            "constant": "Adam at 1e-3 throughout, as refinery evaluate and every record",
+            "cosine": "Adam from 1e-3 decayed to 0 by a cosine over the epochs",
+        },
+        "runs": [str(run) for run in present],
+        "repeats": args.repeats,
+        "quick": args.quick,
+    }
+    write_result("c2st_noise", figures, settings, results=args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    exit_on_sigterm()
+    sys.exit(main())
