@@ -21,17 +21,15 @@ a fresh clone.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, exit_on_sigterm, write_result
-from benchmarks.realism_cues import EPOCHS, run_key
+from benchmarks.common import exit_on_sigterm, write_result
+from benchmarks.realism_cues import EPOCHS, run_key, work_directories, work_directory_parser
 
 PROTOCOLS = ("constant", "cosine")  # train.realism.SCHEDULES, in the order they are reported
 
@@ -81,26 +79,13 @@ def noise(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--run",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a benchmarks.real_gaze work directory (repeatable)",
-    )
+    parser = work_directory_parser(__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=4, help="classifier seeds per set")
-    parser.add_argument("--quick", action="store_true", help="a tiny run to test the script")
-    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if not args.run:
-        parser.error("name at least one real_gaze work directory with --run DIR")
     if args.repeats < 2:
         parser.error("--repeats must be at least 2 (a spread needs two classifiers)")
-    present = [run for run in args.run if (run / "real").is_dir()]
+    present = work_directories(parser, args, "c2st_noise")
     if not present:
-        print(f"c2st_noise: skipped: no real_gaze work directory among {args.run}")
         return 0
     from benchmarks.real_gaze import _pixels
 

@@ -84,8 +84,9 @@ def run_key(run: Path) -> str:
     return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(run)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def work_directory_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that reads ``benchmarks.real_gaze`` work directories."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--run",
         type=Path,
@@ -96,12 +97,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a tiny run to test the script")
     parser.add_argument("--results", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def work_directories(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, benchmark: str
+) -> list[Path]:
+    """The ``--run`` directories that hold a real_gaze run; none (said) on a fresh clone."""
     if not args.run:
         parser.error("name at least one real_gaze work directory with --run DIR")
     present = [run for run in args.run if (run / "real").is_dir()]
     if not present:
-        print(f"realism_cues: skipped: no real_gaze work directory among {args.run}")
+        print(f"{benchmark}: skipped: no real_gaze work directory among {args.run}")
+    return present
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = work_directory_parser(__doc__.split("\n")[0])
+    args = parser.parse_args(argv)
+    present = work_directories(parser, args, "realism_cues")
+    if not present:
         return 0
     from benchmarks.real_gaze import _pixels
 

@@ -915,6 +915,12 @@ def _drift_floor(record: dict) -> list[str]:
     return lines
 
 
+def _with_runs(stat: dict) -> str:
+    """A summary (``common.summary``) as "mean ± std (run, run, ...)"."""
+    per = ", ".join(_fmt(x) for x in stat["runs"])
+    return f"{_fmt(stat['mean'])} ± {_fmt(stat['std'])} ({per})"
+
+
 def _realism_cues(record: dict) -> list[str]:
     """``benchmarks/realism_cues.py``: the two-sample test on coarse and fine image content."""
     bands = ("full", "coarse", "fine")
@@ -924,11 +930,7 @@ def _realism_cues(record: dict) -> list[str]:
     ]
     for run, f in record["figures"].items():
         for name in ("synthetic", "refined"):
-            cells = []
-            for band in bands:
-                acc = f[name][band]["c2st_accuracy"]
-                per = ", ".join(_fmt(x) for x in acc["runs"])
-                cells.append(f"{_fmt(acc['mean'])} ± {_fmt(acc['std'])} ({per})")
+            cells = [_with_runs(f[name][band]["c2st_accuracy"]) for band in bands]
             lines.append(f"| `{run}` | {name} | {' | '.join(cells)} |")
     settings = record["settings"]
     lines += [
@@ -953,11 +955,7 @@ def _c2st_noise(record: dict) -> list[str]:
         "|---|" + "---|" * len(protocols),
     ]
     for name, entry in figures["sets"].items():
-        cells = []
-        for protocol in protocols:
-            acc = entry[protocol]
-            per = ", ".join(_fmt(x) for x in acc["runs"])
-            cells.append(f"{_fmt(acc['mean'])} ± {_fmt(acc['std'])} ({per})")
+        cells = [_with_runs(entry[protocol]) for protocol in protocols]
         lines.append(f"| `{name}` | {' | '.join(cells)} |")
     for protocol in protocols:
         p = figures["protocols"][protocol]
