@@ -16,6 +16,7 @@ from refinery.samples import encode_json, encode_sample
 from refinery.shards import write_shards
 from train import evaluate as ev
 from train import realism as R
+from train import report as report_html
 from train.data import Scaling, unit_channels_first
 from train.rows import Rows, RowWriter
 
@@ -77,6 +78,32 @@ def test_a_cosine_decayed_two_sample_test_is_a_test_of_its_own(eyes):
     assert abs(same["accuracy"] - 0.5) < 2 * R.null_band(same["test"])
     with pytest.raises(ValueError, match="schedule 'step'"):
         R.two_sample_test(synthetic, synthetic, schedule="step")
+
+
+def test_realism_scores_each_seed_with_the_mean_of_several_classifiers(eyes):
+    real, synthetic = eyes["x_real"][:120], eyes["x_synthetic"][:120]
+    single = R.realism(real, {"synthetic": synthetic}, seeds=(0, 1), epochs=1)["sets"]["synthetic"]
+    assert single["c2st_classifiers_per_seed"] == 1 and "c2st_per_seed" not in single
+    found = R.realism(real, {"synthetic": synthetic}, seeds=(0, 1), epochs=1, repeats=2)
+    entry = found["sets"]["synthetic"]
+    accuracy = {
+        s: R.two_sample_test(real, synthetic, seed=s, epochs=1)["accuracy"]
+        for s in (0, 1, R.C2ST_REPEAT_STRIDE, 1 + R.C2ST_REPEAT_STRIDE)
+    }
+    # seed s: classifiers s and s + stride; the first is the one-classifier figure
+    assert [p["runs"] for p in entry["c2st_per_seed"]] == [
+        [accuracy[0], accuracy[R.C2ST_REPEAT_STRIDE]],
+        [accuracy[1], accuracy[1 + R.C2ST_REPEAT_STRIDE]],
+    ]
+    assert single["c2st_accuracy"]["runs"] == [accuracy[0], accuracy[1]]
+    means = [(accuracy[s] + accuracy[s + R.C2ST_REPEAT_STRIDE]) / 2 for s in (0, 1)]
+    assert entry["c2st_accuracy"]["runs"] == pytest.approx(means)
+    within = [abs(accuracy[s] - accuracy[s + R.C2ST_REPEAT_STRIDE]) / 2**0.5 for s in (0, 1)]
+    assert entry["c2st_classifier_std"] == pytest.approx(np.sqrt(np.mean(np.square(within))))
+    html = report_html._realism({"realism": found, "seeds": [0, 1]})
+    assert "mean of 2 classifiers" in html and "synthetic ± " in html
+    with pytest.raises(ValueError, match="repeats must be a positive integer"):
+        R.realism(real, {"synthetic": synthetic}, seeds=(0,), repeats=0)
 
 
 def test_kernel_distance_is_zero_for_one_distribution_and_grows_with_a_shift():
@@ -189,11 +216,12 @@ def test_evaluate_cli_prints_realism_for_a_labeled_real_test(eyes, tmp_path, cap
         [
             "evaluate", "gaze", "--synthetic", *eyes["synthetic"], "--refined", *eyes["real"],
             "--real-test", *eyes["real"], "--out", str(tmp_path / "r"), "--seeds", "0",
-            "--epochs", "1",
+            "--epochs", "1", "--c2st-repeats", "2",
         ]
     )  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
+    assert "2 classifiers per seed, ± " in printed
     assert "realism, synthetic vs real: two-sample test accuracy" in printed
     assert "realism, refined   vs real" in printed
     # the scale of the test is part of its figure: how many images its classifier learned from
@@ -210,5 +238,6 @@ def test_evaluate_cli_prints_realism_for_a_labeled_real_test(eyes, tmp_path, cap
     assert abs(sets["refined"]["c2st_accuracy"]["mean"] - 0.5) < 2 * band
     assert sets["refined"]["kid"]["mean"] < sets["synthetic"]["kid"]["mean"]
     assert sets["refined"]["c2st_train_images"] == sets["refined"]["c2st_test_images"] == 400
+    assert [len(p["runs"]) for p in sets["refined"]["c2st_per_seed"]] == [2]
     html = (tmp_path / "r" / "report.html").read_text()
-    assert "classifier learned from 400 images" in html
+    assert "classifier learned from 400 images" in html and "mean of 2 classifiers" in html

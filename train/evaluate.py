@@ -141,6 +141,7 @@ def evaluate(
     batch_size: int = 0,
     lr: float = 0.0,
     robust_epochs: int = 0,
+    c2st_repeats: int = 1,
     device: str | None = None,
     log: Log | None = print,
     scratch: str | Path | None = None,
@@ -153,7 +154,11 @@ def evaluate(
 
     ``robust_epochs`` trains the appearance-robust drift network (gaze, scene) that long
     instead of ``epochs``: its random appearance changes make the task harder, and a network
-    trained longer reads less drift on appearance alone (``benchmarks/drift_floor.py``)."""
+    trained longer reads less drift on appearance alone (``benchmarks/drift_floor.py``).
+
+    ``c2st_repeats`` scores each seed's realism with that many two-sample classifiers and
+    takes their mean (``train.realism.realism``'s ``repeats``; 1, one classifier per seed,
+    is what every record used)."""
     with scratch_directory(scratch, "evaluate") as where:
         return _evaluate(
             domain,
@@ -168,6 +173,7 @@ def evaluate(
             batch_size=batch_size,
             lr=lr,
             robust_epochs=robust_epochs,
+            c2st_repeats=c2st_repeats,
             device=device,
             log=log,
             scratch=where,
@@ -188,6 +194,7 @@ def _evaluate(
     batch_size: int,
     lr: float,
     robust_epochs: int,
+    c2st_repeats: int,
     device: str | None,
     log: Log | None,
     scratch: Path,
@@ -284,6 +291,7 @@ def _evaluate(
             f"{network} trained on the synthetic set (seed {seeds[0]}; the input of its last "
             "layer, averaged over space)"
         ),
+        repeats=c2st_repeats,
         device=device or ("cuda" if torch.cuda.is_available() else "cpu"),  # as fit's default
     )
     for name, entry in realism_report["sets"].items():

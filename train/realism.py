@@ -42,6 +42,7 @@ from train.rows import Rows, RowWriter, inference_batch, scratch_file
 Images = torch.Tensor | Rows  # (N, C, H, W) float32, in memory or on disk
 
 SCHEDULES = ("constant", "cosine")  # two_sample_test's learning-rate schedules
+C2ST_REPEAT_STRIDE = 1000  # realism(repeats=R): seed s scores with classifiers s, s + 1000, ...
 C2ST_MAX_SIDE = 64  # images are area-averaged down to at most this height before the C2ST
 C2ST_NOTE = (
     "held-out accuracy of a small CNN telling real from candidate images, balanced halves: "
@@ -293,23 +294,46 @@ def realism(
     feature_model: nn.Module | None = None,
     feature_network: str = "",
     epochs: int = 10,
+    repeats: int = 1,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Each candidate set against ``real``: C2ST over ``seeds`` and, with a feature model, KID."""
+    """Each candidate set against ``real``: C2ST over ``seeds`` and, with a feature model, KID.
+
+    ``repeats``: classifiers per seed (seed ``s`` uses classifier seeds ``s``, ``s + 1000``,
+    ...), their mean being the seed's accuracy. One classifier's draw (split, draw,
+    initialisation) moves the accuracy by about ± 0.03 on the same images
+    (``benchmarks/c2st_noise.py``); with ``repeats`` > 1 that spread is reported too
+    (``c2st_classifier_std``, pooled over seeds) and shrinks from each seed's figure.
+    """
     from train.evaluate import summary
 
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     out: dict[str, Any] = {"note": C2ST_NOTE, "sets": {}}
     real_features = features(feature_model, real) if feature_model is not None else None
     for name, candidate in candidates.items():
         runs = [
-            two_sample_test(real, candidate, seed=s, epochs=epochs, device=device) for s in seeds
+            [
+                two_sample_test(
+                    real, candidate, seed=s + C2ST_REPEAT_STRIDE * k, epochs=epochs, device=device
+                )
+                for k in range(repeats)
+            ]
+            for s in seeds
         ]
+        per_seed = [summary([r["accuracy"] for r in classifiers]) for classifiers in runs]
         entry: dict[str, Any] = {
-            "c2st_accuracy": summary([r["accuracy"] for r in runs]),
-            "c2st_train_images": runs[0]["train"],
-            "c2st_test_images": runs[0]["test"],
-            "c2st_null_band": null_band(runs[0]["test"]),
+            "c2st_accuracy": summary([p["mean"] for p in per_seed]),
+            "c2st_train_images": runs[0][0]["train"],
+            "c2st_test_images": runs[0][0]["test"],
+            "c2st_null_band": null_band(runs[0][0]["test"]),
+            "c2st_classifiers_per_seed": repeats,
         }
+        if repeats > 1:
+            entry["c2st_per_seed"] = per_seed
+            entry["c2st_classifier_std"] = math.sqrt(
+                sum(p["std"] ** 2 for p in per_seed) / len(per_seed)
+            )
         if real_features is not None:
             entry["kid"] = kernel_distance(features(feature_model, candidate), real_features)
         out["sets"][name] = entry

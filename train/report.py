@@ -577,6 +577,15 @@ def _realism(record: dict) -> str:
         f"{_num(realism.get('real_images'))} real images in all; mean ± std over seeds (split, "
         "draw and initialisation). A value inside the null band is not told apart."
     ]
+    repeats = first.get("c2st_classifiers_per_seed", 1)
+    if repeats > 1:
+        spread = ", ".join(
+            f"{name} ± {_num(entry['c2st_classifier_std'])}" for name, entry in sets.items()
+        )
+        notes.append(
+            f"Each seed's accuracy is the mean of {repeats} classifiers (their own split, draw "
+            f"and initialisation); their spread on the same images, pooled over seeds: {spread}."
+        )
     if learned is not None:  # reports written before the key was added lack it
         notes.append(
             f"The test's classifier learned from {_num(learned)} images (half real, half "
