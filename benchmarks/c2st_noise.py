@@ -22,23 +22,17 @@ a fresh clone.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import sys
 
 import numpy as np
 
 from benchmarks.common import exit_on_sigterm, write_result
+from benchmarks.real_gaze import _pixels, unit
 from benchmarks.realism_cues import EPOCHS, run_key, work_directories, work_directory_parser
+from train.realism import SCHEDULES, pooled_std
 
-PROTOCOLS = ("constant", "cosine")  # train.realism.SCHEDULES, in the order they are reported
-
-
-def unit(pixels: np.ndarray):
-    """(N, H, W) uint8 images as the C2ST reads them: (N, 1, H, W) float32 in [-1, 1]."""
-    import torch
-
-    return torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0)[:, None]
+PROTOCOLS = SCHEDULES  # the learning-rate schedules, in the order they are reported
 
 
 def noise(
@@ -67,7 +61,7 @@ def noise(
         means = [s["mean"] for s in per_set]
         figures["protocols"][protocol] = {
             "mean": statistics.fmean(means),
-            "within_set_std": math.sqrt(statistics.fmean(s["std"] ** 2 for s in per_set)),
+            "within_set_std": pooled_std(per_set),
             "between_gan_std": statistics.stdev(means) if len(means) > 1 else 0.0,
             "as_evaluate": [
                 s["runs"][e["gan_seed"]]
@@ -87,8 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     present = work_directories(parser, args, "c2st_noise")
     if not present:
         return 0
-    from benchmarks.real_gaze import _pixels
-
     epochs = 1 if args.quick else EPOCHS
     real = _pixels(str(present[0] / "real"))
     sets = {}

@@ -119,6 +119,13 @@ def _pixels(url: str) -> np.ndarray:
     return np.stack([s["png"] for s in read(url, "gaze", labels=False)])
 
 
+def unit(pixels: np.ndarray):
+    """(N, H, W) uint8 eyes as the two-sample test reads them: (N, 1, H, W) float32 in [-1, 1]."""
+    import torch
+
+    return torch.from_numpy(pixels.astype(np.float32)[:, None] / 127.5 - 1.0)
+
+
 def _histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Wasserstein-1 between the two sets' 8-bit intensity distributions, in grey levels."""
     pa = np.bincount(a.ravel(), minlength=256) / a.size
@@ -237,14 +244,9 @@ def _variants(
     """The two procedural variants (drawn with the simulator `options`) against the real crops:
     the two-sample test over seeds (how far the built-in "real" variant is from real MPIIGaze,
     next to the synthetic one)."""
-    import torch
-
     from refinery import sim
     from train.evaluate import summary
     from train.realism import null_band, two_sample_test
-
-    def unit(pixels: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(pixels.astype(np.float32)[:, None] / 127.5 - 1.0)
 
     crops = unit(real)
     out = {}

@@ -25,6 +25,7 @@ at a time, so their memory does not grow with the sets.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -283,6 +284,11 @@ def kernel_distance(
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "subset": m}
 
 
+def pooled_std(spreads: Sequence[dict[str, Any]]) -> float:
+    """The pooled standard deviation of equal-sized groups, from their summaries (``std``)."""
+    return math.sqrt(statistics.fmean(s["std"] ** 2 for s in spreads))
+
+
 # -- both, for a report ----------------------------------------------------------------------
 
 
@@ -331,9 +337,7 @@ def realism(
         }
         if repeats > 1:
             entry["c2st_per_seed"] = per_seed
-            entry["c2st_classifier_std"] = math.sqrt(
-                sum(p["std"] ** 2 for p in per_seed) / len(per_seed)
-            )
+            entry["c2st_classifier_std"] = pooled_std(per_seed)
         if real_features is not None:
             entry["kid"] = kernel_distance(features(feature_model, candidate), real_features)
         out["sets"][name] = entry
