@@ -7,7 +7,7 @@ subprocesses, each command line recorded with the work directory written ``$WORK
    synthetic (labeled: the GAN's synthetic domain, refined, and the "synthetic" training set),
    real unlabeled (the GAN's real domain), real train (labeled: the "real" upper bound) and
    real test;
-then, for each seed s (0 1 2; 0-5 for the SPIGAN pair at 750 frames, see below):
+then, for each seed s (0 1 2; 0-5 for the SPIGAN pairs at 750 frames, see below):
 
 2. ``refinery train <method>`` on synthetic + real unlabeled with ``--config`` giving
    ``seed: s`` and the experiment's overrides (where the preset alone does not fit two CPU
@@ -44,7 +44,9 @@ weight on it).
 every set (1,000 test), ``gaze-simgan-2k-real`` 2,000 real eyes for the discriminator alone,
 ``gaze-simgan-2k-synthetic`` 2,000 synthetic eyes alone,
 and ``streets-spigan-750`` / ``streets-spigan-nopi-750`` are SPIGAN with and without
-privileged information at 750 frames per set (375 test).
+privileged information at 750 frames per set (375 test). ``streets-spigan-750-pretrain-task`` /
+``streets-spigan-nopi-750-pretrain-task`` are that pair again with T (and P) trained alone on
+the synthetic labels (and depth) for 300 iterations before G starts (``pretrain_task_steps``).
 
 SPIGAN's own task network T is not what is scored here: its generator refines the synthetic
 shards like SG-GAN's does and a fresh ``fcn8s-small`` is trained on them, so both scene
@@ -59,8 +61,8 @@ no per-sample values) and copies the self-contained ``report.html`` (images embe
 Sizes (FULL), planned for about 40 minutes on an otherwise idle 2-core CPU for all four with
 one GAN and 3 evaluate seeds; with one GAN per seed each GAN trains three times (the evaluate
 work is the same: 3 sets × 3 seeds), about 100 minutes for the first six experiments; the
-thirteen ablations (the SPIGAN pair at 750 frames with six GANs each, ~65 min of it) bring
-``make bench``'s run of this module to about five hours (the size
+fifteen ablations (two SPIGAN pairs at 750 frames with six GANs each, ~65 min a pair) bring
+``make bench``'s run of this module to about six hours (the size
 ablations' task networks train on 2.5× the samples). The machine they were planned on was
 shared, so wall times there meant little; costs were taken as single-thread CPU time
 (``time.process_time`` under ``torch.set_num_threads(1)``: what an idle core takes), and two
@@ -378,6 +380,23 @@ FULL["streets-spigan-nopi-750"] = replace(
     overrides={"gamma": 0.0},
     cpu_scale=FULL["streets-spigan-750"].cpu_scale
     + "; and gamma 0, no privileged depth network (SPIGAN without PI)",
+)
+# Both arms again with T and P trained alone on the synthetic labels and depth for 300 iterations
+# before G starts: without ImageNet weights they start random, and G follows them from step 1.
+FULL["streets-spigan-750-pretrain-task"] = replace(
+    FULL["streets-spigan-750"],
+    name="streets-spigan-750-pretrain-task",
+    overrides={"pretrain_task_steps": 300},
+    cpu_scale=FULL["streets-spigan-750"].cpu_scale
+    + "; and 300 iterations of T and P alone on the synthetic labels and depth first "
+    "(pretrain_task_steps: 300)",
+)
+FULL["streets-spigan-nopi-750-pretrain-task"] = replace(
+    FULL["streets-spigan-nopi-750"],
+    name="streets-spigan-nopi-750-pretrain-task",
+    overrides={"gamma": 0.0, "pretrain_task_steps": 300},
+    cpu_scale=FULL["streets-spigan-nopi-750"].cpu_scale
+    + "; and 300 iterations of T alone on the synthetic labels first (pretrain_task_steps: 300)",
 )
 
 _QUICK_GAN = {
@@ -754,7 +773,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         nargs="+",
         default=None,
         help="one run per seed: the GAN and the task networks trained with it (default: the "
-        "experiment's own, 0 1 2; 0-5 for the two SPIGAN arms at 750 frames)",
+        "experiment's own, 0 1 2; 0-5 for the SPIGAN arms at 750 frames)",
     )
     parser.add_argument("--device", default=None, help="torch device for train and evaluate")
     args = parser.parse_args(argv)

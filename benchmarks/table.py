@@ -556,6 +556,7 @@ GAP_TARGETS = {  # issue 15
 PI_PAIRS = (  # issue 15: SPIGAN with privileged information (γ > 0) against the same without
     ("streets-spigan", "streets-spigan-nopi"),
     ("streets-spigan-750", "streets-spigan-nopi-750"),
+    ("streets-spigan-750-pretrain-task", "streets-spigan-nopi-750-pretrain-task"),
 )
 ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
     "gaze-simgan-zeros": ("gaze-simgan", "the refiner padded with zeros instead of reflection"),
@@ -598,6 +599,14 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
     "streets-spigan-nopi-750": (
         "streets-spigan-750",
         "SPIGAN without privileged information (γ = 0), at 750 frames per set",
+    ),
+    "streets-spigan-750-pretrain-task": (
+        "streets-spigan-750",
+        "T and P trained alone on the synthetic labels and depth for 300 iterations first",
+    ),
+    "streets-spigan-nopi-750-pretrain-task": (
+        "streets-spigan-nopi-750",
+        "T trained alone on the synthetic labels for 300 iterations first, without P (γ = 0)",
     ),
 }
 

@@ -80,7 +80,7 @@ def measure(
         **overrides,
     )
     schedule = config.schedule
-    pretrain = schedule.pretrain_generator + schedule.pretrain_discriminator
+    pretrain = schedule.pretrain
     intervals: list[dict[str, float]] = []
 
     def progress(done: int, values: dict[str, float]) -> None:

@@ -1,8 +1,9 @@
 """The adversarial training loop and its one driver, shared by SimGAN, SG-GAN and SPIGAN.
 
 A method supplies its networks, optimisers and its step functions (see ``Method``); the loop
-owns everything around them: the schedule (generator pretraining, discriminator pretraining,
-then K_g generator steps per K_d discriminator steps, as Shrivastava et al. Algorithm 1), the
+owns everything around them: the schedule (task-network pretraining for a method that has
+one, generator pretraining, discriminator pretraining, then K_g generator steps per K_d
+discriminator steps, as Shrivastava et al. Algorithm 1), the
 non-finite guard, TensorBoard scalars, sample sheets, checkpoints and exact resume. ``fit`` is
 the one driver: one process, or N under ``torchrun --nproc_per_node N`` (every method).
 
@@ -69,22 +70,31 @@ class NonFiniteLoss(RuntimeError):
 
 @dataclass(frozen=True)
 class Schedule:
-    """Iterations 0.. of one run: pretrain G, pretrain D, then alternating steps."""
+    """Iterations 0.. of one run: pretrain the task networks (SPIGAN's T and P, on the
+    synthetic labels alone), pretrain G, pretrain D, then alternating steps."""
 
     pretrain_generator: int
     pretrain_discriminator: int
     steps: int  # alternating iterations, each K_g generator + K_d discriminator updates
     k_g: int = 1
     k_d: int = 1
+    pretrain_task: int = 0  # iterations of the method's ``task_pretrain_step`` alone, first
+
+    @property
+    def pretrain(self) -> int:
+        """Iterations before the first adversarial one."""
+        return self.pretrain_task + self.pretrain_generator + self.pretrain_discriminator
 
     @property
     def total(self) -> int:
-        return self.pretrain_generator + self.pretrain_discriminator + self.steps
+        return self.pretrain + self.steps
 
     def phase(self, iteration: int) -> str:
-        if iteration < self.pretrain_generator:
+        if iteration < self.pretrain_task:
+            return "pretrain-task"
+        if iteration < self.pretrain_task + self.pretrain_generator:
             return "pretrain-generator"
-        if iteration < self.pretrain_generator + self.pretrain_discriminator:
+        if iteration < self.pretrain:
             return "pretrain-discriminator"
         return "adversarial"
 
@@ -181,7 +191,8 @@ def update(
 
 
 class Method(Protocol):
-    """What a trainer gives the loop (``task_step`` is optional: SPIGAN's T and P)."""
+    """What a trainer gives the loop (``task_step`` and ``task_pretrain_step`` are optional:
+    SPIGAN's T and P; the second is needed only by a schedule with ``pretrain_task``)."""
 
     modules: dict[str, nn.Module]
     optimisers: dict[str, torch.optim.Optimizer]
@@ -377,7 +388,9 @@ def _iteration(method: Method, schedule: Schedule, phase: str) -> dict[str, torc
         if task_step is not None:  # SPIGAN: T and P on what the discriminator step generated
             losses.update(task_step(step.carry).losses)
 
-    if phase == "pretrain-generator":
+    if phase == "pretrain-task":
+        losses.update(method.task_pretrain_step().losses)
+    elif phase == "pretrain-generator":
         losses.update(method.generator_step(pretrain=True).losses)
     elif phase == "pretrain-discriminator":
         discriminate(None)

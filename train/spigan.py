@@ -17,7 +17,10 @@ a *generator step* updates G on the whole objective (``generator_objective``: D,
 fixed), a *discriminator step* updates D on real vs freshly generated images and carries that
 batch to the *task step*, which updates T and P on the synthetic and the generated image
 (``task_objective``). ``k_g`` / ``k_d`` set the ratio (recipe: 5 / 1). γ = 0 builds no P at all
-(the "no privileged information" ablation).
+(the "no privileged information" ablation). ``pretrain_task_steps`` iterations first update T
+and P alone on synthetic batches (``task_pretrain_step``): the paper's T and P start from an
+ImageNet VGG16, and without such weights (``backbone_weights``) they start random, so G's
+L_T and L_P would otherwise follow untrained networks for the first part of the run.
 
 Early stopping (optional, ``early_stop``): the paper stops once the discriminator loss is
 significantly and consistently below the generator's adversarial loss; here: once the running
@@ -81,10 +84,11 @@ class SPIGANConfig:
     delta: float = 0.33  # L_perc
     depth_max: float = 10000.0  # depth.png units (cm for SYNTHIA and the street simulator)
     vgg_weights: str | None = None  # local torchvision-format VGG19 weights for L_perc
-    perceptual_width: int = 64
-    backbone_weights: str | None = (
-        None  # local torchvision-format VGG16 weights for T and P  # VGG19's maps in block 1; 64 is VGG19 (pretrained files need it)
-    )
+    perceptual_width: int = 64  # VGG19's maps in block 1; 64 is VGG19 (pretrained files need it)
+    backbone_weights: str | None = None  # local torchvision-format VGG16 weights for T and P
+    # iterations training T and P alone on the synthetic labels and depth before G starts, so
+    # that L_T and L_P steer G from its first step (the paper's T and P start from ImageNet)
+    pretrain_task_steps: int = 0
     early_stop: bool = False
     early_stop_ratio: float = 0.5
     early_stop_patience: int = 200
@@ -108,6 +112,7 @@ class SPIGANConfig:
             steps=self.steps,
             k_g=self.k_g,
             k_d=self.k_d,
+            pretrain_task=self.pretrain_task_steps,
         )
 
     @property
@@ -279,6 +284,15 @@ class SPIGAN:
         self._update("task", terms["total"])
         return Step({f"task/{k}": v.detach() for k, v in terms.items()})
 
+    def task_pretrain_step(self) -> Step:
+        """T and P on a synthetic batch alone, before G exists for them (``pretrain_task_steps``):
+        the task objective with G taken as the identity."""
+        batch = self._synthetic()
+        with self.autocast:
+            terms = self.task_objective(batch, batch["image"])
+        self._update("task", terms["total"])
+        return Step({f"task/{k}": v.detach() for k, v in terms.items()})
+
     def should_stop(self, values: dict[str, float]) -> bool:
         """The paper's early-stopping rule, when ``early_stop`` is set (see module docstring)."""
         self._iterations += 1
@@ -298,6 +312,8 @@ class SPIGAN:
 
     def images_per_iteration(self, phase: str) -> int:
         b = self.config.batch_size
+        if phase == "pretrain-task":
+            return b
         return self.config.k_g * b + self.config.k_d * 2 * b
 
     def sample_sheet(self, count: int = 4) -> np.ndarray:
