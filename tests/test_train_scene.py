@@ -15,7 +15,7 @@ from refinery import sim
 from refinery.samples import encode_sample
 from refinery.shards import write_shards
 from train import sggan, spigan
-from train.loop import RunDir
+from train.loop import RunDir, Schedule
 
 TINY = dict(
     batch_size=2,
@@ -115,6 +115,38 @@ def test_spigan_without_privileged_information_builds_no_p(streets, tmp_path):
         latest = spigan.train(config, synthetic=streets[0], real=streets[1], out=tmp_path / "r")
     assert not (latest / "privileged.safetensors").exists()
     assert (latest / "task.safetensors").exists()
+
+
+def test_schedule_pretrains_the_task_networks_first():
+    schedule = Schedule(pretrain_generator=1, pretrain_discriminator=1, steps=2, pretrain_task=2)
+    assert schedule.total == 6 and schedule.pretrain == 4
+    assert [schedule.phase(i) for i in range(6)] == [
+        "pretrain-task", "pretrain-task", "pretrain-generator", "pretrain-discriminator",
+        "adversarial", "adversarial",
+    ]  # fmt: skip
+
+
+def test_spigan_task_pretraining_moves_t_and_p_alone_and_resumes_exactly(streets, tmp_path):
+    config = spigan.load_config(preset="small", crop=(32, 32), pretrain_task_steps=2, **TINY)
+    synthetic, real = streets
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fresh = spigan.SPIGAN(config, synthetic=synthetic, real=real, device=torch.device("cpu"))
+        straight = spigan.train(config, synthetic=synthetic, real=real, out=tmp_path / "a")
+        spigan.train(config, synthetic=synthetic, real=real, out=tmp_path / "b", stop_after=1)
+        resumed = spigan.train(config, synthetic=synthetic, real=real, out=tmp_path / "b",
+                               resume=True)  # fmt: skip
+    assert straight.name == "iter-00000006"  # 2 pretraining + 4 adversarial iterations
+    pretrained = _weights(tmp_path / "a" / "checkpoints" / "iter-00000002")
+    for name, module in fresh.modules.items():
+        moved = any(
+            not torch.equal(pretrained[f"{name}.{k}"], v) for k, v in module.state_dict().items()
+        )
+        assert moved == (name in ("task", "privileged")), name
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and a
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 def test_spigan_warns_when_features_are_untrained(streets):
