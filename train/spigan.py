@@ -286,12 +286,9 @@ class SPIGAN:
 
     def task_pretrain_step(self) -> Step:
         """T and P on a synthetic batch alone, before G exists for them (``pretrain_task_steps``):
-        the task objective with G taken as the identity."""
+        the task step with G taken as the identity."""
         batch = self._synthetic()
-        with self.autocast:
-            terms = self.task_objective(batch, batch["image"])
-        self._update("task", terms["total"])
-        return Step({f"task/{k}": v.detach() for k, v in terms.items()})
+        return self.task_step(Generated(batch, batch["image"]))
 
     def should_stop(self, values: dict[str, float]) -> bool:
         """The paper's early-stopping rule, when ``early_stop`` is set (see module docstring)."""
