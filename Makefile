@@ -106,6 +106,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.real_gaze --set discriminator=simgan-discriminator-local-wide --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-wide-d-hold-gaze-5-d-lr-4x --out out/bench-real-gaze-local-wide-hold-dlr  # ~45 min: the 4x pair with twice the discriminator's maps, the GPU search's lead (make gpu-sweep)
 	$(BIN)/python -m benchmarks.realism_cues --run out/bench-real-gaze --run out/bench-real-gaze-matched-hold --run out/bench-real-gaze-noise  # ~16 min: which image content (coarse or fine) tells these runs' refined eyes from real
 	$(BIN)/python -m benchmarks.c2st_noise --run out/bench-real-gaze-local-hold-dlr  # ~30 min: how much of the 4x pair's spread over GANs is the two-sample classifier's own, with the records' constant rate and a cosine decay
+	$(BIN)/python -m benchmarks.capture_cues --run out/bench-real-gaze-local-hold-dlr  # ~15 min: whether a capture statistic (JPEG as MPIIGaze publishes, blur, sharpening, noise, skin grain) added to the 4x pair's refined eyes brings them closer to real
 	$(BIN)/python -m benchmarks.table
 
 gpu-check:  # everything that needs a GPU, in one run (sized for < 8 min on one H200); --device cpu dry-runs it

@@ -953,6 +953,31 @@ def _realism_cues(record: dict) -> list[str]:
     return lines
 
 
+def _capture_cues(record: dict) -> list[str]:
+    """``benchmarks/capture_cues.py``: the two-sample test after capture statistics are added."""
+    settings = record["settings"]
+    lines = [
+        "| run | transform | two-sample accuracy, refined vs real (per GAN) | change (per GAN) |",
+        "|---|---|---|---|",
+    ]
+    for run, f in record["figures"].items():
+        for name in settings["order"]:
+            found = f["transforms"][name]
+            lines.append(
+                f"| `{run}` | {name} | {_with_runs(found['c2st_accuracy'])} | "
+                f"{_with_runs(found['change'])} |"
+            )
+    lines += [
+        "",
+        "The test: "
+        + settings["test"]
+        + ". Transforms: "
+        + "; ".join(f"{name}: {settings['transforms'][name]}" for name in settings["order"])
+        + ". A negative change moves the refined eyes towards real.",
+    ]
+    return lines
+
+
 def _c2st_noise(record: dict) -> list[str]:
     """``benchmarks/c2st_noise.py``: the two-sample test's own spread against the GANs'."""
     figures, settings = record["figures"], record["settings"]
@@ -1053,6 +1078,7 @@ RENDERERS = {
     "drift_floor": _drift_floor,
     "realism_cues": _realism_cues,
     "c2st_noise": _c2st_noise,
+    "capture_cues": _capture_cues,
 }
 
 

@@ -862,6 +862,95 @@ def test_c2st_noise_reruns_each_refined_set_with_several_classifiers(tmp_path):
     assert not (tmp_path / "c2st_noise.json").exists()
 
 
+def test_capture_cues_transforms_keep_the_eye_and_draw_from_their_seed():
+    import numpy as np
+
+    from benchmarks import capture_cues
+
+    rng = np.random.default_rng(0)
+    eyes = rng.integers(40, 220, (3, 35, 55)).astype(np.uint8)
+    for name in capture_cues.TRANSFORMS:
+        out = capture_cues.transformed(eyes, name, seed=5)
+        assert out.shape == eyes.shape and out.dtype == np.uint8, name
+        # each keeps the eye: the mean grey level hardly moves
+        assert abs(float(out.mean()) - float(eyes.mean())) < 3, name
+        if name == "as-refined":
+            assert np.array_equal(out, eyes)
+        else:
+            assert not np.array_equal(out, eyes), name
+    for name in capture_cues.RANDOM:
+        again = capture_cues.transformed(eyes, name, seed=5)
+        assert np.array_equal(again, capture_cues.transformed(eyes, name, seed=5)), name
+        assert not np.array_equal(again, capture_cues.transformed(eyes, name, seed=6)), name
+
+
+def test_capture_cues_sees_a_statistic_the_real_images_lack():
+    """Candidates drawn as the real images are: unchanged they pass for real, sharpened they are
+    told apart, and the change says by how much."""
+    import cv2
+    import numpy as np
+
+    from benchmarks import capture_cues
+
+    rng = np.random.default_rng(1)
+
+    def fields(n: int) -> np.ndarray:
+        smooth = [cv2.GaussianBlur(rng.normal(size=(35, 55)), (0, 0), 1.0) for _ in range(n)]
+        return np.stack([120 + 40 * f / f.std() for f in smooth]).round().clip(0, 255)
+
+    real, candidate = fields(600).astype(np.uint8), fields(600).astype(np.uint8)
+    names = ("as-refined", "sharpen-0.3")
+    found = capture_cues.capture_cues(real, [candidate], [0], epochs=6, names=names)
+    assert list(found) == list(names)
+    assert found["as-refined"]["c2st_accuracy"]["mean"] < 0.6
+    assert found["as-refined"]["change"]["mean"] == 0.0
+    assert found["sharpen-0.3"]["c2st_accuracy"]["mean"] > 0.9
+    assert found["sharpen-0.3"]["change"]["mean"] > 0.3
+
+
+def test_mpiigaze_crops_are_jpeg_at_libjpeg_quality_75(shared_fixture):
+    """capture_cues.QUALITY: the fixture's luminance table is libjpeg's standard one scaled for
+    quality 75 (scale 200 - 2 * 75 = 50 %)."""
+    from PIL import Image
+
+    from benchmarks import capture_cues
+
+    standard = [  # ITU T.81 Annex K, table K.1, row by row as PIL reports it
+        16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
+        14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
+        18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+        49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+    ]  # fmt: skip
+    scale = 200 - 2 * capture_cues.QUALITY
+    expected = [min(255, max(1, (q * scale + 50) // 100)) for q in standard]
+    fixture = shared_fixture("mpiigaze_unlabeled")
+    for path in sorted(fixture.glob("*.jpg"))[::400]:
+        with Image.open(path) as image:
+            assert image.size == capture_cues.PUBLISHED[::-1], path
+            assert list(image.quantization[0]) == expected, path
+
+
+def test_capture_cues_quick_run_reads_real_gaze_work_directories(tmp_path):
+    from benchmarks import capture_cues
+    from benchmarks.common import procedural_shards
+
+    run, results = tmp_path / "bench-real-gaze", tmp_path / "results"
+    procedural_shards(run / "real", "gaze", "real", 24, seed=1)
+    for seed in (0, 1):
+        procedural_shards(run / f"refined-s{seed}", "gaze", "synthetic", 24, seed=3 + seed)
+    assert capture_cues.main(["--run", str(run), "--quick", "--results", str(results)]) == 0
+    record = json.loads((results / "capture_cues.json").read_text())
+    found = record["figures"][str(run)]
+    assert found["seeds"] == [0, 1]
+    assert sorted(found["transforms"]) == sorted(capture_cues.TRANSFORMS)
+    for entry in found["transforms"].values():
+        assert len(entry["c2st_accuracy"]["runs"]) == 2 and len(entry["change"]["runs"]) == 2
+    rendered = "\n".join(table._capture_cues(record))
+    assert f"| `{run}` | jpeg-75-mpiigaze | " in rendered and "JPEG at quality 75" in rendered
+    assert capture_cues.main(["--run", str(tmp_path / "absent"), "--results", str(tmp_path)]) == 0
+    assert not (tmp_path / "capture_cues.json").exists()
+
+
 def test_realism_cues_keys_a_run_by_its_path_from_the_repository_root(tmp_path, monkeypatch):
     from benchmarks import realism_cues
 
