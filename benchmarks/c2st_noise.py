@@ -29,7 +29,13 @@ import numpy as np
 
 from benchmarks.common import exit_on_sigterm, write_result
 from benchmarks.real_gaze import _pixels, unit
-from benchmarks.realism_cues import EPOCHS, run_key, work_directories, work_directory_parser
+from benchmarks.realism_cues import (
+    EPOCHS,
+    refined_sets,
+    run_key,
+    work_directories,
+    work_directory_parser,
+)
 from train.realism import SCHEDULES, pooled_std
 
 PROTOCOLS = SCHEDULES  # the learning-rate schedules, in the order they are reported
@@ -85,9 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     real = _pixels(str(present[0] / "real"))
     sets = {}
     for run in present:
-        refined = {int(p.name.removeprefix("refined-s")): p for p in run.glob("refined-s*")}
-        for seed in sorted(refined):
-            sets[f"{run_key(run)}/refined-s{seed}"] = (seed, _pixels(str(refined[seed])))
+        for seed, path in refined_sets(run).items():
+            sets[f"{run_key(run)}/refined-s{seed}"] = (seed, _pixels(str(path)))
     figures = noise(real, sets, repeats=args.repeats, epochs=epochs)
     settings = {
         "test": "train.realism.two_sample_test (refinery evaluate's C2ST), "

@@ -36,7 +36,13 @@ from collections.abc import Callable
 import numpy as np
 
 from benchmarks.common import exit_on_sigterm, write_result
-from benchmarks.realism_cues import EPOCHS, run_key, work_directories, work_directory_parser
+from benchmarks.realism_cues import (
+    EPOCHS,
+    refined_sets,
+    run_key,
+    work_directories,
+    work_directory_parser,
+)
 
 QUALITY = 75  # MPIIGaze's crops: libjpeg's quality-75 luminance table (tests check the fixture)
 PUBLISHED = (36, 60)  # (H, W) of MPIIGaze's normalised eye images
@@ -182,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     real = _pixels(str(present[0] / "real"))[:limit]
     figures: dict[str, dict] = {}
     for run in present:
-        paths = sorted(run.glob("refined-s*"), key=lambda p: int(p.name[len("refined-s") :]))
-        seeds = [int(p.name[len("refined-s") :]) for p in paths]
-        refined = [_pixels(str(p))[:limit] for p in paths]
+        sets = refined_sets(run)
+        seeds = list(sets)
+        refined = [_pixels(str(p))[:limit] for p in sets.values()]
         key = run_key(run)
         figures[key] = {
             "seeds": seeds,

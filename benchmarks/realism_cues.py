@@ -112,6 +112,12 @@ def work_directories(
     return present
 
 
+def refined_sets(run: Path) -> dict[int, Path]:
+    """A real_gaze work directory's refined sets by GAN seed (``refined-sK``), in seed order."""
+    found = {int(p.name.removeprefix("refined-s")): p for p in run.glob("refined-s*")}
+    return dict(sorted(found.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = work_directory_parser(__doc__.split("\n")[0])
     args = parser.parse_args(argv)
@@ -124,14 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     real = _pixels(str(present[0] / "real"))
     figures: dict[str, dict] = {}
     for run in present:
-        refined = sorted(run.glob("refined-s*"), key=lambda p: int(p.name[len("refined-s") :]))
-        seeds = [int(p.name[len("refined-s") :]) for p in refined]
+        refined = refined_sets(run)
+        seeds = list(refined)
         synthetic = _pixels(str(run / "synthetic"))
         key = run_key(run)
         figures[key] = {
             "seeds": seeds,
             "synthetic": cues(real, [synthetic] * len(seeds), seeds, epochs=epochs),
-            "refined": cues(real, [_pixels(str(p)) for p in refined], seeds, epochs=epochs),
+            "refined": cues(
+                real, [_pixels(str(p)) for p in refined.values()], seeds, epochs=epochs
+            ),
         }
         print(json.dumps({key: figures[key]}, indent=1), flush=True)
     settings = {

@@ -810,15 +810,23 @@ def test_realism_cues_tells_a_change_of_tone_from_a_change_of_texture():
     assert accuracy["texture", "fine"] > 0.9 and accuracy["texture", "full"] > 0.9
 
 
-def test_realism_cues_quick_run_reads_real_gaze_work_directories(tmp_path):
-    from benchmarks import realism_cues
+def real_gaze_work_directory(root: Path, seeds: tuple[int, ...], refined: str = "real") -> Path:
+    """A tiny ``benchmarks.real_gaze`` work directory: procedural "real" crops, synthetic eyes
+    and one ``refined-sK`` set of variant ``refined`` per GAN seed."""
     from benchmarks.common import procedural_shards
 
-    run, results = tmp_path / "bench-real-gaze", tmp_path / "results"
+    run = root / "bench-real-gaze"
     procedural_shards(run / "real", "gaze", "real", 24, seed=1)
     procedural_shards(run / "synthetic", "gaze", "synthetic", 24, seed=2)
-    for seed in (0, 1):
-        procedural_shards(run / f"refined-s{seed}", "gaze", "real", 24, seed=3 + seed)
+    for seed in seeds:
+        procedural_shards(run / f"refined-s{seed}", "gaze", refined, 24, seed=3 + seed)
+    return run
+
+
+def test_realism_cues_quick_run_reads_real_gaze_work_directories(tmp_path):
+    from benchmarks import realism_cues
+
+    run, results = real_gaze_work_directory(tmp_path, (0, 1)), tmp_path / "results"
     assert realism_cues.main(["--run", str(run), "--quick", "--results", str(results)]) == 0
     record = json.loads((results / "realism_cues.json").read_text())
     found = record["figures"][str(run)]
@@ -835,12 +843,9 @@ def test_realism_cues_quick_run_reads_real_gaze_work_directories(tmp_path):
 
 def test_c2st_noise_reruns_each_refined_set_with_several_classifiers(tmp_path):
     from benchmarks import c2st_noise
-    from benchmarks.common import procedural_shards
 
-    run, results = tmp_path / "bench-real-gaze", tmp_path / "results"
-    procedural_shards(run / "real", "gaze", "real", 24, seed=1)
-    for seed in (0, 2):
-        procedural_shards(run / f"refined-s{seed}", "gaze", "synthetic", 24, seed=3 + seed)
+    run = real_gaze_work_directory(tmp_path, (0, 2), refined="synthetic")
+    results = tmp_path / "results"
     argv = ["--run", str(run), "--quick", "--repeats", "2", "--results", str(results)]
     assert c2st_noise.main(argv) == 0
     record = json.loads((results / "c2st_noise.json").read_text())
@@ -932,12 +937,9 @@ def test_mpiigaze_crops_are_jpeg_at_libjpeg_quality_75(shared_fixture):
 
 def test_capture_cues_quick_run_reads_real_gaze_work_directories(tmp_path):
     from benchmarks import capture_cues
-    from benchmarks.common import procedural_shards
 
-    run, results = tmp_path / "bench-real-gaze", tmp_path / "results"
-    procedural_shards(run / "real", "gaze", "real", 24, seed=1)
-    for seed in (0, 1):
-        procedural_shards(run / f"refined-s{seed}", "gaze", "synthetic", 24, seed=3 + seed)
+    run = real_gaze_work_directory(tmp_path, (0, 1), refined="synthetic")
+    results = tmp_path / "results"
     assert capture_cues.main(["--run", str(run), "--quick", "--results", str(results)]) == 0
     record = json.loads((results / "capture_cues.json").read_text())
     found = record["figures"][str(run)]
