@@ -88,35 +88,40 @@ def _noise(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _skin_grain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    import cv2
+    from refinery.sim.eyes import skin_texture
 
-    from refinery.sim.eyes import _smooth_field
-
-    shape = image.shape
-    grain = cv2.GaussianBlur(rng.standard_normal(shape, np.float32), (0, 0), 0.6)
-    return _u8(image * (1.0 + 0.075 * grain + 0.05 * _smooth_field(rng, shape, 12)))
+    grain, mottle = skin_texture(rng, image.shape)
+    return _u8(image * (1.0 + 0.075 * grain + 0.05 * mottle))
 
 
 def _u8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-# name -> transform of one (H, W) uint8 eye; those taking a generator draw from it
-TRANSFORMS: dict[str, Callable[..., np.ndarray]] = {
-    "as-refined": lambda image: image,
-    "jpeg-75": _jpeg,
-    "jpeg-75-mpiigaze": _jpeg_mpiigaze,
-    "blur-0.5": _blur,
-    "sharpen-0.3": _sharpen,
-    "noise-2": _noise,
-    "skin-grain": _skin_grain,
+# name -> (what it does, transform of one (H, W) uint8 eye); those taking a generator draw from it
+TRANSFORMS: dict[str, tuple[str, Callable[..., np.ndarray]]] = {
+    "as-refined": ("the refined eyes unchanged", lambda image: image),
+    "jpeg-75": (f"JPEG at quality {QUALITY} on the 35×55 eye", _jpeg),
+    "jpeg-75-mpiigaze": (
+        f"resized to {CROPPED[0]}×{CROPPED[1]}, padded to {PUBLISHED[0]}×{PUBLISHED[1]}, JPEG "
+        f"at quality {QUALITY}, cropped and area-resized back, as MPIIGaze publishes and ingest "
+        "reads the real crops",
+        _jpeg_mpiigaze,
+    ),
+    "blur-0.5": ("Gaussian blur, sigma 0.5 px", _blur),
+    "sharpen-0.3": ("image + 0.3 × (image − its 1-px Gaussian blur)", _sharpen),
+    "noise-2": ("Gaussian noise, sigma 2 grey levels", _noise),
+    "skin-grain": (
+        "the real variant's skin texture: × (1 + 7.5 % fine grain + 5 % mottling)",
+        _skin_grain,
+    ),
 }
 RANDOM = ("noise-2", "skin-grain")
 
 
 def transformed(pixels: np.ndarray, name: str, *, seed: int) -> np.ndarray:
     """(N, H, W) uint8 eyes through transform ``name``; random ones draw from ``seed``."""
-    transform = TRANSFORMS[name]
+    _, transform = TRANSFORMS[name]
     if name in RANDOM:
         rng = np.random.default_rng([seed, list(TRANSFORMS).index(name)])
         return np.stack([transform(image, rng) for image in pixels])
@@ -134,13 +139,9 @@ def capture_cues(
     """Per transform (``names``, as-refined among them): the C2ST of every refined set
     (``refined[i]`` scored with ``seeds[i]``) against ``real`` after it, and its paired change
     from ``as-refined`` (the same classifiers)."""
-    import torch
-
+    from benchmarks.real_gaze import unit
     from train.evaluate import summary
     from train.realism import two_sample_test
-
-    def unit(pixels: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0)[:, None]
 
     real_unit = unit(real)
     accuracy: dict[str, list[float]] = {}
@@ -159,20 +160,6 @@ def capture_cues(
         }
         for name, values in accuracy.items()
     }
-
-
-def _describe(name: str) -> str:
-    return {
-        "as-refined": "the refined eyes unchanged",
-        "jpeg-75": f"JPEG at quality {QUALITY} on the 35×55 eye",
-        "jpeg-75-mpiigaze": f"resized to {CROPPED[0]}×{CROPPED[1]}, padded to "
-        f"{PUBLISHED[0]}×{PUBLISHED[1]}, JPEG at quality {QUALITY}, cropped and area-resized "
-        "back, as MPIIGaze publishes and ingest reads the real crops",
-        "blur-0.5": "Gaussian blur, sigma 0.5 px",
-        "sharpen-0.3": "image + 0.3 × (image − its 1-px Gaussian blur)",
-        "noise-2": "Gaussian noise, sigma 2 grey levels",
-        "skin-grain": "the real variant's skin texture: × (1 + 7.5 % fine grain + 5 % mottling)",
-    }[name]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps({key: figures[key]}, indent=1), flush=True)
     settings = {
-        "transforms": {name: _describe(name) for name in TRANSFORMS},
+        "transforms": {name: what for name, (what, _) in TRANSFORMS.items()},
         "order": list(TRANSFORMS),  # the record's keys are sorted; the table keeps this order
         "test": "train.realism.two_sample_test (refinery evaluate's C2ST), "
         f"{epochs} epochs, against the run's real crops; refined-sK scored with seed K after "

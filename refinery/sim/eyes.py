@@ -270,6 +270,13 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cells: int) 
     return cv2.resize(grid, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
 
 
+def skin_texture(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """The real variant's pores and wrinkles: (fine grain, a few-pixel mottling), each (H, W)
+    float32 around 0, for the skin to be multiplied by 1 + a·grain + b·mottle."""
+    grain = cv2.GaussianBlur(rng.standard_normal(shape, np.float32), (0, 0), 0.6)
+    return grain, _smooth_field(rng, shape, 12)
+
+
 def draw(
     geo: Geometry, look: Look, rng: np.random.Generator, *, real: bool, options: Options
 ) -> np.ndarray:
@@ -316,9 +323,7 @@ def draw(
             -(((across - brow_height) / (0.22 * geo.radius)) ** 2)
         )
     if real:
-        # Pores and wrinkles: fine grain plus a few-pixel mottling.
-        grain = cv2.GaussianBlur(rng.standard_normal((height, width), np.float32), (0, 0), 0.6)
-        mottle = _smooth_field(rng, (height, width), 12)
+        grain, mottle = skin_texture(rng, (height, width))
         skin *= 1.0 + rng.uniform(0.05, 0.10) * grain + rng.uniform(0.03, 0.07) * mottle
 
     # The eyeball is only seen through the opening: work in its bounding box from here on.
