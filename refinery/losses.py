@@ -78,6 +78,27 @@ def patch_accuracy(logits: torch.Tensor, target: int | torch.Tensor) -> torch.Te
         return (logits.argmax(dim=1) == targets).float().mean()
 
 
+def r1_penalty(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al., "Which Training Methods for GANs do actually Converge?", ICML
+    2018): E‖∇ₓ D(x)‖² over real images x, D's log-odds of REAL, so that a discriminator whose
+    decision changes sharply around the real images pays for it and the refiner is not led by
+    edges that only exist in D. For a local D the log-odds are each patch's logit[REAL] −
+    logit[REFINED], and the penalty is per patch: ‖∇ₓ Σ_p D_p(x)‖² / P over the P = h·w patches,
+    which is the mean of the patches' own ‖∇ₓ D_p(x)‖² where their windows do not overlap (one
+    backward pass instead of P), so γ does not change with the patch-map size; it sums over the
+    image and averages over the batch.
+
+    `logits` (B, 2, h, w) must come from `images` (B, C, H, W) with ``requires_grad`` set, in a
+    graph that is kept: the penalty is differentiated again, into D's weights (StyleGAN2 weights
+    it γ/2). Returns a float32 scalar.
+    """
+    with _no_autocast(logits):
+        log_odds = (logits[:, REAL] - logits[:, REFINED]).float()  # (B, h, w)
+        (gradient,) = torch.autograd.grad(log_odds.sum(), images, create_graph=True)
+        patches = log_odds[0].numel()
+        return gradient.float().pow(2).flatten(1).sum(dim=1).mean() / patches
+
+
 def discriminator_accuracy(logits: torch.Tensor, target: int | torch.Tensor) -> float:
     """``patch_accuracy`` as a Python float (a CPU-GPU sync)."""
     return float(patch_accuracy(logits, target))

@@ -34,6 +34,7 @@ from refinery.losses import (
     local_adversarial_loss,
     make_psi,
     patch_accuracy,
+    r1_penalty,
     self_regularisation,
 )
 from refinery.registry import build_network, network_info
@@ -66,6 +67,10 @@ class SimGANConfig:
     # real and refined, in its updates and in R's adversarial term, so a D with few real
     # images cannot learn them by heart. "" (the paper, and runs from before it) applies none.
     discriminator_augment: str = ""
+    # γ of the R1 penalty (refinery.losses.r1_penalty; Mescheder et al., ICML 2018): D's loss
+    # gains γ/2·E‖∇ₓ D(x)‖² on the real images it sees, a D that is smooth around them. 0 (the
+    # paper, and runs from before it) computes none.
+    discriminator_r1: float = 0.0
     channels: int = 1
     batch_size: int = 512
     pretrain_refiner_steps: int = 1000
@@ -157,12 +162,16 @@ def discriminator_step(
     autocast: torch.autocast,
     ranks: Ranks = SINGLE,
     augment: Augment | None = None,
+    r1: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """One D update on real images and refined ones, half current and half from the history;
-    with ``augment``, on the augmented images, each its own draw."""
+    with ``augment``, on the augmented images, each its own draw; with ``r1`` (γ), plus
+    γ/2·E‖∇ₓ D(x)‖² on the real images (x before augmentation)."""
     with torch.no_grad(), autocast:
         refined = refiner(synthetic).float()
     (fake,) = buffer.mix(refined)  # (B, C, H, W): b/2 current, b/2 history (§2.3)
+    if r1:
+        real = real.detach().requires_grad_(True)
     with autocast:
         # one forward over both halves: one kernel launch per layer
         both = torch.cat([real, fake])
@@ -171,11 +180,15 @@ def discriminator_step(
         loss_real = local_adversarial_loss(logits_real, REAL)
         loss_fake = local_adversarial_loss(logits_fake, REFINED)
         loss = loss_real + loss_fake
+        losses = {"discriminator/real": loss_real, "discriminator/refined": loss_fake}
+        if r1:
+            penalty = r1_penalty(logits_real, real)
+            losses["discriminator/r1"] = penalty
+            loss = loss + 0.5 * r1 * penalty
     update(optimiser, scaler, loss, ranks)
+    losses["discriminator/total"] = loss
     return {
-        "discriminator/real": loss_real.detach(),
-        "discriminator/refined": loss_fake.detach(),
-        "discriminator/total": loss.detach(),
+        **{k: v.detach() for k, v in losses.items()},
         "discriminator/accuracy_real": patch_accuracy(logits_real, REAL),
         "discriminator/accuracy_refined": patch_accuracy(logits_fake, REFINED),
     }
@@ -269,6 +282,8 @@ class SimGAN:
         self.modules = {"refiner": refiner, "discriminator": discriminator}
         if not 0.0 <= config.refiner_ema < 1.0:
             raise ValueError(f"refiner_ema must be in [0, 1), got {config.refiner_ema}")
+        if config.discriminator_r1 < 0:
+            raise ValueError(f"discriminator_r1 must be >= 0, got {config.discriminator_r1}")
         if config.refiner_ema:
             # saved and resumed with the other modules; never trained, only averaged into
             self.modules["refiner_ema"] = copy.deepcopy(refiner).requires_grad_(False).eval()
@@ -351,6 +366,7 @@ class SimGAN:
                 autocast=self.autocast,
                 ranks=self.ranks,
                 augment=self.augment,
+                r1=self.config.discriminator_r1,
             )
         )
 
