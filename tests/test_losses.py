@@ -16,6 +16,7 @@ from refinery.losses import (
     discriminator_accuracy,
     local_adversarial_loss,
     make_psi,
+    r1_penalty,
     self_regularisation,
 )
 from refinery.registry import build_network
@@ -183,6 +184,38 @@ def test_make_psi_names_and_errors():
         make_psi(3)
     with pytest.raises(ValueError, match="shape"):
         self_regularisation(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 3), weight=1.0)
+
+
+# -- R1 ---------------------------------------------------------------------------------------
+
+
+def test_r1_penalty_is_the_mean_patch_gradient_norm_and_trains_the_discriminator():
+    """With windows that do not overlap (a 2x2 kernel at stride 2) the one-pass penalty equals
+    the mean over images and patches of each patch's own ‖∇ₓ log-odds‖², computed patch by
+    patch; it is differentiable into D's weights, and zero for a D that ignores its input."""
+    torch.manual_seed(0)
+    discriminator = nn.Sequential(nn.Conv2d(1, 4, 2, stride=2), nn.Tanh(), nn.Conv2d(4, 2, 1))
+    images = (torch.rand(3, 1, 4, 6) * 2 - 1).requires_grad_(True)
+    logits = discriminator(images)  # (3, 2, 2, 3): 6 patches
+    penalty = r1_penalty(logits, images)
+    by_hand = []
+    for b in range(3):
+        for i in range(2):
+            for j in range(3):
+                log_odds = logits[b, REAL, i, j] - logits[b, REFINED, i, j]
+                (grad,) = torch.autograd.grad(log_odds, images, retain_graph=True)
+                by_hand.append(float(grad.pow(2).sum()))
+    assert penalty.dtype == torch.float32
+    assert penalty.item() == pytest.approx(sum(by_hand) / len(by_hand), rel=1e-5)
+    penalty.backward()
+    weights = [p for p in discriminator.parameters() if p.dim() > 1]  # biases move no gradient
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in weights)
+
+    blind = nn.Conv2d(1, 2, 2, stride=2)
+    with torch.no_grad():
+        blind.weight.zero_()
+    images = torch.rand(2, 1, 4, 6).requires_grad_(True)
+    assert r1_penalty(blind(images), images).item() == 0.0
 
 
 # -- mixed precision --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -302,6 +303,52 @@ def test_discriminator_augment_transforms_what_d_sees_and_the_refiner_learns_thr
     seen, refined, grads = r_step(Augment("cutout", seed=1))
     assert (seen == 0).any() and not torch.equal(seen, refined)
     assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_discriminator_r1_adds_half_gamma_times_the_penalty_on_real_images():
+    from refinery.history import HistoryBuffer
+    from refinery.losses import r1_penalty
+
+    torch.manual_seed(0)
+    refiner = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.Tanh())
+    discriminator = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Tanh())
+    discriminator.append(torch.nn.Conv2d(4, 2, 3))
+    synthetic, real = torch.rand(4, 1, 12, 20) * 2 - 1, torch.rand(4, 1, 12, 20) * 2 - 1
+    amp = dict(
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        autocast=torch.autocast("cpu", enabled=False),
+    )
+
+    def d_step(r1):
+        d = copy.deepcopy(discriminator)
+        optimiser = torch.optim.SGD(d.parameters(), lr=0.0)  # gradients kept, weights not moved
+        losses = simgan.discriminator_step(
+            refiner, d, optimiser, synthetic, real, HistoryBuffer(capacity=8, seed=0), r1=r1, **amp
+        )
+        return losses, [p.grad.clone() for p in d.parameters()]
+
+    plain, plain_grads = d_step(0.0)
+    assert "discriminator/r1" not in plain
+    penalised, grads = d_step(4.0)
+    images = real.clone().requires_grad_(True)
+    expected = r1_penalty(discriminator(images), images).item()
+    assert penalised["discriminator/r1"].item() == pytest.approx(expected, rel=1e-5)
+    adversarial = penalised["discriminator/real"] + penalised["discriminator/refined"]
+    assert torch.allclose(adversarial, plain["discriminator/total"])  # the same batches
+    total = penalised["discriminator/total"].item()
+    assert total == pytest.approx(adversarial.item() + 0.5 * 4.0 * expected, rel=1e-5)
+    assert not all(torch.allclose(a, b) for a, b in zip(grads, plain_grads, strict=True))
+    assert not real.requires_grad  # the caller's batch is left as it was
+
+
+def test_discriminator_r1_must_not_be_negative(shards):
+    with pytest.raises(ValueError, match="discriminator_r1"):
+        simgan.SimGAN(
+            tiny_config(discriminator_r1=-1.0),
+            synthetic=shards[0],
+            real=shards[1],
+            device=torch.device("cpu"),
+        )
 
 
 def test_average_moves_floats_towards_the_source_and_copies_counters():
