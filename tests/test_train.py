@@ -341,6 +341,35 @@ def test_discriminator_r1_adds_half_gamma_times_the_penalty_on_real_images():
     assert not real.requires_grad  # the caller's batch is left as it was
 
 
+@pytest.mark.gpu
+def test_discriminator_r1_under_cuda_float16_autocast_reads_as_in_float32():
+    """The penalty's inner backward runs on float16 activations unscaled by the GradScaler:
+    it must neither underflow to 0 nor overflow, but read what float32 reads."""
+    from refinery.history import HistoryBuffer
+    from refinery.registry import build_network
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    refiner = build_network("simgan-refiner-small").to(device)
+    discriminator = build_network("simgan-discriminator-local").to(device)
+    synthetic = torch.rand(16, 1, 35, 55, device=device) * 2 - 1
+    real = torch.rand(16, 1, 35, 55, device=device) * 2 - 1
+
+    def penalty(amp):
+        d = copy.deepcopy(discriminator)
+        losses = simgan.discriminator_step(
+            refiner, d, torch.optim.SGD(d.parameters(), lr=0.0), synthetic, real,
+            HistoryBuffer(capacity=32, seed=0), r1=1.0,
+            scaler=torch.amp.GradScaler("cuda", enabled=amp),
+            autocast=torch.autocast("cuda", dtype=torch.float16, enabled=amp),
+        )  # fmt: skip
+        return losses["discriminator/r1"].item()
+
+    exact, half = penalty(False), penalty(True)
+    assert exact > 0
+    assert half == pytest.approx(exact, rel=0.05)
+
+
 def test_discriminator_r1_must_not_be_negative(shards):
     with pytest.raises(ValueError, match="discriminator_r1"):
         simgan.SimGAN(
