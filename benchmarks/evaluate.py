@@ -299,6 +299,14 @@ FULL["gaze-simgan-diffaugment"] = replace(
     + "; ablation: DiffAugment, every image the discriminator sees (real and refined) "
     "randomly brightened, contrast-scaled, shifted and cut out, differentiably",
 )
+FULL["gaze-simgan-r1"] = replace(
+    FULL["gaze-simgan"],
+    name="gaze-simgan-r1",
+    overrides={"discriminator_r1": 0.01},
+    cpu_scale=FULL["gaze-simgan"].cpu_scale
+    + "; ablation: an R1 penalty on the discriminator (discriminator_r1: 0.01, the weight "
+    "measured on real MPIIGaze eyes by real_gaze)",
+)
 FULL["gaze-simgan-2k"] = replace(
     FULL["gaze-simgan"],
     name="gaze-simgan-2k",

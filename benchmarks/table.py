@@ -573,6 +573,10 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
         "DiffAugment on what the discriminator sees (discriminator_augment: brightness, "
         "contrast, translation, cutout)",
     ),
+    "gaze-simgan-r1": (
+        "gaze-simgan",
+        "an R1 penalty on the discriminator (discriminator_r1: 0.01)",
+    ),
     "gaze-simgan-2k": (
         "gaze-simgan",
         "2,000 samples in every training set and 1,000 test eyes instead of 800 and 400",
