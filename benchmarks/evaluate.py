@@ -30,12 +30,14 @@ report is run 0's.
 | ``streets-sggan``  | scene  | SG-GAN, ``--preset small``        | fcn8s-small           |
 | ``streets-spigan`` | scene  | SPIGAN, ``--preset small``        | fcn8s-small           |
 
-Ablations vary one setting each, with the same data seeds and task schedule. Seven keep the
+Ablations vary one setting each, with the same data seeds and task schedule. Eight keep the
 data and budget: ``gaze-simgan-zeros`` pads the refiner with zeros (the paper's TF "SAME")
 instead of the recipes' reflect, ``gaze-simgan-noise`` adds a noise channel the gaze recipe
 lacks, ``gaze-simgan-ema`` exports a moving average of the refiner's weights (β = 0.995)
 instead of its last iterate, ``gaze-simgan-diffaugment`` shows the discriminator every image
-through DiffAugment's random transforms (``discriminator_augment``), ``hand-simgan-nonoise``
+through DiffAugment's random transforms (``discriminator_augment``), ``gaze-simgan-r1``
+penalises the discriminator's gradient on real eyes (``discriminator_r1: 0.01``, the weight
+``real_gaze`` measured on MPIIGaze), ``hand-simgan-nonoise``
 drops the noise channel the hand recipe has, ``streets-spigan-nopi`` trains SPIGAN with γ = 0
 (no privileged depth network) and ``streets-spigan-gamma1`` with γ = 1 (ten times the paper's
 weight on it).
@@ -61,7 +63,7 @@ no per-sample values) and copies the self-contained ``report.html`` (images embe
 Sizes (FULL), planned for about 40 minutes on an otherwise idle 2-core CPU for all four with
 one GAN and 3 evaluate seeds; with one GAN per seed each GAN trains three times (the evaluate
 work is the same: 3 sets × 3 seeds), about 100 minutes for the first six experiments; the
-fifteen ablations (two SPIGAN pairs at 750 frames with six GANs each, ~65 min a pair) bring
+sixteen ablations (two SPIGAN pairs at 750 frames with six GANs each, ~65 min a pair) bring
 ``make bench``'s run of this module to about six hours (the size
 ablations' task networks train on 2.5× the samples). The machine they were planned on was
 shared, so wall times there meant little; costs were taken as single-thread CPU time
@@ -405,6 +407,16 @@ FULL["streets-spigan-nopi-750-pretrain-task"] = replace(
     overrides={"gamma": 0.0, "pretrain_task_steps": 300},
     cpu_scale=FULL["streets-spigan-nopi-750"].cpu_scale
     + "; and 300 iterations of T alone on the synthetic labels first (pretrain_task_steps: 300)",
+)
+# The pretrained P again with ten times the paper's weight: benchmarks/spigan_terms measures the
+# gradient each term sends into G, and at γ = 0.1 P's is a small fraction of T's; at γ = 1 the two
+# are of one size (streets-spigan-gamma1 tried γ = 1 with a P that had not learned depth yet).
+FULL["streets-spigan-750-pretrain-task-gamma1"] = replace(
+    FULL["streets-spigan-750-pretrain-task"],
+    name="streets-spigan-750-pretrain-task-gamma1",
+    overrides={"pretrain_task_steps": 300, "gamma": 1.0},
+    cpu_scale=FULL["streets-spigan-750-pretrain-task"].cpu_scale
+    + "; and gamma 1.0 instead of the paper's 0.1 (P's pull on the generator of one size with T's)",
 )
 
 _QUICK_GAN = {

@@ -1117,3 +1117,66 @@ def test_real_gaze_sweep_records_finished_and_killed_runs(tmp_path, shared_fixtu
         real_gaze_sweep.main([*common, "--out", str(tmp_path / "c"), "--workers", "2",
                               "--variants", "pair", "pair-wide-d", "--budget", "600"])  # fmt: skip
     assert len(started) == 2 and all(p.poll() == -signal.SIGKILL for p in started)
+
+
+def _tiny_spigan(tmp_path, **overrides):
+    import torch
+
+    from benchmarks.common import procedural_shards
+    from train.spigan import SPIGAN, load_config
+
+    synthetic = procedural_shards(tmp_path / "s", "scene", "synthetic", 4, seed=1, size=(64, 128))
+    real = procedural_shards(tmp_path / "r", "scene", "real", 4, seed=2, size=(64, 128))
+    config = load_config(
+        preset="small", batch_size=2, shuffle_buffer=4, decode_workers=0, **overrides
+    )
+    return SPIGAN(config, synthetic=synthetic, real=real, device=torch.device("cpu"))
+
+
+def test_spigan_terms_pull_is_each_weighted_terms_gradient_on_the_generator_alone(tmp_path):
+    """A term's pull is the norm of what its weighted loss alone puts in G's .grad, linear in
+    its weight, and measuring it leaves no gradient in D, T or P and their flags as they were."""
+    import torch
+
+    from benchmarks import spigan_terms
+
+    method = _tiny_spigan(tmp_path, gamma=0.1)
+    batch = method._synthetic()
+    torch.manual_seed(5)  # T and P drop out at random: the same draws on both roads
+    pulls = spigan_terms.term_pulls(method, batch)
+    assert set(pulls) == {"gan", "task", "privileged", "perceptual"}
+    for key, module in method.modules.items():
+        assert all(p.requires_grad for p in module.parameters()), key
+        assert all(p.grad is None for p in module.parameters()), key
+    # the same figure by another road: backward of γ·L_P alone into G's .grad
+    generator = method.modules["generator"]
+    torch.manual_seed(5)
+    generated = generator(batch["image"])
+    terms = method.generator_objective(batch, generated, method.modules["discriminator"](generated))
+    (0.1 * terms["privileged"]).backward()
+    by_backward = torch.sqrt(sum((p.grad**2).sum() for p in generator.parameters()))
+    assert pulls["privileged"] == pytest.approx(float(by_backward), rel=1e-4)
+    assert pulls["privileged"] > 0
+    # ten times the weight, ten times the pull; the other terms do not move
+    method.config = replace(method.config, gamma=1.0)
+    torch.manual_seed(5)
+    tenfold = spigan_terms.term_pulls(method, batch)
+    assert tenfold["privileged"] == pytest.approx(10 * pulls["privileged"], rel=1e-4)
+    assert tenfold["task"] == pytest.approx(pulls["task"], rel=1e-5)
+
+
+def test_spigan_terms_quick_run_records_every_probe_and_the_gamma_that_equals_t(tmp_path):
+    from benchmarks import spigan_terms
+
+    figures = spigan_terms.main(["--quick", "--seeds", "0", "--out", str(tmp_path)])
+    record = json.loads((tmp_path / "spigan_terms-quick.json").read_text())
+    assert record["figures"] == figures
+    for pretrain in ("pretrain_task_steps_0", "pretrain_task_steps_4"):
+        probes = figures[pretrain]
+        assert sorted(probes, key=int) == ["0", "2", "4"]  # every 2 of 4, and the end
+        for probe in probes.values():
+            assert set(probe["pull"]) == {"gan", "task", "privileged", "perceptual"}
+            ratio = probe["pull"]["privileged"] / probe["pull"]["task"]
+            assert probe["privileged_over_task"] == pytest.approx(ratio, rel=1e-2)
+            assert probe["gamma_equal_to_task"] == pytest.approx(0.1 / ratio, rel=1e-2)
+            assert 0 < probe["privileged_share"] < 1
