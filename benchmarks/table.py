@@ -1067,6 +1067,39 @@ def _real_gaze_sweep(record: dict) -> list[str]:
     return lines
 
 
+def _spigan_terms(record: dict) -> list[str]:
+    """``benchmarks/spigan_terms.py``: the gradient each weighted term of SPIGAN's objective
+    sends into G, during the runs."""
+    figures, settings = record["figures"], record["settings"]
+    lines = [
+        "| pretrain_task_steps | adversarial iteration | ‖∇ α·L_GAN‖ | ‖∇ β·L_T‖ | ‖∇ γ·L_P‖ | "
+        "‖∇ δ·L_perc‖ | P's pull / T's (per GAN seed) | P's share of the four | γ where P pulls "
+        "as T |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for config, probes in figures.items():
+        pretrain = config.rsplit("_", 1)[-1]
+        for iteration, probe in sorted(probes.items(), key=lambda item: int(item[0])):
+            pull = probe["pull"]
+            runs = ", ".join(_fmt(r) for r in probe["privileged_over_task_runs"])
+            lines.append(
+                f"| {pretrain} | {iteration} | {_fmt(pull['gan'])} | {_fmt(pull['task'])} | "
+                f"{_fmt(pull['privileged'])} | {_fmt(pull['perceptual'])} | "
+                f"{_fmt(probe['privileged_over_task'])} ({runs}) | "
+                f"{probe['privileged_share']:.1%} | {_fmt(probe['gamma_equal_to_task'])} |"
+            )
+    lines += [
+        "",
+        f"SPIGAN `--preset small` (γ = {_fmt(settings['gamma'])}), {settings['frames']} synthetic "
+        f"and {settings['frames']} real {settings['image_size']} frames (data seeds "
+        f"{', '.join(str(s) for s in settings['data_seeds'])}), {settings['steps']} iterations, "
+        f"GAN seeds {', '.join(str(s) for s in settings['seeds'])}; pull: "
+        f"{settings['measure']}, {settings['batches_per_probe']} batches a probe, a probe every "
+        f"{settings['probe_every']} iterations; {settings['seconds']:,.0f} s.",
+    ]
+    return lines
+
+
 def _generic(record: dict) -> list[str]:
     lines = ["| figure | value |", "|---|---|"]
     lines += [f"| {key} | {_fmt(value)} |" for key, value in _flatten("", record["figures"])]
@@ -1088,6 +1121,7 @@ RENDERERS = {
     "realism_cues": _realism_cues,
     "c2st_noise": _c2st_noise,
     "capture_cues": _capture_cues,
+    "spigan_terms": _spigan_terms,
 }
 
 
