@@ -1180,3 +1180,5 @@ def test_spigan_terms_quick_run_records_every_probe_and_the_gamma_that_equals_t(
             assert probe["privileged_over_task"] == pytest.approx(ratio, rel=1e-2)
             assert probe["gamma_equal_to_task"] == pytest.approx(0.1 / ratio, rel=1e-2)
             assert 0 < probe["privileged_share"] < 1
+    rows = [line for line in table._spigan_terms(record) if line.startswith("| 0 |")]
+    assert [row.split(" | ")[1] for row in rows] == ["0", "2", "4"]
