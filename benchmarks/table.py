@@ -557,7 +557,7 @@ PI_PAIRS = (  # issue 15: SPIGAN with privileged information (γ > 0) against th
     ("streets-spigan", "streets-spigan-nopi"),
     ("streets-spigan-750", "streets-spigan-nopi-750"),
     ("streets-spigan-750-pretrain-task", "streets-spigan-nopi-750-pretrain-task"),
-    ("streets-spigan-750-pretrain-task-gamma1", "streets-spigan-nopi-750-pretrain-task"),
+    ("streets-spigan-750-pretrain-task-gamma3", "streets-spigan-nopi-750-pretrain-task"),
 )
 ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
     "gaze-simgan-zeros": ("gaze-simgan", "the refiner padded with zeros instead of reflection"),
@@ -609,9 +609,9 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
         "streets-spigan-750",
         "T and P trained alone on the synthetic labels and depth for 300 iterations first",
     ),
-    "streets-spigan-750-pretrain-task-gamma1": (
+    "streets-spigan-750-pretrain-task-gamma3": (
         "streets-spigan-750-pretrain-task",
-        "γ = 1 instead of the paper's 0.1, with T and P trained alone first",
+        "γ = 3 instead of the paper's 0.1, with T and P trained alone first",
     ),
     "streets-spigan-nopi-750-pretrain-task": (
         "streets-spigan-nopi-750",
