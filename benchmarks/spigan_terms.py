@@ -52,21 +52,15 @@ def term_pulls(spigan, batch: dict[str, torch.Tensor]) -> dict[str, float]:
     weights = {"gan": c.alpha, "task": c.beta, "privileged": c.gamma, "perceptual": c.delta}
     generator = spigan.modules["generator"]
     params = [p for p in generator.parameters() if p.requires_grad]
-    held = [m for k, m in spigan.modules.items() if k != "generator"]
-    for module in held:
-        module.requires_grad_(False)
-    try:
+    pulls = {}
+    with spigan.holding_others():
         generated = generator(batch["image"])
         d = spigan.modules["discriminator"](generated)
         terms = spigan.generator_objective(batch, generated, d)
-        pulls = {}
         for name, weight in weights.items():
             if weight and name in terms:
                 grads = torch.autograd.grad(weight * terms[name], params, retain_graph=True)
                 pulls[name] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads)))
-    finally:
-        for module in held:
-            module.requires_grad_(True)
     return pulls
 
 
@@ -102,10 +96,6 @@ def run(
             probes.append({"iteration": adversarial, **mean_pulls(spigan, batches)})
         _iteration(spigan, schedule, schedule.phase(iteration))
     probes.append({"iteration": steps, **mean_pulls(spigan, batches)})
-    for stream in spigan.streams:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
     return probes
 
 
@@ -132,7 +122,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--out", type=Path, default=RESULTS, help="records go to DIR")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     frames, steps, every, batches = (24, 4, 2, 1) if args.quick else (FRAMES, STEPS, EVERY, BATCHES)
     pretrains = (0, 4) if args.quick else PRETRAIN
     from train.spigan import load_config

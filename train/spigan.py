@@ -34,8 +34,10 @@ real pool is read unlabeled (``labels=False``; image-only samples are fine).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,18 +251,25 @@ class SPIGAN:
             ignore_index=ontologies.IGNORE,
         )
 
+    @contextlib.contextmanager
+    def holding_others(self) -> Iterator[None]:
+        """D, T and P (every module but G) without gradients inside, as G's step needs them."""
+        held = [m for name, m in self.modules.items() if name != "generator"]
+        for module in held:
+            module.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for module in held:
+                module.requires_grad_(True)
+
     def generator_step(self, *, pretrain: bool) -> Step:
         """G on the whole objective, with D, T and P held fixed for this update."""
         batch = self._synthetic()
         d = self.modules["discriminator"]
-        held = [d, self.modules["task"], *filter(None, [self.modules.get("privileged")])]
-        for module in held:
-            module.requires_grad_(False)
-        with self.autocast:
+        with self.holding_others(), self.autocast:
             generated = self.modules["generator"](batch["image"])
             terms = self.generator_objective(batch, generated, d(generated))
-        for module in held:
-            module.requires_grad_(True)
         self._update("generator", terms["total"])
         return Step({f"generator/{k}": v.detach() for k, v in terms.items()})
 
