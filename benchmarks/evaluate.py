@@ -423,6 +423,29 @@ FULL["streets-spigan-750-pretrain-task-gamma3"] = replace(
     "T's, as benchmarks/spigan_terms measures it)",
 )
 
+# SPIGAN with its scene held (train/spigan.py): every arm above refines street frames into haze
+# and stripes, since L_perc on untrained VGG19 features holds nothing against the adversarial
+# term. These two give G SG-GAN's small U-Net and a self-regularisation on 4x4 block means (λ 10),
+# with and without P, six GANs each at streets-spigan's 300 frames.
+HELD_SCENE = {"generator": "sggan-generator-small", "self_reg_weight": 10.0, "psi": "low-pass"}
+FULL["streets-spigan-selfreg"] = replace(
+    FULL["streets-spigan"],
+    name="streets-spigan-selfreg",
+    overrides=dict(HELD_SCENE),
+    seeds=(0, 1, 2, 3, 4, 5),
+    cpu_scale=FULL["streets-spigan"].cpu_scale
+    + "; ablation: G is SG-GAN's small U-Net (sggan-generator-small) and its objective adds "
+    "10 |psi(G(x)) - psi(x)|_1 with psi the 4x4 block means (self_reg_weight 10, psi low-pass); "
+    "six GANs (seeds 0-5) instead of three",
+)
+FULL["streets-spigan-nopi-selfreg"] = replace(
+    FULL["streets-spigan-selfreg"],
+    name="streets-spigan-nopi-selfreg",
+    overrides={**HELD_SCENE, "gamma": 0.0},
+    cpu_scale=FULL["streets-spigan-selfreg"].cpu_scale
+    + "; and gamma 0, no privileged depth network (SPIGAN without PI)",
+)
+
 _QUICK_GAN = {
     "simgan": {
         "batch_size": 8,

@@ -558,6 +558,7 @@ PI_PAIRS = (  # issue 15: SPIGAN with privileged information (γ > 0) against th
     ("streets-spigan-750", "streets-spigan-nopi-750"),
     ("streets-spigan-750-pretrain-task", "streets-spigan-nopi-750-pretrain-task"),
     ("streets-spigan-750-pretrain-task-gamma3", "streets-spigan-nopi-750-pretrain-task"),
+    ("streets-spigan-selfreg", "streets-spigan-nopi-selfreg"),
 )
 ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
     "gaze-simgan-zeros": ("gaze-simgan", "the refiner padded with zeros instead of reflection"),
@@ -616,6 +617,14 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
     "streets-spigan-nopi-750-pretrain-task": (
         "streets-spigan-nopi-750",
         "T trained alone on the synthetic labels for 300 iterations first, without P (γ = 0)",
+    ),
+    "streets-spigan-selfreg": (
+        "streets-spigan",
+        "G is SG-GAN's small U-Net, held to the synthetic frame's 4×4 block means (λ 10)",
+    ),
+    "streets-spigan-nopi-selfreg": (
+        "streets-spigan-selfreg",
+        "SPIGAN without privileged information (γ = 0), with the U-Net G held by self_reg",
     ),
 }
 

@@ -35,7 +35,8 @@ from torch import nn
 REFINED = 0  # discriminator class index: a refined (fake) image
 REAL = 1  # discriminator class index: a real image
 
-PSI_NAMES = ("identity", "mean-colour", "gradients")
+PSI_NAMES = ("identity", "mean-colour", "gradients", "low-pass")
+LOW_PASS = 4  # the "low-pass" ψ averages LOW_PASS × LOW_PASS blocks
 
 Psi = Callable[[torch.Tensor], torch.Tensor]
 
@@ -121,7 +122,16 @@ def _gradients(image: torch.Tensor) -> torch.Tensor:
     return torch.cat([dx.flatten(1), dy.flatten(1)], dim=1)  # (B, C(H(W-1) + (H-1)W))
 
 
-_PSI: dict[str, Psi] = {"identity": _identity, "mean-colour": _mean_colour, "gradients": _gradients}
+def _low_pass(image: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(image, LOW_PASS)  # (B, C, H // 4, W // 4): layout and colour, no texture
+
+
+_PSI: dict[str, Psi] = {
+    "identity": _identity,
+    "mean-colour": _mean_colour,
+    "gradients": _gradients,
+    "low-pass": _low_pass,
+}
 
 
 class FeaturePsi(nn.Module):
@@ -152,6 +162,8 @@ def make_psi(psi: str | nn.Module | Psi) -> Psi:
     The paper (§2.1) lists the identity, image derivatives, the mean of colour channels and a
     learned transformation: "identity" is the image, "gradients" its horizontal and vertical
     finite differences, "mean-colour" the mean over channels, a module a frozen feature net.
+    "low-pass" (ours) is the mean of each 4×4 block: it holds a scene's layout and colours and
+    leaves the texture and noise that make an image look real free to change.
     """
     if isinstance(psi, str):
         try:

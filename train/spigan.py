@@ -22,6 +22,17 @@ and P alone on synthetic batches (``task_pretrain_step``): the paper's T and P s
 ImageNet VGG16, and without such weights (``backbone_weights``) they start random, so G's
 L_T and L_P would otherwise follow untrained networks for the first part of the run.
 
+Holding the scene without ImageNet features (``self_reg_weight``, ``psi``; not the paper).
+L_perc is what keeps G's image the synthetic scene in the paper, and it needs VGG19's ImageNet
+weights (``vgg_weights``). On random VGG features it holds nothing: at CPU scale the adversarial
+term (~38 times L_perc's gradient at the start, ``benchmarks/spigan_terms``) turns G's street
+frames into green haze and stripes within a few hundred updates, and nothing downstream can
+use their labels. ``self_reg_weight`` λ > 0 adds SimGAN's self-regularisation λ·|ψ(G(x)) − ψ(x)|₁
+to G's objective (the term "self_reg"); the default ψ, "low-pass" (4×4 block means), holds
+layout and colour while texture and noise stay free. Any registered refiner can be G
+(``generator``); SG-GAN's U-Net (``sggan-generator-small``) carries detail through its skips
+where the small ResNet G, in 600 updates, does not.
+
 Early stopping (optional, ``early_stop``): the paper stops once the discriminator loss is
 significantly and consistently below the generator's adversarial loss; here: once the running
 means satisfy D < ``early_stop_ratio`` · G_adv for ``early_stop_patience`` iterations in a row
@@ -47,6 +58,7 @@ import torch
 
 from refinery import ontology as ontologies
 from refinery import sheets
+from refinery.losses import PSI_NAMES, self_regularisation
 from refinery.losses_scene import spigan_discriminator_loss, spigan_generator_objective
 from refinery.metrics import confusion, iou_from_confusion
 from refinery.registry import build_network, network_info
@@ -91,6 +103,10 @@ class SPIGANConfig:
     # iterations training T and P alone on the synthetic labels and depth before G starts, so
     # that L_T and L_P steer G from its first step (the paper's T and P start from ImageNet)
     pretrain_task_steps: int = 0
+    # λ·|ψ(G(x)) − ψ(x)|₁ added to G's objective (SimGAN's self-regularisation; not the paper):
+    # what holds the scene when L_perc's VGG19 is untrained (module docstring); 0: left out
+    self_reg_weight: float = 0.0
+    psi: str = "low-pass"  # a refinery.losses.PSI_NAMES name
     early_stop: bool = False
     early_stop_ratio: float = 0.5
     early_stop_patience: int = 200
@@ -105,6 +121,12 @@ class SPIGANConfig:
     seed: int = 0
     decode_workers: int = 2  # processes decoding samples ahead of the loop (0: on its own thread)
     amp: bool = True
+
+    def __post_init__(self) -> None:
+        if self.self_reg_weight < 0:
+            raise ValueError(f"self_reg_weight must be >= 0, got {self.self_reg_weight}")
+        if self.psi not in PSI_NAMES:
+            raise ValueError(f"psi must be one of {', '.join(PSI_NAMES)}, got {self.psi!r}")
 
     @property
     def schedule(self) -> Schedule:
@@ -220,12 +242,13 @@ class SPIGAN:
     def generator_objective(
         self, batch: dict[str, torch.Tensor], generated: torch.Tensor, d_fake: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """α·L_GAN + β·L_T + γ·L_P + δ·L_perc: the named terms and their weighted "total"."""
+        """α·L_GAN + β·L_T + γ·L_P + δ·L_perc (+ λ·self_reg): the named terms, unweighted, and
+        their weighted "total"."""
         c = self.config
         features = (None, None)
         if self.perceptual is not None:
             features = (self.perceptual(batch["image"]), self.perceptual(generated))
-        return spigan_generator_objective(
+        terms = spigan_generator_objective(
             d_fake_logits=d_fake,
             **self._task_terms_inputs(batch, generated),
             features_synthetic=features[0],
@@ -236,6 +259,10 @@ class SPIGAN:
             delta=c.delta,
             ignore_index=ontologies.IGNORE,
         )
+        if c.self_reg_weight > 0:
+            terms["self_reg"] = self_regularisation(generated, batch["image"], psi=c.psi, weight=1)
+            terms["total"] = terms["total"] + c.self_reg_weight * terms["self_reg"]
+        return terms
 
     def task_objective(
         self, batch: dict[str, torch.Tensor], generated: torch.Tensor
