@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from refinery.losses import (
+    LOW_PASS,
     PSI_NAMES,
     REAL,
     REFINED,
@@ -240,3 +241,22 @@ def test_losses_under_bfloat16_autocast(psi):
     (adversarial + regularisation).backward()
     grads = [p.grad for p in refiner.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_low_pass_psi_holds_layout_and_colour_and_frees_texture():
+    """ "low-pass" is the mean of each 4×4 block: a zero-mean pattern inside the blocks (texture)
+    costs nothing, a shifted edge or a colour change does."""
+    torch.manual_seed(0)
+    scene = torch.zeros(2, 3, 16, 32)
+    scene[..., 8:, :] = 0.5  # a horizon on a block boundary
+    texture = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(8, 16) * 0.3  # zero mean per block
+    assert self_regularisation(scene + texture, scene, psi="low-pass", weight=1.0).item() == 0.0
+    torch.testing.assert_close(
+        make_psi("low-pass")(scene), torch.nn.functional.avg_pool2d(scene, LOW_PASS)
+    )
+    shifted = torch.roll(scene, 2, dims=2)  # the horizon two rows lower
+    assert self_regularisation(shifted, scene, psi="low-pass", weight=1.0).item() > 0.05
+    tinted = scene.clone()
+    tinted[:, 1] += 0.2  # greener
+    loss = self_regularisation(tinted, scene, psi="low-pass", weight=1.0)
+    assert loss.item() == pytest.approx(0.2 / 3, rel=1e-5)

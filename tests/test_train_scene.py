@@ -204,3 +204,55 @@ def test_cli_trains_both_scene_methods(streets, tmp_path, capsys):
                "small", "--out", str(tmp_path / "w"), "--vgg-weights", str(tmp_path / "no.pth")]  # fmt: skip
     assert main(missing) == 1
     assert "no.pth" in capsys.readouterr().err
+
+
+def test_spigan_self_regularisation_is_the_low_pass_l1_and_a_unet_generator_exports(
+    streets, tmp_path
+):
+    """self_reg_weight λ adds λ·mean|pool4(G(x)) − pool4(x)| to G's total as "self_reg" (absent
+    at λ = 0); a run with SG-GAN's U-Net as G trains and exports like the ResNet G."""
+    held = dict(generator="sggan-generator-small", self_reg_weight=10.0, psi="low-pass")
+    config = spigan.load_config(preset="small", crop=(32, 32), **held, **TINY)
+    synthetic, real = streets
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = spigan.SPIGAN(config, synthetic=synthetic, real=real, device=torch.device("cpu"))
+        plain = spigan.SPIGAN(
+            spigan.load_config(preset="small", crop=(32, 32), **{**held, "self_reg_weight": 0}),
+            synthetic=synthetic,
+            real=real,
+            device=torch.device("cpu"),
+        )
+    batch = run._synthetic()
+    with torch.no_grad():
+        generated = run.modules["generator"](batch["image"])
+        d_fake = run.modules["discriminator"](generated)
+        terms = run.generator_objective(batch, generated, d_fake)
+    pool = torch.nn.functional.avg_pool2d
+    expected = (pool(generated, 4) - pool(batch["image"], 4)).abs().mean()
+    assert terms["self_reg"].item() == pytest.approx(expected.item(), rel=1e-5)
+    without = sum(
+        w * terms[k]
+        for k, w in (("gan", 1.0), ("task", 0.5), ("privileged", 0.1), ("perceptual", 0.33))
+    )
+    assert terms["total"].item() == pytest.approx((without + 10.0 * expected).item(), rel=1e-5)
+    plain.modules = run.modules
+    plain.perceptual = run.perceptual
+    assert "self_reg" not in plain.generator_objective(batch, generated, d_fake)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        latest = spigan.train(config, synthetic=synthetic, real=real, out=tmp_path / "r")
+    spec = engines.export_run(tmp_path / "r", tmp_path / "engine")
+    assert spec.method == "spigan" and spec.name == "sggan-generator-small"
+    assert spec.validation["onnxruntime_vs_torch_max_abs"] <= 1e-5
+    assert latest.name == "iter-00000004"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [({"self_reg_weight": -1.0}, "self_reg_weight"), ({"psi": "vgg"}, "psi must be one of")],
+)
+def test_spigan_rejects_a_bad_self_regularisation(override, message):
+    with pytest.raises(ValueError, match=message):
+        spigan.load_config(preset="small", **override)
