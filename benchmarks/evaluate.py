@@ -7,7 +7,7 @@ subprocesses, each command line recorded with the work directory written ``$WORK
    synthetic (labeled: the GAN's synthetic domain, refined, and the "synthetic" training set),
    real unlabeled (the GAN's real domain), real train (labeled: the "real" upper bound) and
    real test;
-then, for each seed s (0 1 2; 0-5 for the SPIGAN pairs at 750 frames, see below):
+then, for each seed s (0 1 2; 0-5 for the SPIGAN pairs at 750 frames and with self_reg, see below):
 
 2. ``refinery train <method>`` on synthetic + real unlabeled with ``--config`` giving
    ``seed: s`` and the experiment's overrides (where the preset alone does not fit two CPU
@@ -50,7 +50,10 @@ privileged information at 750 frames per set (375 test). ``streets-spigan-750-pr
 ``streets-spigan-nopi-750-pretrain-task`` are that pair again with T (and P) trained alone on
 the synthetic labels (and depth) for 300 iterations before G starts (``pretrain_task_steps``),
 and ``streets-spigan-750-pretrain-task-gamma3`` is the first of them with γ = 3, where P pulls on
-G about as hard as T (``benchmarks/spigan_terms``).
+G about as hard as T (``benchmarks/spigan_terms``). ``streets-spigan-selfreg`` /
+``streets-spigan-nopi-selfreg`` are SPIGAN with and without privileged information at 300 frames
+whose G is SG-GAN's small U-Net, held to the synthetic frame's 4×4 block means
+(``self_reg_weight`` 10, ``psi: low-pass``), six GANs each.
 
 SPIGAN's own task network T is not what is scored here: its generator refines the synthetic
 shards like SG-GAN's does and a fresh ``fcn8s-small`` is trained on them, so both scene
@@ -446,6 +449,16 @@ FULL["streets-spigan-nopi-selfreg"] = replace(
     + "; and gamma 0, no privileged depth network (SPIGAN without PI)",
 )
 
+# The held-scene arm with P again at γ = 3, where spigan_terms measured P's pull on G of one size
+# with T's (γ = 0.1 leaves it at 3-6% of T's without pretraining).
+FULL["streets-spigan-selfreg-gamma3"] = replace(
+    FULL["streets-spigan-selfreg"],
+    name="streets-spigan-selfreg-gamma3",
+    overrides={**HELD_SCENE, "gamma": 3.0},
+    cpu_scale=FULL["streets-spigan-selfreg"].cpu_scale
+    + "; and gamma 3.0 instead of the paper's 0.1 (P's pull on G of one size with T's)",
+)
+
 _QUICK_GAN = {
     "simgan": {
         "batch_size": 8,
@@ -820,7 +833,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
         nargs="+",
         default=None,
         help="one run per seed: the GAN and the task networks trained with it (default: the "
-        "experiment's own, 0 1 2; 0-5 for the SPIGAN arms at 750 frames)",
+        "experiment's own, 0 1 2; 0-5 for the SPIGAN arms at 750 frames and with self_reg)",
     )
     parser.add_argument("--device", default=None, help="torch device for train and evaluate")
     args = parser.parse_args(argv)

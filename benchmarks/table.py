@@ -559,6 +559,7 @@ PI_PAIRS = (  # issue 15: SPIGAN with privileged information (γ > 0) against th
     ("streets-spigan-750-pretrain-task", "streets-spigan-nopi-750-pretrain-task"),
     ("streets-spigan-750-pretrain-task-gamma3", "streets-spigan-nopi-750-pretrain-task"),
     ("streets-spigan-selfreg", "streets-spigan-nopi-selfreg"),
+    ("streets-spigan-selfreg-gamma3", "streets-spigan-nopi-selfreg"),
 )
 ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
     "gaze-simgan-zeros": ("gaze-simgan", "the refiner padded with zeros instead of reflection"),
@@ -625,6 +626,10 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
     "streets-spigan-nopi-selfreg": (
         "streets-spigan-selfreg",
         "SPIGAN without privileged information (γ = 0), with the U-Net G held by self_reg",
+    ),
+    "streets-spigan-selfreg-gamma3": (
+        "streets-spigan-selfreg",
+        "γ = 3 instead of the paper's 0.1, with the U-Net G held by self_reg",
     ),
 }
 
