@@ -53,7 +53,8 @@ and ``streets-spigan-750-pretrain-task-gamma3`` is the first of them with γ = 3
 G about as hard as T (``benchmarks/spigan_terms``). ``streets-spigan-selfreg`` /
 ``streets-spigan-nopi-selfreg`` are SPIGAN with and without privileged information at 300 frames
 whose G is SG-GAN's small U-Net, held to the synthetic frame's 4×4 block means
-(``self_reg_weight`` 10, ``psi: low-pass``), six GANs each.
+(``self_reg_weight`` 10, ``psi: low-pass``), six GANs each, and ``streets-spigan-selfreg-gamma3``
+the first of them with γ = 3.
 
 SPIGAN's own task network T is not what is scored here: its generator refines the synthetic
 shards like SG-GAN's does and a fresh ``fcn8s-small`` is trained on them, so both scene
