@@ -54,7 +54,8 @@ G about as hard as T (``benchmarks/spigan_terms``). ``streets-spigan-selfreg`` /
 ``streets-spigan-nopi-selfreg`` are SPIGAN with and without privileged information at 300 frames
 whose G is SG-GAN's small U-Net, held to the synthetic frame's 4×4 block means
 (``self_reg_weight`` 10, ``psi: low-pass``), six GANs each, and ``streets-spigan-selfreg-gamma3``
-the first of them with γ = 3.
+the first of them with γ = 3, and ``streets-spigan-nopi-selfreg-resize`` the second with its U-Net
+upsampling by resize and convolution.
 
 SPIGAN's own task network T is not what is scored here: its generator refines the synthetic
 shards like SG-GAN's does and a fresh ``fcn8s-small`` is trained on them, so both scene
@@ -458,6 +459,17 @@ FULL["streets-spigan-selfreg-gamma3"] = replace(
     overrides={**HELD_SCENE, "gamma": 3.0},
     cpu_scale=FULL["streets-spigan-selfreg"].cpu_scale
     + "; and gamma 3.0 instead of the paper's 0.1 (P's pull on G of one size with T's)",
+)
+
+# The held-scene arm without P, its U-Net upsampling by resize and convolution: the transposed
+# convolutions' strides leave a dotted lattice on the refined frames (the reports' sheets).
+FULL["streets-spigan-nopi-selfreg-resize"] = replace(
+    FULL["streets-spigan-nopi-selfreg"],
+    name="streets-spigan-nopi-selfreg-resize",
+    overrides={**HELD_SCENE, "gamma": 0.0, "generator": "sggan-generator-small-resize"},
+    cpu_scale=FULL["streets-spigan-nopi-selfreg"].cpu_scale
+    + "; and the U-Net upsamples by nearest resize and 3x3 convolution "
+    "(sggan-generator-small-resize), not transposed convolutions",
 )
 
 _QUICK_GAN = {

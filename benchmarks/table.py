@@ -631,6 +631,10 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
         "streets-spigan-selfreg",
         "γ = 3 instead of the paper's 0.1, with the U-Net G held by self_reg",
     ),
+    "streets-spigan-nopi-selfreg-resize": (
+        "streets-spigan-nopi-selfreg",
+        "the held U-Net G upsampling by resize and convolution, not transposed convolutions",
+    ),
 }
 
 

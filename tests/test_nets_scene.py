@@ -342,3 +342,17 @@ def test_torchvision_vgg_state_dicts_match_ours():
         theirs = build(weights=None).features.state_dict()
         ours = vgg_layers(depth).state_dict()
         assert {k: v.shape for k, v in theirs.items()} == {k: v.shape for k, v in ours.items()}
+
+
+def test_unet_resize_upsampling_has_no_transposed_convs_and_keeps_the_layout():
+    transposed = build_network("sggan-generator-small")
+    resized = build_network("sggan-generator-small-resize").eval()
+    assert count(transposed, nn.ConvTranspose2d) == 5 and count(resized, nn.ConvTranspose2d) == 0
+    assert count(resized, nn.Upsample) == 5 and resized.size_multiple == 32
+    assert count(resized, nn.InstanceNorm2d) == count(transposed, nn.InstanceNorm2d)
+    x = images(2, 3, (32, 64))
+    with torch.no_grad():
+        y = resized(x)
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+    with pytest.raises(ValueError, match="upsample"):
+        UNetConfig(upsample="bilinear")

@@ -42,6 +42,7 @@ SIZES = {
     "simgan-discriminator-hand": ((32, 32), (48, 40)),
     "sggan-generator": ((512, 512), (256, 512)),
     "sggan-generator-small": ((64, 64), (32, 96)),
+    "sggan-generator-small-resize": ((64, 64), (32, 96)),
     "sggan-generator-resnet": ((32, 32), (24, 40)),
     "spigan-generator": ((32, 32), (24, 40)),
     "spigan-generator-small": ((32, 32), (24, 40)),

@@ -19,7 +19,10 @@ but there it is 1×2 at 256×512 and 1×1 at 256×256, where instance norm reduc
 sign of a difference or to its offset, so the bottleneck passes nothing (PyTorch also refuses
 instance norm over one value in training). The option ``sggan-generator-resnet`` is SG-GAN's
 ``generator_resnet``: CycleGAN's ResNet generator (``refinery.nets.spigan.ResnetGenerator``)
-with affine instance norm, as its TF ops define it. Every norm here is affine, like SG-GAN's
+with affine instance norm, as its TF ops define it. ``upsample="resize"`` (ours,
+``sggan-generator-small-resize``) replaces each 4×4/2 transposed conv by nearest ×2, reflect-pad
+1 and a 3×3 conv, as the small ResNet G does (``refinery.nets.spigan``): SPIGAN's frames refined
+by the transposed-conv U-Net at CPU scale carry a dotted lattice of the strides' period. Every norm here is affine, like SG-GAN's
 ``instance_norm`` (scale N(1, 0.02), offset 0); convs are initialised N(0, 0.02).
 
 Discriminator. SG-GAN's ``discriminator``: conv 4×4/2 → 64, LeakyReLU 0.2; conv 4×4/2 → 128,
@@ -71,6 +74,7 @@ class UNetConfig:
     downs: int = 8  # stride-2 levels; H and W must be multiples of 2**downs
     dropout: float = 0.5  # on the innermost decoder layers (SG-GAN: keep_prob 0.5 in training)
     dropout_layers: int = 3  # how many decoder layers, from the innermost, have dropout
+    upsample: str = "transpose"  # "transpose" (SG-GAN's 4×4/2) or "resize"; module docstring
 
     def __post_init__(self) -> None:
         for name in ("channels", "features", "downs"):
@@ -83,6 +87,10 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.dropout_layers, int) or self.dropout_layers < 0:
             raise ValueError(f"UNetConfig.dropout_layers must be >= 0, got {self.dropout_layers!r}")
+        if self.upsample not in ("transpose", "resize"):
+            raise ValueError(
+                f"UNetConfig.upsample must be 'transpose' or 'resize', got {self.upsample!r}"
+            )
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -110,15 +118,25 @@ class UNetGenerator(nn.Module):
                 layers.append(nn.InstanceNorm2d(c, affine=True))
             self.down.append(nn.Sequential(*layers))
             c_in = c
+
+        def up(c_in: int, c_out: int, bias: bool) -> nn.Module:  # ×2
+            if config.upsample == "transpose":
+                return nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=bias)
+            return nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.ReflectionPad2d(1),
+                nn.Conv2d(c_in, c_out, 3, bias=bias),
+            )
+
         self.up = nn.ModuleList()
         for j in range(n):  # d1 ... dn; d_j is concatenated with e_{n-j} (same maps) for j < n
             c_in = widths[-1] if j == 0 else 2 * widths[n - 1 - j]
             layers = [nn.ReLU()]
             if j == n - 1:
-                layers += [nn.ConvTranspose2d(c_in, config.channels, 4, 2, 1), nn.Tanh()]
+                layers += [up(c_in, config.channels, True), nn.Tanh()]
             else:
                 c_out = widths[n - 2 - j]
-                layers.append(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False))
+                layers.append(up(c_in, c_out, False))
                 if j < config.dropout_layers and config.dropout > 0:
                     layers.append(nn.Dropout(config.dropout))  # before the norm, as SG-GAN
                 layers.append(nn.InstanceNorm2d(c_out, affine=True))
@@ -158,6 +176,15 @@ def sggan_generator_resnet(*, channels: int = 3) -> ResnetGenerator:
 def sggan_generator_small(*, channels: int = 3, dropout: float = 0.5) -> UNetGenerator:
     """A CPU-sized G: 5-level U-Net with 16 maps (H, W multiples of 32)."""
     return UNetGenerator(UNetConfig(channels=channels, features=16, downs=5, dropout=dropout))
+
+
+@register_network("sggan-generator-small-resize", role="refiner", input_size=(64, 128))
+def sggan_generator_small_resize(*, channels: int = 3, dropout: float = 0.5) -> UNetGenerator:
+    """The small U-Net upsampling by nearest resize and a 3×3 convolution instead of transposed
+    convolutions (the module docstring says why)."""
+    return UNetGenerator(
+        UNetConfig(channels=channels, features=16, downs=5, dropout=dropout, upsample="resize")
+    )
 
 
 # -- discriminator ----------------------------------------------------------------------------
