@@ -21,9 +21,10 @@ instance norm over one value in training). The option ``sggan-generator-resnet``
 ``generator_resnet``: CycleGAN's ResNet generator (``refinery.nets.spigan.ResnetGenerator``)
 with affine instance norm, as its TF ops define it. ``upsample="resize"`` (ours,
 ``sggan-generator-small-resize``) replaces each 4×4/2 transposed conv by nearest ×2, reflect-pad
-1 and a 3×3 conv, as the small ResNet G does (``refinery.nets.spigan``): SPIGAN's frames refined
-by the transposed-conv U-Net at CPU scale carry a dotted lattice of the strides' period. Every norm here is affine, like SG-GAN's
-``instance_norm`` (scale N(1, 0.02), offset 0); convs are initialised N(0, 0.02).
+1 and a 3×3 conv (``refinery.nets.spigan.resize_conv``, as the small ResNet G): SPIGAN's frames
+refined by the transposed-conv U-Net at CPU scale carry a dotted lattice of the strides' period.
+Every norm here is affine, like SG-GAN's ``instance_norm`` (scale N(1, 0.02), offset 0); convs
+are initialised N(0, 0.02).
 
 Discriminator. SG-GAN's ``discriminator``: conv 4×4/2 → 64, LeakyReLU 0.2; conv 4×4/2 → 128,
 → 256 and conv 4×4/1 → 512, each + instance norm + LeakyReLU; conv 4×4/1 → K maps, one per
@@ -51,12 +52,14 @@ import torch
 from torch import nn
 
 from refinery.nets.spigan import (
+    UPSAMPLES,
     PatchDiscriminator,
     PatchDiscriminatorConfig,
     ResnetGenerator,
     ResnetGeneratorConfig,
     check_size_multiple,
     init_gan_weights,
+    resize_conv,
 )
 from refinery.ontology import SGGAN_GROUPS
 from refinery.registry import register_network
@@ -87,9 +90,9 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.dropout_layers, int) or self.dropout_layers < 0:
             raise ValueError(f"UNetConfig.dropout_layers must be >= 0, got {self.dropout_layers!r}")
-        if self.upsample not in ("transpose", "resize"):
+        if self.upsample not in UPSAMPLES:
             raise ValueError(
-                f"UNetConfig.upsample must be 'transpose' or 'resize', got {self.upsample!r}"
+                f"UNetConfig.upsample must be one of {UPSAMPLES}, got {self.upsample!r}"
             )
 
     @property
@@ -122,11 +125,7 @@ class UNetGenerator(nn.Module):
         def up(c_in: int, c_out: int, bias: bool) -> nn.Module:  # ×2
             if config.upsample == "transpose":
                 return nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=bias)
-            return nn.Sequential(
-                nn.Upsample(scale_factor=2, mode="nearest"),
-                nn.ReflectionPad2d(1),
-                nn.Conv2d(c_in, c_out, 3, bias=bias),
-            )
+            return resize_conv(c_in, c_out, bias=bias)
 
         self.up = nn.ModuleList()
         for j in range(n):  # d1 ... dn; d_j is concatenated with e_{n-j} (same maps) for j < n

@@ -87,6 +87,16 @@ def check_size_multiple(net: nn.Module, x: torch.Tensor) -> None:
         )
 
 
+def resize_conv(c_in: int, c_out: int, *, bias: bool = False) -> nn.Module:
+    """×2 by nearest resize, reflect-pad 1 and a 3×3 conv: upsampling without the checkerboard
+    of a strided transposed conv (Odena et al., Distill 2016); the ``upsample="resize"`` option."""
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.ReflectionPad2d(1),
+        nn.Conv2d(c_in, c_out, 3, bias=bias),
+    )
+
+
 def init_gan_weights(net: nn.Module, std: float = 0.02) -> nn.Module:
     """pix2pix/CycleGAN's ``init_weights('normal', 0.02)``, as SG-GAN's TF ops: conv weights
     N(0, 0.02), biases 0, affine instance-norm scales N(1, 0.02) and offsets 0."""
@@ -164,11 +174,7 @@ class ResnetGenerator(nn.Module):
         def up(c_in: int, c_out: int) -> nn.Module:  # ×2, as u2F and uF
             if config.upsample == "transpose":
                 return nn.ConvTranspose2d(c_in, c_out, 3, 2, 1, 1, bias=False)
-            return nn.Sequential(
-                nn.Upsample(scale_factor=2, mode="nearest"),
-                nn.ReflectionPad2d(1),
-                nn.Conv2d(c_in, c_out, 3, bias=False),
-            )
+            return resize_conv(c_in, c_out)
 
         self.model = nn.Sequential(
             nn.ReflectionPad2d(3),
