@@ -560,6 +560,7 @@ PI_PAIRS = (  # issue 15: SPIGAN with privileged information (γ > 0) against th
     ("streets-spigan-750-pretrain-task-gamma3", "streets-spigan-nopi-750-pretrain-task"),
     ("streets-spigan-selfreg", "streets-spigan-nopi-selfreg"),
     ("streets-spigan-selfreg-gamma3", "streets-spigan-nopi-selfreg"),
+    ("streets-spigan-selfreg1", "streets-spigan-nopi-selfreg1"),
 )
 ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
     "gaze-simgan-zeros": ("gaze-simgan", "the refiner padded with zeros instead of reflection"),
@@ -634,6 +635,14 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
     "streets-spigan-nopi-selfreg-resize": (
         "streets-spigan-nopi-selfreg",
         "the held U-Net G upsampling by resize and convolution, not transposed convolutions",
+    ),
+    "streets-spigan-selfreg1": (
+        "streets-spigan-selfreg",
+        "the U-Net G held ten times less (self_reg_weight 1 instead of 10)",
+    ),
+    "streets-spigan-nopi-selfreg1": (
+        "streets-spigan-selfreg1",
+        "SPIGAN without privileged information (γ = 0), with the U-Net G held at λ 1",
     ),
 }
 
