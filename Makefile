@@ -68,7 +68,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.evaluate_memory  # ~6 min: evaluate's peak memory, 1k vs 4k frames
 	$(BIN)/python -m benchmarks.spigan_terms  # ~13 min: the gradient each term of SPIGAN's objective sends into G
 	$(BIN)/python -m benchmarks.drift_floor  # ~20 min: what label drift reads on appearance alone (gaze, scene)
-	$(BIN)/python -m benchmarks.evaluate  # ~9 h on 2 cores: a GAN per seed, 4 experiments, 23 ablations (the SPIGAN arms at 750 frames and with selfreg: 6 seeds)
+	$(BIN)/python -m benchmarks.evaluate  # ~9.5 h on 2 cores: a GAN per seed, 4 experiments, 24 ablations (the SPIGAN arms at 750 frames and with selfreg: 6 seeds)
 	$(BIN)/python -m benchmarks.real_gaze  # ~20 min: ingest, 3 GANs, refine on real MPIIGaze crops (skipped without ../shared)
 	$(BIN)/python -m benchmarks.real_gaze --padding zeros --out out/bench-real-gaze-zeros  # ~15 min: the ablation
 	$(BIN)/python -m benchmarks.real_gaze --set psi=gradients --set self_reg_weight=1.0 --tag psi-gradients --out out/bench-real-gaze-psi  # ~15 min: the psi ablation

@@ -548,6 +548,8 @@ def _evaluate(records: list[tuple[Path, dict]]) -> list[str]:
 
 GAP_TARGETS = {  # issue 15
     "gaze-simgan": 0.50,
+    "gaze-simgan-1200": 0.50,
+    "gaze-simgan-1200-ema": 0.50,
     "gaze-simgan-2k": 0.50,
     "gaze-simgan-2k-synthetic": 0.50,
     "hand-simgan": 0.30,
@@ -594,6 +596,11 @@ ABLATIONS = {  # experiment -> (the experiment it varies, what it changes)
         "2,000 synthetic eyes instead of 800, every real set as is",
     ),
     "gaze-simgan-1200": ("gaze-simgan", "1,200 adversarial iterations instead of the recipe's 600"),
+    "gaze-simgan-1200-ema": (
+        "gaze-simgan-1200",
+        "a moving average of the refiner's weights exported (refiner_ema: 0.995), at 1,200 "
+        "iterations",
+    ),
     "hand-simgan-nonoise": (
         "hand-simgan",
         "no noise channel (refiner_noise: 0, the paper's refiner; the hand recipe has one)",
