@@ -447,15 +447,23 @@ FULL["streets-spigan-750-pretrain-task-gamma3"] = replace(
 # term. These two give G SG-GAN's small U-Net and a self-regularisation on 4x4 block means (λ 10),
 # with and without P, six GANs each at streets-spigan's 300 frames.
 HELD_SCENE = {"generator": "sggan-generator-small", "self_reg_weight": 10.0, "psi": "low-pass"}
+
+
+def _held_scene(weight: float) -> str:
+    """What a held-scene arm adds to ``streets-spigan``'s CPU scale, at self_reg_weight ``weight``."""
+    return (
+        "; ablation: G is SG-GAN's small U-Net (sggan-generator-small) and its objective adds "
+        f"{weight:g} |psi(G(x)) - psi(x)|_1 with psi the 4x4 block means (self_reg_weight "
+        f"{weight:g}, psi low-pass); six GANs (seeds 0-5) instead of three"
+    )
+
+
 FULL["streets-spigan-selfreg"] = replace(
     FULL["streets-spigan"],
     name="streets-spigan-selfreg",
     overrides=dict(HELD_SCENE),
     seeds=(0, 1, 2, 3, 4, 5),
-    cpu_scale=FULL["streets-spigan"].cpu_scale
-    + "; ablation: G is SG-GAN's small U-Net (sggan-generator-small) and its objective adds "
-    "10 |psi(G(x)) - psi(x)|_1 with psi the 4x4 block means (self_reg_weight 10, psi low-pass); "
-    "six GANs (seeds 0-5) instead of three",
+    cpu_scale=FULL["streets-spigan"].cpu_scale + _held_scene(HELD_SCENE["self_reg_weight"]),
 )
 FULL["streets-spigan-nopi-selfreg"] = replace(
     FULL["streets-spigan-selfreg"],
@@ -494,9 +502,7 @@ FULL["streets-spigan-selfreg1"] = replace(
     FULL["streets-spigan-selfreg"],
     name="streets-spigan-selfreg1",
     overrides=dict(LOOSE_SCENE),
-    cpu_scale=FULL["streets-spigan-selfreg"]
-    .cpu_scale.replace("10 |psi", "1 |psi")
-    .replace("self_reg_weight 10", "self_reg_weight 1"),
+    cpu_scale=FULL["streets-spigan"].cpu_scale + _held_scene(LOOSE_SCENE["self_reg_weight"]),
 )
 FULL["streets-spigan-nopi-selfreg1"] = replace(
     FULL["streets-spigan-selfreg1"],
