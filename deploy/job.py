@@ -1,26 +1,30 @@
 """The refine job (contract 3): input shards -> engine -> output shards, 1:1, exactly once.
 
-One process composes the stages of ``deploy.stages`` top to bottom (STYLE 6)::
+The CPU side runs in worker processes (``deploy.workers``), sized from this process's affinity
+mask: each worker takes one shard at a time and does everything a shard needs on a CPU::
 
-    read_batches     strict tar reader, each shard read once; batches of --batch   [thread]
-    DaliDecoder      JPEG (or, with --decoder dali, every image) through DALI      [thread]
-    decode_item      OpenCV decoding in a pool of --decode-workers threads          [pool]
-    refine_batches   engine.refine: pixels up as stored dtype, refined pixels back   [thread]
-    encode_item      OpenCV encoding in a pool of --encode-workers threads          [pool]
-    write_shards     ShardWriter (temp name, rename) -> <name>.stats.json (rename)   [caller]
+    worker (one per core)                                   main process
+    tar_samples -> label check -> OpenCV decode  ──batch──▶ engine (one per device)
+    libdeflate PNG encode -> ShardWriter (temp, rename) ◀── refined pixels, in place
+                                      ──stats──▶ <name>.stats.json (rename), progress
 
-joined by ``prefetch`` queues of ``queue_depth`` batches, so every stage works on its own
-batch at once and memory stays flat whatever the dataset size. The pools keep shard and key
-order: the output does not depend on the number of workers, and the same engine and decoder
-give the same bytes.
+Workers never import torch; pixels cross in shared memory and only small messages in pipes. A
+worker writes its shard in input order, so the output does not depend on how many workers ran:
+the same engine and encoder give the same bytes. ``--engine identity`` (``engines.identity``)
+runs the same job with pixels passed through, never leaving the workers: validate or re-shard
+a dataset, or measure the CPU side alone. Sizing: as many workers as cores for the identity;
+one core fewer with an engine, whose device (or, on a CPU, whose threads) the main process
+drives.
 
-Decoding. Where DALI really decodes on the GPU (JPEG images, a CUDA engine, ``--decoder
-auto``) one DALI pipeline serves the whole job, fed the encoded bytes the tar reader read;
-PNG is decoded on the CPU by OpenCV, DALI's own CPU path being no faster. ``--decoder dali``
-sends every image through DALI (in CPU mode without a GPU), ``--decoder opencv`` none. An
-image is checked (PNG header, chunk CRCs, JPEG markers) before DALI sees it; one that fails
-the check, or a DALI batch that fails anyway, is decoded by OpenCV, where a corrupt image is
-one reject.
+DALI. Where DALI really decodes on the GPU (JPEG images, a CUDA engine, ``--decoder auto``) or
+is asked for (``--decoder dali``), one in-process pipeline of threads serves the job instead
+(``deploy.stages``)::
+
+    read_batches -> DaliDecoder -> decode_item pool -> refine_batches -> encode_item pool
+
+fed the encoded bytes the tar reader read; an image that fails a cheap integrity check (PNG
+chunk CRCs, JPEG markers), or a DALI batch that fails anyway, is decoded by OpenCV, where a
+corrupt image is one reject.
 
 Exactly once. A shard is finished when its output and its stats file both exist; the output is
 renamed into place first, the stats file last, so a kill at any moment leaves either a finished
@@ -68,7 +72,9 @@ from deploy.stages import (
     shard_items,
     upstream,
 )
+from deploy.workers import PNG_ENCODERS, ShardPlan, png_encoder_name, run_workers
 from engines.base import cuda_index
+from engines.identity import IDENTITY, IdentityEngine
 from engines.spec import DEFAULT_BATCH
 from refinery import __version__
 from refinery.samples import MALFORMED, MISSING, SampleError, encode_json
@@ -140,8 +146,15 @@ class RefineConfig:
     decode_workers: int | None = None  # OpenCV decode threads (and DALI's); None: the machine's
     encode_workers: int | None = None  # OpenCV encode threads; None: the machine's
     queue_depth: int = 2  # batches in flight between stages
+    workers: int | None = None  # CPU worker processes; None: from the affinity mask; 0: none
+    domain: str | None = None  # --engine identity: the data's domain (None: the first sample's)
+    png_encoder: str = "libdeflate"  # or "opencv" (OpenCV's bytes, ~2x slower to write)
 
     def __post_init__(self) -> None:
+        if self.png_encoder not in PNG_ENCODERS:
+            raise ValueError(
+                f"png_encoder must be one of {', '.join(PNG_ENCODERS)}, got {self.png_encoder!r}"
+            )
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
         if self.decoder not in DECODERS:
@@ -150,6 +163,8 @@ class RefineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: in this process), got {self.workers}")
         if self.max_reject_rate is not None and not 0 <= self.max_reject_rate <= 1:
             raise ValueError(f"max_reject_rate must be in [0, 1], got {self.max_reject_rate}")
         if self.output.startswith("pipe:") and "{name}" not in self.output:
@@ -170,6 +185,7 @@ class ShardStats:
     rejects: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     decoder: str = ""
+    encoder: str = ""  # how refined images were encoded (refinery.png.ENCODER, or "opencv")
     engine: str = ""
     engine_hash: str = ""
     backend: str = ""
@@ -336,9 +352,8 @@ class ShardOutput:
     def __init__(self, config: RefineConfig, url: str, *, spec, backend: str):
         name = shard_name(url)
         self.config, self.spec = config, spec
-        self.stats = ShardStats(shard=name, input=url, output=output_url(config, name))
-        self.stats.engine, self.stats.engine_hash = spec.engine_id, spec.engine_hash
-        self.stats.backend = backend
+        self.stats = _shard_stats(config, spec, backend, url)
+        self.stats.encoder = png_encoder_name(config.png_encoder)
         self.provenance = _provenance(spec, backend, url)
         self.decoders: set[str] = set()
         self.began = time.perf_counter()
@@ -360,11 +375,10 @@ class ShardOutput:
         stats.rejected += 1
 
     def finish(self) -> ShardStats:
-        self.writer.close()  # the output shard appears under its name ...
+        self.writer.close()  # the output shard appears under its name (its stats: the caller)
         stats = self.stats
         stats.seconds = time.perf_counter() - self.began
         stats.decoder = "+".join(sorted(self.decoders)) or "none"
-        _write_atomic(stats_url(self.config, stats.shard), stats.to_json())  # ... then this
         return stats
 
     def abort(self) -> None:
@@ -405,20 +419,29 @@ def write_shards(
 # -- the job ---------------------------------------------------------------------------------
 
 
+def _provenance_record(spec, backend: str) -> dict[str, Any]:
+    """``refinery.json`` of every sample an engine refines, but for its ``source_shard``."""
+    return {
+        "engine": spec.engine_id,
+        "engine_hash": spec.engine_hash,
+        "method": spec.method,
+        "network": spec.name,
+        "backend": backend,
+        "recipe": spec.source.get("recipe"),
+        "checkpoint": spec.source.get("checkpoint"),
+        "refinery_version": __version__,
+    }
+
+
 def _provenance(spec, backend: str, url: str) -> bytes:
-    return encode_json(
-        {
-            "engine": spec.engine_id,
-            "engine_hash": spec.engine_hash,
-            "method": spec.method,
-            "network": spec.name,
-            "backend": backend,
-            "recipe": spec.source.get("recipe"),
-            "checkpoint": spec.source.get("checkpoint"),
-            "source_shard": shard_name(url),
-            "refinery_version": __version__,
-        }
-    )
+    return encode_json({**_provenance_record(spec, backend), "source_shard": shard_name(url)})
+
+
+def _shard_stats(config: RefineConfig, spec, backend: str, url: str) -> ShardStats:
+    name = shard_name(url)
+    stats = ShardStats(shard=name, input=url, output=output_url(config, name))
+    stats.engine, stats.engine_hash, stats.backend = spec.engine_id, spec.engine_hash, backend
+    return stats
 
 
 def image_components(spec) -> tuple[str, ...]:
@@ -491,6 +514,33 @@ def dali_decoder(config: RefineConfig, engine, kind: str, workers: int) -> DaliD
     )
 
 
+def job_workers(config: RefineConfig, engine, shards: int) -> int:
+    """Worker processes for ``shards`` shards: ``--workers``, else one per core of this
+    process's affinity mask, less the one the engine's driver (or CPU threads) uses; never
+    more than there are shards. None (0) for an in-memory output (``memory://``), which only
+    this process can see."""
+    if config.workers == 0 or config.output.startswith("memory://"):
+        return 0
+    cores = machine_threads()
+    wanted = config.workers or (cores if engine.backend == IDENTITY else max(1, cores - 1))
+    return max(1, min(wanted, shards))
+
+
+def identity_domain(urls: Sequence[str]) -> str:
+    """The domain of the first sample that names one (its label, else its components)."""
+    from refinery.inspection import guess_domain
+    from refinery.shards import tar_samples
+
+    for url in urls:
+        for sample in tar_samples(url, handler=lambda error: None):
+            domain = guess_domain(sample)
+            if domain is not None:
+                return domain
+    raise ValueError(
+        "--engine identity: cannot tell the data's domain from its first samples; give --domain"
+    )
+
+
 def run(
     config: RefineConfig,
     urls: str | Sequence[str],
@@ -508,7 +558,9 @@ def run(
     clashes = sorted(n for n, c in Counter(names).items() if c > 1)
     if clashes:
         raise ValueError(f"inputs share file names {clashes}: their outputs would collide")
-    if engine is None:
+    if engine is None and config.engine == IDENTITY:
+        engine = IdentityEngine(config.domain or identity_domain(urls))
+    elif engine is None:
         options = {"device": config.device, "precision": config.precision}
         options = {k: v for k, v in options.items() if v is not None}
         engine = engines.load(config.engine, backend=config.backend, **options)
@@ -525,23 +577,80 @@ def run(
         claim_output(config, spec)
 
     results: list[ShardStats] = []
+
+    def finish(stats: ShardStats) -> None:
+        _write_atomic(stats_url(config, stats.shard), stats.to_json())  # after the shard
+        results.append(stats)
+        if progress is not None:
+            progress(stats)
+
+    with stop_requests() as stop:  # SIGINT/SIGTERM: stop at a batch
+        decoders = config.decode_workers or machine_threads()
+        dali = dali_decoder(config, engine, kind, decoders) if todo else None
+        if dali is not None:
+            _run_in_process(config, engine, todo, dali, stop=stop, finish=finish)
+        elif todo:
+            plan = ShardPlan(
+                components=components,
+                kind=kind,
+                domain=spec.domain,
+                batch=config.batch,
+                keep_original=config.keep_original,
+                identity=engine.backend == IDENTITY,
+                provenance=_provenance_record(spec, engine.backend),
+                png_encoder=config.png_encoder,
+            )
+
+            def shard_done(url: str, counts: dict[str, Any]) -> None:
+                stats = _shard_stats(config, spec, engine.backend, url)
+                for name, value in counts.items():
+                    setattr(stats, name, value)
+                finish(stats)
+
+            tasks = [(url, output_url(config, shard_name(url))) for url in todo]
+            completed = run_workers(
+                tasks,
+                plan,
+                workers=job_workers(config, engine, len(todo)),
+                engine=engine,
+                fit=fit_problem,
+                stop_signal=stop,
+                on_shard=shard_done,
+            )
+            if not completed:
+                raise JobStopped(stop["signal"], len(results))
+    order = {name: i for i, name in enumerate(names)}
+    shards = sorted(done + results, key=lambda s: order[s.shard])
+    summary = JobSummary(shards, time.perf_counter() - start)
+    check_reject_rate(config, summary)
+    return summary
+
+
+def _run_in_process(
+    config: RefineConfig,
+    engine,
+    todo: list[str],
+    dali: DaliDecoder,
+    *,
+    stop: dict[str, int],
+    finish: Callable[[ShardStats], None],
+) -> None:
+    """The DALI job: one process, its stages in threads (see the module docstring)."""
+    spec = engine.spec
+    components, kind = image_components(spec), spec.io.pixel_kind
     decoders = config.decode_workers or machine_threads()
     encoders = config.encode_workers or machine_threads()
     depth = config.queue_depth
     with contextlib.ExitStack() as stack:
-        stop = stack.enter_context(stop_requests())  # SIGINT/SIGTERM: stop at a batch
         decode_pool = ThreadPoolExecutor(decoders, thread_name_prefix="refine-decode")
         encode_pool = ThreadPoolExecutor(encoders, thread_name_prefix="refine-encode")
         for pool in (decode_pool, encode_pool):
             stack.callback(pool.shutdown, wait=True, cancel_futures=True)
-        dali = dali_decoder(config, engine, kind, decoders)
-
         batches = read_batches(
             todo, size=config.batch, components=components, kind=kind, domain=spec.domain
         )
         batches = prefetch(batches, depth, name="refine-read")
-        if dali is not None:
-            batches = prefetch(dali(batches), depth, name="refine-dali")
+        batches = prefetch(dali(batches), depth, name="refine-dali")
         batches = in_pool(
             batches, decode_item(kind), decode_pool, workers=decoders, ahead=depth,
             select=lambda item: item.pending,
@@ -549,19 +658,12 @@ def run(
         batches = prefetch(batches, depth, name="refine-decode")
         batches = prefetch(refine_batches(batches, engine), depth, name="refine-engine")
         batches = in_pool(
-            batches, encode_item(kind), encode_pool, workers=encoders, ahead=depth,
-            select=lambda item: item.error is None,
+            batches, encode_item(kind, config.png_encoder), encode_pool, workers=encoders,
+            ahead=depth, select=lambda item: item.error is None,
         )  # fmt: skip
         shards = write_shards(batches, config=config, spec=spec, backend=engine.backend, stop=stop)
         for stats in stack.enter_context(contextlib.closing(shards)):
-            results.append(stats)
-            if progress is not None:
-                progress(stats)
-    order = {name: i for i, name in enumerate(names)}
-    shards = sorted(done + results, key=lambda s: order[s.shard])
-    summary = JobSummary(shards, time.perf_counter() - start)
-    check_reject_rate(config, summary)
-    return summary
+            finish(stats)
 
 
 def check_reject_rate(config: RefineConfig, summary: JobSummary) -> None:

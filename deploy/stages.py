@@ -35,10 +35,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a device tensor is made: refine workers have none
+    import torch
 
 from refinery.samples import (
     DEPTH16,
@@ -349,13 +351,18 @@ def decode_item(kind: str) -> Callable[[Item], None]:
     return decode
 
 
-def encode_item(kind: str) -> Callable[[Item], None]:
-    """The refined image in its component's own format (PNG stays lossless PNG, JPEG stays
-    JPEG), as ``in_pool`` work."""
+def encode_item(kind: str, png_encoder: str = "libdeflate") -> Callable[[Item], None]:
+    """The refined image in its component's own format (PNG stays lossless PNG, written by
+    libdeflate unless ``png_encoder="opencv"``; JPEG stays JPEG), as ``in_pool`` work."""
+    from refinery.png import encode_png
 
     def encode(item: Item) -> None:
         if item.error is None:
-            item.encoded = encode_image(item.refined, kind, item.component.rsplit(".", 1)[-1])
+            ext = item.component.rsplit(".", 1)[-1]
+            if ext == "png" and png_encoder == "libdeflate":
+                item.encoded = encode_png(np.ascontiguousarray(item.refined), kind)
+            else:
+                item.encoded = encode_image(item.refined, kind, ext)
 
     return encode
 
@@ -388,6 +395,8 @@ def launch(engine, items: Sequence[Item]) -> list[tuple[list[Item], Any]]:
         if all(isinstance(im, np.ndarray) for im in images):
             pixels = np.stack(images)  # (B, H, W[, C]): one host buffer, one upload
         else:  # decoded on the device (DALI mixed): stacked there
+            import torch
+
             pixels = torch.stack([torch.as_tensor(im).to(engine.device) for im in images])
         launched.append((group, engine.submit(pixels)))
         for item in group:
