@@ -1,18 +1,20 @@
-"""The refine job against the engine alone, against a naive loop, and its memory over size.
+"""The refine job's CPU side against the codec's floor, over cores, with an engine, over size.
 
-Four measurements on procedural gaze shards (35x55 PNG + JSON), ONNX Runtime on this CPU:
+Measured side by side in one run, in alternating rounds, on procedural gaze shards (35x55 PNG
++ JSON labels, 1,000 per shard):
 
-1. throughput, side by side in one process, alternating rounds: the engine alone (pre-decoded
-   pixels in, refined pixels out, batch 64) against the whole job (``deploy.run``: tar read,
-   decode pool, engine, encode pool, tar write, stats) on the same samples; target: the job
-   at >= 90% of the engine alone;
-2. the job against a naive single-process loop (tarfile -> cv2.imdecode -> torch eager on one
-   image -> cv2.imencode -> tarfile, the way a first script would do it); target: >= 3x;
-3. peak resident memory of a job process over 10k and over 100k samples (a fresh process each,
-   the small refiner so 100k samples take minutes, not an hour); target: within 10%;
-4. the stages alone: the same job with a pass-through engine (returns its input), i.e. what
-   reading, decoding, encoding and writing sustain on this machine, the ceiling the job meets
-   once its engine is faster (a GPU).
+1. ``codec_floor``: the same frames decoded and encoded by OpenCV in a tight loop, one thread
+   (PNG level 3, the encoder the job used before), CPU us per frame; and decoded by OpenCV,
+   encoded by the job's own encoder (``refinery.png``: libdeflate);
+2. ``identity``: the whole job with ``--engine identity`` (tar read, label check, decode,
+   encode, tar write, stats), its CPU us per frame (this process and its workers) and the ratio
+   to the OpenCV floor (target <= 1.5), its frames/s with one worker and with every core
+   (scaling), and CPU seconds over wall seconds with every core (target >= 1.6 on 2 cores);
+3. ``throughput``: the job with a real engine (the paper gaze refiner, random weights, ONNX
+   Runtime on this CPU) against that engine alone on the decoded pixels, and against the loop a
+   first script writes (tarfile -> cv2 -> torch, one image at a time);
+4. ``memory``: peak resident memory of a fresh job process (and of its largest worker) over
+   10k and over 100k frames (target: within 10%).
 
     python -m benchmarks.refine [--quick] [--out DIR]
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -40,27 +43,80 @@ from benchmarks.engines import export_random
 from deploy import RefineConfig, run
 from deploy.stages import machine_threads
 from engines.base import Engine
-from refinery import sim
+from refinery import png, sim
 from refinery.registry import build_network
 from refinery.samples import encode_sample
-from refinery.shards import read, write_shards
+from refinery.shards import read, shard_samples, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _shards(out: Path, n: int, shard_size: int = 1000) -> list[str]:
+def gaze_shards(out: Path, n: int, shard_size: int = 1000) -> list[str]:
     samples = (encode_sample(s, "gaze") for s in sim.generate("gaze", "synthetic", n, seed=7))
     return write_shards(samples, str(out / "gaze-%06d.tar"), shard_size=shard_size)
 
 
 class PassThrough(Engine):
-    """Not a refiner: its output is its input, so a job with it measures everything but the
-    engine (read, decode, scaling, encode, write)."""
+    """Not a refiner: its output is its input, computed as an engine is (host to device and
+    back, the model range and quantisation): the job around an engine, without its model."""
 
     backend = "pass-through"
 
     def _run_tensor(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of every child it has waited for (the job's workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def codec_floor(blobs: list[bytes]) -> dict[str, float]:
+    """CPU us per frame of OpenCV decoding and encoding the frames in a tight loop, one thread;
+    and of OpenCV decoding with the job's own encoder."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        start = time.process_time()
+        images = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_UNCHANGED) for b in blobs]
+        decode = time.process_time() - start
+        start = time.process_time()
+        for image in images:
+            cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        opencv = time.process_time() - start
+        start = time.process_time()
+        for image in images:
+            png.encode_png(image, "gray8")
+        own = time.process_time() - start
+    finally:
+        cv2.setNumThreads(threads)
+    per = 1e6 / len(blobs)
+    return {
+        "decode_us": decode * per,
+        "encode_opencv_us": opencv * per,
+        "encode_libdeflate_us": own * per,
+        "opencv_us_per_frame": (decode + opencv) * per,
+        "libdeflate_us_per_frame": (decode + own) * per,
+    }
+
+
+def identity_job(urls: list[str], out: Path, *, workers: int | None) -> dict[str, float]:
+    """The identity job in this process and its workers: frames/s, CPU us per frame, busy."""
+    shutil.rmtree(out, ignore_errors=True)
+    config = RefineConfig(engine="identity", domain="gaze", output=str(out), workers=workers)
+    cpu, start = _cpu_seconds(), time.perf_counter()
+    summary = run(config, urls)
+    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    if summary.rejected or summary.written != summary.read:
+        raise RuntimeError(f"identity job rejected {summary.rejected} of {summary.read}")
+    return {
+        "frames": summary.read,
+        "frames_per_s": summary.read / wall,
+        "cpu_us_per_frame": cpu / summary.read * 1e6,
+        "cpu_busy": cpu / wall,
+    }
 
 
 def _engine_only(engine, pixels: np.ndarray, batch: int) -> float:
@@ -74,7 +130,8 @@ def _job(engine_dir: Path, urls: list[str], out: Path, batch: int, engine=None) 
     shutil.rmtree(out, ignore_errors=True)
     config = RefineConfig(engine=str(engine_dir), output=str(out), batch=batch)
     summary = run(config, urls, engine=engine)
-    assert summary.rejected == 0
+    if summary.rejected:
+        raise RuntimeError(f"job rejected {summary.rejected} of {summary.read}")
     return summary.read / summary.seconds
 
 
@@ -105,20 +162,22 @@ def _naive(engine_dir: Path, url: str, out: Path, limit: int) -> float:
     return done / (time.perf_counter() - start)
 
 
-def _peak_rss_child(engine_dir: Path, urls: list[str], out: Path) -> dict:
+def _peak_rss_child(urls: list[str], out: Path) -> dict:
+    """Peak resident memory of a fresh identity job process and of its largest worker."""
     code = (
-        "import json, sys, time\n"
+        "import json, resource, sys\n"
         "from deploy import RefineConfig, run\n"
-        "urls = json.loads(sys.argv[3])\n"
-        "summary = run(RefineConfig(engine=sys.argv[1], output=sys.argv[2]), urls)\n"
+        "urls = json.loads(sys.argv[2])\n"
+        "summary = run(RefineConfig(engine='identity', domain='gaze', output=sys.argv[1]), urls)\n"
         "status = open('/proc/self/status').read().splitlines()\n"
         "peak = next(int(l.split()[1]) for l in status if l.startswith('VmHWM:'))\n"
-        "print(json.dumps({'peak_rss_mib': peak / 1024, 'samples': summary.read,"
-        " 'samples_per_s': summary.read / summary.seconds}))\n"
+        "worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+        "print(json.dumps({'peak_rss_mib': peak / 1024, 'worker_peak_rss_mib': worker / 1024,"
+        " 'samples': summary.read, 'samples_per_s': summary.read / summary.seconds}))\n"
     )
     shutil.rmtree(out, ignore_errors=True)
     result = subprocess.run(
-        [sys.executable, "-c", code, str(engine_dir), str(out), json.dumps(urls)],
+        [sys.executable, "-c", code, str(out), json.dumps(urls)],
         capture_output=True,
         text=True,
         check=True,
@@ -127,75 +186,110 @@ def _peak_rss_child(engine_dir: Path, urls: list[str], out: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def measure_cpu_side(urls: list[str], root: Path, rounds: int) -> dict:
+    """Codec floor and the identity job (one worker, every core), alternating rounds."""
+    blobs = [s["png"] for s in shard_samples(urls[: max(1, len(urls) // 4)])]
+    floors, single, every = [], [], []
+    for _ in range(rounds):
+        floors.append(codec_floor(blobs))
+        single.append(identity_job(urls, root / "out-identity", workers=1))
+        every.append(identity_job(urls, root / "out-identity", workers=None))
+
+    def median(runs: list[dict], key: str) -> float:
+        return float(np.median([r[key] for r in runs]))
+
+    floor = {key: median(floors, key) for key in floors[0]}
+    cpu = median(every, "cpu_us_per_frame")
+    return {
+        "codec_floor": floor,
+        "identity": {
+            "frames": every[0]["frames"],
+            "workers": min(machine_threads(), len(urls)),
+            "cpu_us_per_frame": cpu,
+            "vs_codec_floor": cpu / floor["opencv_us_per_frame"],
+            "vs_own_codec": cpu / floor["libdeflate_us_per_frame"],
+            "frames_per_s_one_worker": median(single, "frames_per_s"),
+            "frames_per_s": median(every, "frames_per_s"),
+            "scaling": median(every, "frames_per_s") / median(single, "frames_per_s"),
+            "cpu_busy": median(every, "cpu_busy"),
+            "rounds": {"one_worker": single, "every_core": every, "floor": floors},
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (tests)")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--samples", type=int, default=4000, help="throughput samples")
+    parser.add_argument("--frames", type=int, default=40000, help="identity job frames")
+    parser.add_argument("--samples", type=int, default=2000, help="engine throughput samples")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--naive", type=int, default=1000, help="samples for the naive loop")
+    parser.add_argument("--naive", type=int, default=500, help="samples for the naive loop")
     parser.add_argument("--memory", default="10000,100000", help="sample counts for memory")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.quick:
-        args.samples, args.rounds, args.naive, args.memory = 256, 1, 64, "300,600"
+        args.frames, args.samples, args.rounds = 2000, 256, 1
+        args.naive, args.memory = 64, "300,600"
     sizes = [int(n) for n in args.memory.split(",")]
-    figures: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        urls = gaze_shards(root / "in", args.frames, shard_size=min(1000, args.frames // 2))
+        figures = measure_cpu_side(urls, root, args.rounds)
+
         gaze = export_random("simgan-refiner-gaze", root / "engine-gaze")
-        small = export_random("simgan-refiner-small", root / "engine-small")
-        urls = _shards(root / "in", args.samples, shard_size=min(1000, args.samples))
-        pixels = np.stack([s["png"] for s in read(urls, "gaze")])
+        few = gaze_shards(root / "few", args.samples, shard_size=min(1000, args.samples // 2))
+        pixels = np.stack([s["png"] for s in read(few, "gaze")])
         engine = engines.load(gaze, backend="onnxruntime")
         alone, job = [], []
         for _ in range(args.rounds):
             alone.append(_engine_only(engine, pixels, args.batch))
-            job.append(_job(gaze, urls, root / "out", args.batch))
-        naive = _naive(gaze, urls[0], root / "naive.tar", args.naive)
-        through = PassThrough(engines.read_spec(gaze), gaze)
-        stages = [_job(gaze, urls, root / "out", args.batch, through) for _ in range(args.rounds)]
+            job.append(_job(gaze, few, root / "out", args.batch))
+        naive = _naive(gaze, few[0], root / "naive.tar", args.naive)
         figures["throughput"] = {
             "engine_only_samples_per_s": float(np.median(alone)),
             "job_samples_per_s": float(np.median(job)),
             "job_vs_engine_only": float(np.median(job) / np.median(alone)),
             "naive_loop_samples_per_s": naive,
             "job_vs_naive": float(np.median(job) / naive),
-            "rounds": {"engine_only": alone, "job": job, "stages": stages},
-        }
-        figures["stages"] = {
-            "samples_per_s": float(np.median(stages)),
-            "decode_workers": machine_threads(),
-            "encode_workers": machine_threads(),
+            "rounds": {"engine_only": alone, "job": job},
         }
         memory = {}
         for n in sizes:
-            big = _shards(root / f"mem{n}", n)
-            memory[str(n)] = _peak_rss_child(small, big, root / f"memout{n}")
+            big = gaze_shards(root / f"mem{n}", n)
+            memory[str(n)] = _peak_rss_child(big, root / f"memout{n}")
             shutil.rmtree(root / f"mem{n}")
             shutil.rmtree(root / f"memout{n}")
         first, last = memory[str(sizes[0])], memory[str(sizes[-1])]
         memory["growth"] = last["peak_rss_mib"] / first["peak_rss_mib"] - 1
         figures["memory"] = memory
-    t = figures["throughput"]
+    i, f, t = figures["identity"], figures["codec_floor"], figures["throughput"]
     print(
-        f"engine only {t['engine_only_samples_per_s']:.0f}/s, job {t['job_samples_per_s']:.0f}/s "
-        f"({t['job_vs_engine_only']:.0%}), naive {t['naive_loop_samples_per_s']:.0f}/s "
-        f"(job {t['job_vs_naive']:.1f}x); stages alone {figures['stages']['samples_per_s']:.0f}/s; "
-        f"peak RSS growth {sizes[0]} -> {sizes[-1]}: "
+        f"codec floor {f['opencv_us_per_frame']:.0f} us/frame (OpenCV), "
+        f"{f['libdeflate_us_per_frame']:.0f} (libdeflate encode); identity job "
+        f"{i['cpu_us_per_frame']:.0f} us/frame ({i['vs_codec_floor']:.2f}x the floor), "
+        f"{i['frames_per_s']:.0f} frames/s on {i['workers']} workers "
+        f"({i['scaling']:.2f}x one worker, CPU busy {i['cpu_busy']:.2f}); engine only "
+        f"{t['engine_only_samples_per_s']:.0f}/s, job {t['job_samples_per_s']:.0f}/s "
+        f"({t['job_vs_engine_only']:.0%}); peak RSS growth {sizes[0]} -> {sizes[-1]}: "
         f"{figures['memory']['growth']:+.1%}"
     )
     settings = {
+        "frames": args.frames,
+        "shard_size": min(1000, args.frames // 2),
+        "rounds": args.rounds,
+        "codec_floor": "cv2.imdecode + cv2.imencode PNG level 3, one thread, tight loop, "
+        "CPU time; libdeflate: the job's encoder (refinery.png) in place of imencode",
+        "identity": "deploy.run with --engine identity; CPU = this process + its workers",
         "engine": "simgan-refiner-gaze (64 maps, 4 blocks), random weights, ONNX Runtime CPU",
         "batch": args.batch,
         "throughput_samples": args.samples,
-        "rounds": args.rounds,
         "naive": "tarfile -> cv2.imdecode -> torch eager, batch 1 -> cv2.imencode -> tarfile",
         "naive_samples": args.naive,
-        "memory_engine": "simgan-refiner-small, ONNX Runtime CPU, fresh process per size",
+        "memory_job": "the identity job, a fresh process per size",
         "memory_sizes": sizes,
-        "stages": "the job with a pass-through engine (output = input): the stages alone",
-        "targets": "job >= 0.9 x engine only; job >= 3 x naive; memory growth <= 10%",
+        "targets": "identity CPU/frame <= 1.5 x codec floor; CPU busy >= 1.6 on 2 cores; "
+        "memory growth <= 10%",
     }
     write_result("refine", figures, settings, results=Path(args.out))
     return 0

@@ -460,6 +460,9 @@ def _refine(args: argparse.Namespace) -> int:
         decoder=args.decoder,
         decode_workers=args.decode_workers,
         encode_workers=args.encode_workers,
+        workers=args.workers,
+        domain=args.domain,
+        png_encoder=args.png_encoder,
     )
     urls = expand_urls(args.input)
     if args.distributor == "ray":
@@ -809,15 +812,25 @@ def build_parser() -> argparse.ArgumentParser:
     refine = commands.add_parser(
         "refine",
         help="the main job: refine input shards into output shards through an engine",
-        description="Read input shards, decode (OpenCV pool; DALI for JPEG on a GPU), run the "
-        "engine on the image component, encode (OpenCV pool) and write output shards 1:1 "
+        description="Read input shards, decode (OpenCV in worker processes, one per core; DALI "
+        "for JPEG on a GPU), run the engine on the image component, encode (libdeflate PNG) and "
+        "write output shards 1:1 "
         "under the input file names: every other "
         "component byte-identical, refinery.json provenance added, <name>.stats.json beside "
         "each. A rerun skips finished shards; kill it at any moment and the rerun yields each "
         "key exactly once. Rank and world size come from the flags or from torchrun, Slurm "
         "arrays or Kubernetes indexed jobs.",
     )
-    refine.add_argument("--engine", required=True, help="engine directory (refinery export)")
+    refine.add_argument(
+        "--engine",
+        required=True,
+        help="engine directory (refinery export), or 'identity': images pass through the whole "
+        "job unchanged (re-encoded as the job encodes), to validate or re-shard a dataset or to "
+        "measure the CPU side alone",
+    )
+    refine.add_argument(
+        "--domain", choices=DOMAINS, help="--engine identity: the data's (default: from its labels)"
+    )
     refine.add_argument("--input", nargs="+", required=True, help="input shard URL specs")
     refine.add_argument(
         "--output",
@@ -848,14 +861,28 @@ def build_parser() -> argparse.ArgumentParser:
         "every image through DALI (CPU mode without a GPU); opencv: none",
     )
     refine.add_argument(
+        "--workers",
+        type=int,
+        help="CPU worker processes that read, check, decode, encode and write shards (default: "
+        "one per CPU of this process's affinity mask, one fewer with an engine; 0: none, all in "
+        "this process)",
+    )
+    refine.add_argument(
+        "--png-encoder",
+        default="libdeflate",
+        choices=("libdeflate", "opencv"),
+        help="how refined PNGs are written: libdeflate (default, ~2x faster, smaller files) or "
+        "OpenCV; lossless either way, only the bytes differ",
+    )
+    refine.add_argument(
         "--decode-workers",
         type=positive_int,
-        help="decoding threads (default: this machine's CPUs)",
+        help="the DALI job (--decoder dali, or JPEG on a GPU): decoding threads (default: CPUs)",
     )
     refine.add_argument(
         "--encode-workers",
         type=positive_int,
-        help="encoding threads (default: this machine's CPUs)",
+        help="the DALI job: encoding threads (default: this machine's CPUs)",
     )
     refine.add_argument("--rank", type=int, help="this worker's rank (default: from launcher)")
     refine.add_argument("--world-size", type=positive_int, help="number of workers")

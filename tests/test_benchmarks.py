@@ -70,6 +70,15 @@ def test_refine_quick_run_records_all_three_comparisons(tmp_path):
         t["job_samples_per_s"] / t["engine_only_samples_per_s"]
     )
     assert t["naive_loop_samples_per_s"] > 0 and set(figures["memory"]) == {"300", "600", "growth"}
+    # the CPU side against the codec's floor, measured in the same run
+    identity, floor = figures["identity"], figures["codec_floor"]
+    assert identity["vs_codec_floor"] == pytest.approx(
+        identity["cpu_us_per_frame"] / floor["opencv_us_per_frame"]
+    )
+    assert identity["scaling"] == pytest.approx(
+        identity["frames_per_s"] / identity["frames_per_s_one_worker"]
+    )
+    assert floor["encode_libdeflate_us"] > 0 and identity["cpu_busy"] > 0
 
 
 @pytest.mark.slow
