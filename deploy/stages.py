@@ -25,7 +25,6 @@ found it on to the writer, which counts it as a reject: nothing is dropped on th
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import struct
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from refinery import samples
 from refinery.samples import (
     DEPTH16,
     GRAY8,
@@ -210,8 +210,12 @@ _PNG_EXPECT = {GRAY8: ((8,), (0,)), RGB8: ((8,), (2, 6)), DEPTH16: ((16,), (0,))
 
 
 def header_problem(data: bytes, kind: str) -> str | None:
-    """What a decoder would silently convert: the wrong PNG bit depth or colour type."""
-    if not data.startswith(_PNG) or len(data) < 26:
+    """What a decoder would silently convert: the wrong PNG bit depth or colour type. Only a
+    PNG whose IHDR chunk is whole (its CRC right) is judged: junk behind a PNG signature says
+    nothing about depth, and its decode rejects it as ``undecodable``."""
+    if not data.startswith(_PNG) or len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    if zlib.crc32(data[12:29]) != struct.unpack(">I", data[29:33])[0]:
         return None
     depth, colour = data[24], data[25]
     depths, colours = _PNG_EXPECT[kind]
@@ -244,26 +248,10 @@ def image_intact(data: bytes) -> bool:
 
 
 def label_problem(sample: dict[str, Any], domain: str) -> SampleError | None:
-    """A labeled set's sample must carry its ``json`` (contract 1), as a JSON object of its own
-    domain; it is passed through as bytes, so this is the only look the job takes at it. A
-    ``{"labeled": false}`` json (a real set) is a label too."""
-    key = sample["__key__"]
-    if "json" not in sample:
-        have = ", ".join(k for k in sample if not k.startswith("__")) or "nothing"
-        detail = f"a {domain} sample needs its labels in 'json' (has: {have})"
-        return SampleError(MISSING, detail, key=key, component="json")
-    try:
-        label = json.loads(sample["json"])
-    except (UnicodeDecodeError, ValueError) as exc:
-        detail = f"labels required, and 'json' is not JSON: {exc}"
-        return SampleError(MISSING, detail, key=key, component="json")
-    if not isinstance(label, dict):
-        detail = f"labels required, and 'json' is a JSON {type(label).__name__}, not an object"
-        return SampleError(MISSING, detail, key=key, component="json")
-    if label.get("domain", domain) != domain:
-        detail = f"label says domain {label['domain']!r}, the engine refines {domain!r}"
-        return SampleError(MALFORMED, detail, key=key, component="json")
-    return None
+    """A labeled set's sample must carry its labels (contract 1): ``refinery.samples.
+    label_problem``, the check ``refinery inspect`` applies, on the raw ``json`` parsed once. A
+    sample whose json says ``"labeled": false`` (a real image) has none to keep: a reject."""
+    return samples.label_problem(sample, domain, wanted="the engine refines")
 
 
 def prepare(item: Item, components: tuple[str, ...], kind: str, domain: str | None = None) -> Item:
