@@ -99,6 +99,9 @@ def test_the_refine_job_rejects_label_less_samples_as_inspect_does(tmp_path):
     inspected = {r["key"]: (r["reason"], r["detail"]) for r in seen.rejects.records}
     for key in ("empty", "domain-only"):
         assert inspected[key] == (by_key[key]["reason"], by_key[key]["detail"])
+    # the honest unlabeled one reads as such (a real pool), and inspect says so
+    assert "says-unlabeled" not in inspected and seen.samples == 5
+    assert '1 of them unlabeled (no json, or "labeled": false)' in "\n".join(seen.lines())
 
 
 def test_a_sample_without_json_is_missing_it_in_the_same_words():
