@@ -23,10 +23,13 @@ Every file is written with ``refinery.store.write_atomic`` (temporary name, rena
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refinery import __version__, store
 from refinery.samples import encode_json
+
+if TYPE_CHECKING:  # deploy.job imports this module
+    from deploy.job import RefineConfig
 
 OUTPUT_FILE = "refinery-output.json"  # which engine an output belongs to
 STATS_SUFFIX = ".stats.json"
@@ -37,37 +40,37 @@ class OutputConflict(ValueError):
     dataset refined by two models."""
 
 
-def output_url(config, name: str) -> str:
+def output_url(config: RefineConfig, name: str) -> str:
     if config.output.startswith("pipe:"):
         return config.output.replace("{name}", name)
     return store.join(config.output, name)
 
 
-def stats_dir(config) -> str:
+def stats_dir(config: RefineConfig) -> str:
     return config.stats or config.output
 
 
-def stats_url(config, name: str) -> str:
+def stats_url(config: RefineConfig, name: str) -> str:
     return store.join(stats_dir(config), name + STATS_SUFFIX)
 
 
-def finished(config, name: str) -> bool:
+def finished(config: RefineConfig, name: str) -> bool:
     """Both the shard and (written after it) its stats file are in place."""
     return store.exists(stats_url(config, name)) and store.exists(output_url(config, name))
 
 
-def read_stats(config, name: str) -> dict[str, Any]:
+def read_stats(config: RefineConfig, name: str) -> dict[str, Any]:
     return json.loads(store.read_bytes(stats_url(config, name)))
 
 
-def write_stats(config, name: str, data: bytes) -> None:
+def write_stats(config: RefineConfig, name: str, data: bytes) -> None:
     store.write_atomic(stats_url(config, name), data, what=f"the stats of shard {name!r}")
 
 
 # -- the owner ---------------------------------------------------------------------------------
 
 
-def owner_urls(config) -> list[str]:
+def owner_urls(config: RefineConfig) -> list[str]:
     """Where the owner record lives: in the output itself (the authority), then in the stats
     directory when that is another place."""
     places = [] if config.output.startswith("pipe:") else [config.output]
@@ -76,7 +79,9 @@ def owner_urls(config) -> list[str]:
     return [store.join(place, OUTPUT_FILE) for place in places]
 
 
-def same_engine(config, spec, their_hash: str | None, theirs: Any, where: str) -> None:
+def same_engine(
+    config: RefineConfig, spec, their_hash: str | None, theirs: Any, where: str
+) -> None:
     if their_hash != spec.engine_hash:
         raise OutputConflict(
             f"{config.output} holds shards refined by engine {theirs} (see {where}); this job's "
@@ -85,7 +90,7 @@ def same_engine(config, spec, their_hash: str | None, theirs: Any, where: str) -
         )
 
 
-def check_owner(config, spec) -> None:
+def check_owner(config: RefineConfig, spec) -> None:
     """Refuse an output that another engine owns; reads, never writes."""
     for url in owner_urls(config):
         if store.exists(url):
@@ -93,7 +98,7 @@ def check_owner(config, spec) -> None:
             same_engine(config, spec, owner.get("engine_hash"), owner.get("engine"), url)
 
 
-def claim(config, spec) -> None:
+def claim(config: RefineConfig, spec) -> None:
     """Make the output this engine's, or refuse it. The first job creates each owner record
     (``store.create_once``: of two jobs started at once with different engines one is
     refused); a record already there is only read."""
@@ -107,7 +112,7 @@ def claim(config, spec) -> None:
         same_engine(config, spec, owner.get("engine_hash"), owner.get("engine"), url)
 
 
-def clean_temps(config) -> None:
+def clean_temps(config: RefineConfig) -> None:
     """Temp files of killed runs on this host, in the output and in the stats directory (local
     directories only; other hosts' files are theirs to clean)."""
     places = {p for p in (config.output, stats_dir(config)) if not p.startswith("pipe:")}
