@@ -34,28 +34,40 @@ read, and every reject is listed with key, component and reason.
 Bad input never stops a job: a bad sample is one reject wherever it stands (the first of the
 job too; ``preflight`` refuses only an engine that none of the first samples fits), and the
 ``--max-reject-rate`` verdict is given once every shard is refined, over the stats of all the
-job's shards, so a rerun gives the same verdict. An output directory belongs to one engine
-(``refinery-output.json``, created atomically by the first job): another engine's job is
-refused, naming both, and a finished shard is finished only for the engine that wrote it.
+job's shards, so a rerun gives the same verdict. An output belongs to one engine
+(``refinery-output.json`` in the output itself, created atomically by the first job:
+``deploy.output``): another engine's job is refused, naming both, whatever its ``--stats``,
+and a finished shard is finished only for the engine that wrote it. A rerun with nothing to do
+writes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import fsspec
-
 from deploy.dali import DaliDecoder, have_dali
+from deploy.output import (
+    OUTPUT_FILE,
+    STATS_SUFFIX,
+    OutputConflict,
+    check_owner,
+    claim,
+    clean_temps,
+    finished,
+    output_url,
+    same_engine,
+    stats_url,
+    write_stats,
+)
+from deploy.output import read_stats as _read_stats
 from deploy.stages import (
     NON_FINITE,
     SIZE,
@@ -78,21 +90,14 @@ from engines.identity import IDENTITY, IdentityEngine
 from engines.spec import DEFAULT_BATCH
 from refinery import __version__
 from refinery.samples import MALFORMED, MISSING, SampleError, encode_json
-from refinery.shards import (
-    ShardWriter,
-    _is_local,
-    _local_path,
-    expand_urls,
-    open_url,
-    shard_name,
-    stale_temp,
-    temp_tag,
-)
+from refinery.shards import ShardWriter, expand_urls, shard_name
 from refinery.stopping import stop_requests
 
 __all__ = [
     "NON_FINITE",
+    "OUTPUT_FILE",
     "SIZE",
+    "STATS_SUFFIX",
     "JobStopped",
     "JobSummary",
     "OutputConflict",
@@ -102,8 +107,6 @@ __all__ = [
     "run",
 ]
 
-STATS_SUFFIX = ".stats.json"
-OUTPUT_FILE = "refinery-output.json"  # which engine an output directory belongs to
 DECODERS = ("auto", "dali", "opencv")
 
 
@@ -114,11 +117,6 @@ class RejectRateExceeded(RuntimeError):
     def __init__(self, message: str, summary: JobSummary | None = None):
         super().__init__(message)
         self.summary = summary
-
-
-class OutputConflict(ValueError):
-    """The output already holds shards another engine refined: mixing them would give one
-    dataset refined by two models."""
 
 
 class JobStopped(RuntimeError):
@@ -230,103 +228,6 @@ class JobSummary:
         if reasons:
             lines.append("rejected: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())))
         return lines
-
-
-# -- destinations ---------------------------------------------------------------------------
-
-
-def _join(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}"
-
-
-def output_url(config: RefineConfig, name: str) -> str:
-    if config.output.startswith("pipe:"):
-        return config.output.replace("{name}", name)
-    return _join(config.output, name)
-
-
-def stats_url(config: RefineConfig, name: str) -> str:
-    return _join(config.stats or config.output, name + STATS_SUFFIX)
-
-
-def _exists(url: str) -> bool:
-    if url.startswith("pipe:"):
-        return True  # a pipe's target cannot be checked; the stats file decides
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs.exists(path)
-
-
-def _write_atomic(url: str, data: bytes) -> None:
-    if _is_local(url):
-        path = Path(_local_path(url))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{temp_tag()}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return
-    fs, path = fsspec.core.url_to_fs(url)
-    parent, name = path.rsplit("/", 1)
-    tmp = f"{parent}/.{name}.tmp-{temp_tag()}"
-    fs.makedirs(parent, exist_ok=True)
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
-
-
-def finished(config: RefineConfig, name: str) -> bool:
-    return _exists(stats_url(config, name)) and _exists(output_url(config, name))
-
-
-def claim_output(config: RefineConfig, spec) -> None:
-    """Make the output directory this engine's, or refuse it: the first job writes
-    ``refinery-output.json`` (engine id and hash) beside the stats files, created atomically,
-    so of two jobs started at once with different engines one is refused; a later job with
-    another engine is refused too, naming both."""
-    url = _join(config.stats or config.output, OUTPUT_FILE)
-    record = encode_json(
-        {"engine": spec.engine_id, "engine_hash": spec.engine_hash, "refinery_version": __version__}
-    )
-    if _is_local(url):
-        path = Path(_local_path(url))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{temp_tag()}")
-        tmp.write_bytes(record)
-        try:
-            os.link(tmp, path)  # fails if another job got there first: its claim stands
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
-    elif not _exists(url):
-        _write_atomic(url, record)
-    with open_url(url) as f:
-        owner = json.loads(f.read())
-    _same_engine(config, spec, owner.get("engine_hash"), owner.get("engine"), url)
-
-
-def _same_engine(config: RefineConfig, spec, their_hash: str | None, theirs: Any, where: str):
-    if their_hash != spec.engine_hash:
-        raise OutputConflict(
-            f"{config.output} holds shards refined by engine {theirs} (see {where}); this job's "
-            f"engine is {spec.engine_id}: refine into another --output, or delete "
-            f"{config.output} to start over"
-        )
-
-
-def _clean_stale_temps(config: RefineConfig) -> None:
-    """Temp files of killed runs on this host (``.<name>.tmp-<host>-<pid>...`` whose pid is
-    gone), local directories only; other hosts' files are theirs to clean."""
-    if config.output.startswith("pipe:") or "://" in config.output:
-        return
-    root = Path(config.output)
-    if not root.is_dir():
-        return
-    for path in root.glob(".*.tmp-*"):
-        if stale_temp(path.name):
-            path.unlink(missing_ok=True)
 
 
 # -- the last stage: shards and their stats ----------------------------------------------------
@@ -566,20 +467,20 @@ def run(
         engine = engines.load(config.engine, backend=config.backend, **options)
     spec = engine.spec
     components, kind = image_components(spec), spec.io.pixel_kind
-    _clean_stale_temps(config)
+    clean_temps(config)
     todo = [u for u in urls if not finished(config, shard_name(u))]
     done = [read_stats(config, shard_name(u)) for u in urls if u not in todo]
     for stats in done:  # finished, but by this engine?
-        _same_engine(config, spec, stats.engine_hash, stats.engine, stats_url(config, stats.shard))
+        same_engine(config, spec, stats.engine_hash, stats.engine, stats_url(config, stats.shard))
+    check_owner(config, spec)  # reads only: a rerun with nothing to do writes nothing
     if todo:
         preflight(engine, todo)
-    if urls:
-        claim_output(config, spec)
+        claim(config, spec)
 
     results: list[ShardStats] = []
 
     def finish(stats: ShardStats) -> None:
-        _write_atomic(stats_url(config, stats.shard), stats.to_json())  # after the shard
+        write_stats(config, stats.shard, stats.to_json())  # after the shard
         results.append(stats)
         if progress is not None:
             progress(stats)
@@ -683,7 +584,6 @@ def check_reject_rate(config: RefineConfig, summary: JobSummary) -> None:
 
 
 def read_stats(config: RefineConfig, name: str) -> ShardStats:
-    with open_url(stats_url(config, name)) as f:
-        data = json.loads(f.read())
+    data = _read_stats(config, name)
     known = {k: v for k, v in data.items() if k in ShardStats.__dataclass_fields__}
     return ShardStats(**known, skipped=True)

@@ -25,7 +25,6 @@ found it on to the writer, which counts it as a reject: nothing is dropped on th
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import struct
@@ -42,6 +41,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where a device tensor is made: refine workers have none
     import torch
 
+from refinery import samples
 from refinery.samples import (
     DEPTH16,
     GRAY8,
@@ -212,8 +212,12 @@ _PNG_EXPECT = {GRAY8: ((8,), (0,)), RGB8: ((8,), (2, 6)), DEPTH16: ((16,), (0,))
 
 
 def header_problem(data: bytes, kind: str) -> str | None:
-    """What a decoder would silently convert: the wrong PNG bit depth or colour type."""
-    if not data.startswith(_PNG) or len(data) < 26:
+    """What a decoder would silently convert: the wrong PNG bit depth or colour type. Only a
+    PNG whose IHDR chunk is whole (its CRC right) is judged: junk behind a PNG signature says
+    nothing about depth, and its decode rejects it as ``undecodable``."""
+    if not data.startswith(_PNG) or len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    if zlib.crc32(data[12:29]) != struct.unpack(">I", data[29:33])[0]:
         return None
     depth, colour = data[24], data[25]
     depths, colours = _PNG_EXPECT[kind]
@@ -246,26 +250,12 @@ def image_intact(data: bytes) -> bool:
 
 
 def label_problem(sample: dict[str, Any], domain: str) -> SampleError | None:
-    """A labeled set's sample must carry its ``json`` (contract 1), as a JSON object of its own
-    domain; it is passed through as bytes, so this is the only look the job takes at it. A
-    ``{"labeled": false}`` json (a real set) is a label too."""
-    key = sample["__key__"]
-    if "json" not in sample:
-        have = ", ".join(k for k in sample if not k.startswith("__")) or "nothing"
-        detail = f"a {domain} sample needs its labels in 'json' (has: {have})"
-        return SampleError(MISSING, detail, key=key, component="json")
-    try:
-        label = json.loads(sample["json"])
-    except (UnicodeDecodeError, ValueError) as exc:
-        detail = f"labels required, and 'json' is not JSON: {exc}"
-        return SampleError(MISSING, detail, key=key, component="json")
-    if not isinstance(label, dict):
-        detail = f"labels required, and 'json' is a JSON {type(label).__name__}, not an object"
-        return SampleError(MISSING, detail, key=key, component="json")
-    if label.get("domain", domain) != domain:
-        detail = f"label says domain {label['domain']!r}, the engine refines {domain!r}"
-        return SampleError(MALFORMED, detail, key=key, component="json")
-    return None
+    """A sample's labels, checked as ``refinery inspect`` checks them (``refinery.samples.
+    label_problem`` on the raw ``json``, parsed once): a json is required, and one that claims
+    labels (``{}``, ``{"domain": "gaze"}``) must carry the domain's fields. A json that says
+    ``"labeled": false`` (``refinery ingest images``: your own images) is refined as it is, its
+    json passed through, since it has no labels to break."""
+    return samples.label_problem(sample, domain, labeled=False, wanted="the engine refines")
 
 
 def prepare(item: Item, components: tuple[str, ...], kind: str, domain: str | None = None) -> Item:

@@ -44,17 +44,14 @@ import inspect
 import json
 import math
 import multiprocessing
-import os
 import re
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from refinery import __version__
+from refinery import __version__, store
 from refinery.formats import Format, Item, domain_of, format_info, open_format
 from refinery.samples import (
     DUPLICATE,
@@ -286,101 +283,26 @@ def _work(item: Item) -> Outcome:
 # -- files in out ------------------------------------------------------------------------------
 
 
-def _is_local(url: str) -> bool:
-    from refinery.shards import _is_local as is_local
-
-    return is_local(url)
-
-
-def _local_path(url: str) -> str:
-    from refinery.shards import _local_path as local_path
-
-    return local_path(url)
-
-
-def _join(out: str, name: str) -> str:
-    return f"{out.rstrip('/')}/{name}"
-
-
-def _exists(url: str) -> bool:
-    import fsspec
-
-    if _is_local(url):
-        return os.path.exists(_local_path(url))
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs.exists(path)
-
-
 def _read_text(url: str) -> str:
-    import fsspec
-
-    if _is_local(url):
-        return Path(_local_path(url)).read_text(encoding="utf-8")
-    with fsspec.open(url, "rt", encoding="utf-8") as f:
-        return f.read()
+    return store.read_bytes(url).decode("utf-8")
 
 
 def _write_text(url: str, text: str) -> None:
-    """Write a small text file atomically: a temporary name, then a rename."""
-    import fsspec
-
-    name = url.rsplit("/", 1)[-1]
-    tmp = url[: len(url) - len(name)] + f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    data = text.encode("utf-8")
-    if _is_local(url):
-        path, tmp_path = _local_path(url), _local_path(tmp)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(tmp_path, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_path, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_path)
-            raise
-        return
-    fs, tmp_path = fsspec.core.url_to_fs(tmp)
-    with fs.open(tmp_path, "wb") as f:
-        f.write(data)
-    fs.mv(tmp_path, fsspec.core.url_to_fs(url)[1])
+    """Write a small text file atomically (``refinery.store.write_atomic``)."""
+    store.write_atomic(url, text.encode("utf-8"))
 
 
-def _listing(out: str) -> list[str]:
-    """File names directly in ``out`` (empty when it does not exist yet)."""
-    import fsspec
-
-    if _is_local(out):
-        path = Path(_local_path(out))
-        return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-    fs, path = fsspec.core.url_to_fs(out)
-    if not fs.exists(path):
-        return []
-    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-
-
-def _remove_stale_temporaries(out: str, names: Iterable[str], prefix: str) -> None:
-    """Drop temporary files a killed ingest left in a local ``out`` (their writer is gone).
-
-    Shards are written by ``ShardWriter`` as ``.<name>.tmp-<host>-<pid>-<hex8>``; stats files,
-    ``ingest.json`` and ``rejects.jsonl`` by ``_write_text`` as ``.<name>.tmp-<pid>-<hex8>``.
-    A temporary is removed only when its pid is dead on this host; one named for another host
-    (a node sharing ``out``) is left alone, since its pid means nothing here.
-    """
-    if not _is_local(out):
-        return
-    from refinery.shards import stale_temp
-
+def _remove_stale_temporaries(out: str, prefix: str) -> None:
+    """Drop temporary files a killed ingest left in a local ``out`` (their writer is gone:
+    ``refinery.store.stale_temp``, this process's own included, as nothing is written yet).
+    Only this ingest's files (its shards, stats, ``ingest.json`` and ``rejects.jsonl``), no one
+    else's; one named for another host (a node sharing ``out``) is left alone."""
     owners = (
         rf"{re.escape(prefix)}-\d{{6}}\.(?:tar|stats\.json)"
         rf"|{re.escape(SUMMARY_FILE)}|{re.escape(REJECTS_FILE)}"
     )
-    ours = re.compile(rf"^\.(?:{owners})\.tmp-")  # this ingest's files, no one else's
-    for name in names:
-        if ours.match(name) and stale_temp(name, this_process=True):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(_local_path(out), name))
+    ours = re.compile(rf"^\.(?:{owners})\.tmp-")
+    store.remove_stale_temps(out, ours=lambda name: ours.match(name) is not None, this_process=True)
 
 
 # -- planning ---------------------------------------------------------------------------------
@@ -412,7 +334,7 @@ def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def _finished_stats(shard: _Shard, settings: Mapping[str, Any]) -> dict[str, Any] | None:
     """The earlier run's stats if this shard is finished; raises if it used other settings."""
-    if not (_exists(shard.stats_url) and _exists(shard.url)):
+    if not (store.exists(shard.stats_url) and store.exists(shard.url)):
         return None
     try:
         stats = json.loads(_read_text(shard.stats_url))
@@ -435,7 +357,7 @@ def _finished_stats(shard: _Shard, settings: Mapping[str, Any]) -> dict[str, Any
 def _plan(
     items: list[Item], out: str, prefix: str, shard_size: int, settings: Mapping[str, Any]
 ) -> list[_Shard]:
-    names = _listing(out)
+    names = store.listing(out)
     count = math.ceil(len(items) / shard_size)
     pattern = re.compile(rf"^{re.escape(prefix)}-(\d{{6}})\.(?:tar|stats\.json)$")
     stale = sorted(n for n in names if (m := pattern.match(n)) and int(m.group(1)) >= count)
@@ -445,7 +367,7 @@ def _plan(
             f"ingest's {count} shard{'s' if count != 1 else ''}: they come from an earlier ingest "
             "of another source tree or shard size; remove them or use another --out"
         )
-    _remove_stale_temporaries(out, names, prefix)
+    _remove_stale_temporaries(out, prefix)
     shards = []
     for index in range(count):
         chunk = items[index * shard_size : (index + 1) * shard_size]
@@ -453,8 +375,8 @@ def _plan(
         shard = _Shard(
             index=index,
             name=name,
-            url=_join(out, name),
-            stats_url=_join(out, f"{prefix}-{index:06d}.stats.json"),
+            url=store.join(out, name),
+            stats_url=store.join(out, f"{prefix}-{index:06d}.stats.json"),
             items=chunk,
             item_hash=_item_hash(chunk),
         )
@@ -611,9 +533,9 @@ def ingest(
         summary.add(shard.stats)
     summary.shards_skipped = len(shards) - len(todo)
     summary.seconds = time.perf_counter() - start
-    _write_text(_join(out, SUMMARY_FILE), json.dumps(summary.to_json(), indent=2) + "\n")
+    _write_text(store.join(out, SUMMARY_FILE), json.dumps(summary.to_json(), indent=2) + "\n")
     _write_text(
-        _join(out, REJECTS_FILE),
+        store.join(out, REJECTS_FILE),
         "".join(json.dumps(r, sort_keys=True) + "\n" for r in summary.rejects),
     )
     return summary

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from refinery import sheets
-from refinery.samples import DOMAINS, SampleError, components, decode_sample
+from refinery.samples import DOMAINS, SampleError, components, decode_sample, is_labeled
 from refinery.shards import Rejects, expand_urls, tar_samples
 
 
@@ -50,6 +50,7 @@ class ShardSummary:
     samples: int = 0
     components: Counter[str] = field(default_factory=Counter)
     rejects: Counter[str] = field(default_factory=Counter)
+    unlabeled: int = 0  # good samples without labels (a real pool, your own images)
 
 
 @dataclass
@@ -69,12 +70,19 @@ class Inspection:
         for s in self.shards:
             comps = ", ".join(f"{name} {n}" for name, n in sorted(s.components.items()))
             bad = f"; rejected {sum(s.rejects.values())}" if s.rejects else ""
-            out.append(f"{s.url}: {s.samples} samples; components: {comps or 'none'}{bad}")
+            bare = f"; unlabeled {s.unlabeled}" if s.unlabeled else ""
+            out.append(f"{s.url}: {s.samples} samples; components: {comps or 'none'}{bare}{bad}")
         out.append(
             f"total: {self.samples} good samples in {len(self.shards)} "
             f"shard{'s' if len(self.shards) != 1 else ''}"
             f" (domain {self.domain or 'unknown'}); {self.rejects.summary()}"
         )
+        unlabeled = sum(s.unlabeled for s in self.shards)
+        if unlabeled:
+            out.append(
+                f'{unlabeled} of them unlabeled (no json, or "labeled": false): a real pool, '
+                "or images to refine without labels; --synthetic needs labeled samples"
+            )
         for record in self.rejects.records[:20]:
             where = ", ".join(
                 f"{k} {record[k]!r}" for k in ("key", "component") if record[k] is not None
@@ -127,6 +135,7 @@ def inspect(
                     handler(error.with_url(url))
                     continue
                 summary.samples += 1
+                summary.unlabeled += not is_labeled(sample)
                 summary.components.update(components(raw))
                 if len(shown) < labels and isinstance(sample.get("json"), dict):
                     shown.append((sample["__key__"], sample["json"]))

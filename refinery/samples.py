@@ -14,7 +14,8 @@ Real images are unlabeled by nature. An unlabeled sample's ``json`` says ``"labe
 (and where the image came from: ``refinery ingest images`` writes ``{"domain", "labeled":
 false, "source"}``) and needs no label fields; readers of a real pool (``labels=False``) also
 take a sample that is its image alone. A labeled set (what the refine job reads) needs the
-``json``.
+``json`` and the labels in it: ``label_problem`` checks a raw sample as ``decode_sample`` (and
+so ``refinery inspect``) does, and refuses ``"labeled": false`` there.
 
 Every domain may also carry `orig.<image ext>` (the unrefined image, kept by the refine job)
 and `refinery.json` (provenance). Components this module does not know stay bytes: nothing is
@@ -391,9 +392,9 @@ def is_labeled(sample: Mapping[str, Any]) -> bool:
     return isinstance(label, dict) and label.get("labeled", True) is not False
 
 
-def _label_problem(label: dict[str, Any], domain: str) -> str | None:
+def _label_problem(label: dict[str, Any], domain: str, *, wanted: str = "expected") -> str | None:
     if "domain" in label and label["domain"] != domain:
-        return f"label says domain {label['domain']!r}, expected {domain!r}"
+        return f"label says domain {label['domain']!r}, {wanted} {domain!r}"
     if "labeled" in label and not isinstance(label["labeled"], bool):
         return f"'labeled' must be true or false, got {label['labeled']!r}"
     if label.get("labeled", True) is False:
@@ -427,21 +428,72 @@ def _label_problem(label: dict[str, Any], domain: str) -> str | None:
     return None
 
 
-def check_labels(sample: Mapping[str, Any], domain: str) -> None:
-    """Check a decoded sample's labels (when it has a ``json``) and that its per-pixel
-    components match the image."""
+def _label_error(
+    label: dict[str, Any],
+    sample: Mapping[str, Any],
+    domain: str,
+    *,
+    labeled: bool,
+    wanted: str = "expected",
+) -> SampleError | None:
+    """The label checks of one parsed ``json`` (``label``) of ``sample``: its fields
+    (``_label_problem``), a labeled set's refusal of an unlabeled sample, a labeled scene's
+    ``seg.png``."""
     key = sample.get("__key__")
-    problem = _label_problem(sample["json"], domain) if "json" in sample else None
+    problem = _label_problem(label, domain, wanted=wanted)
     if problem:
-        raise SampleError(MALFORMED, problem, key=key, component="json")
-    image_name = image_component(sample, domain, key=key)
-    if domain == "scene" and "seg.png" not in sample and is_labeled(sample):
-        raise SampleError(
+        return SampleError(MALFORMED, problem, key=key, component="json")
+    unlabeled = label.get("labeled", True) is False
+    if unlabeled and labeled:
+        return SampleError(
+            MISSING,
+            'labels required, and the json says "labeled": false (an unlabeled image, as '
+            "`refinery ingest images` writes for real pools)",
+            key=key,
+            component="json",
+        )
+    if domain == "scene" and "seg.png" not in sample and not unlabeled:
+        return SampleError(
             MISSING,
             "a labeled scene sample needs 'seg.png' (unlabeled ones say \"labeled\": false)",
             key=key,
             component="seg.png",
         )
+    return None
+
+
+def label_problem(
+    sample: Mapping[str, Any], domain: str, *, labeled: bool = True, wanted: str = "expected"
+) -> SampleError | None:
+    """Why a raw sample (components still bytes) fails its labels, or None: the checks
+    ``decode_sample`` applies (and so ``refinery inspect``), with the ``json`` parsed once and
+    no image decoded. A ``json`` is required; it must be UTF-8 JSON, an object, of ``domain``,
+    with the domain's label fields (a gaze ``{}`` or ``{"domain": "gaze"}`` is ``malformed``).
+    ``labeled`` (a labeled set: what the refine job refines) also refuses a sample whose json
+    says ``"labeled": false``; ``wanted`` words a foreign domain ("the engine refines")."""
+    key = sample.get("__key__")
+    if "json" not in sample:
+        have = ", ".join(components(sample)) or "nothing"
+        detail = f"a {domain} sample needs 'json' (has: {have})"  # as missing_components says
+        return SampleError(MISSING, detail, key=key, component="json")
+    try:
+        label = decode_component("json", sample["json"], domain)  # the one json.loads
+    except Undecodable as exc:
+        return SampleError(UNDECODABLE, str(exc), key=key, component="json")
+    except ValueError as exc:
+        return SampleError(MALFORMED, str(exc), key=key, component="json")
+    return _label_error(label, sample, domain, labeled=labeled, wanted=wanted)
+
+
+def check_labels(sample: Mapping[str, Any], domain: str) -> None:
+    """Check a decoded sample's labels (when it has a ``json``: ``_label_error``, as
+    ``label_problem`` does on raw bytes) and that its per-pixel components match the image."""
+    key = sample.get("__key__")
+    if "json" in sample:
+        error = _label_error(sample["json"], sample, domain, labeled=False)
+        if error is not None:
+            raise error
+    image_name = image_component(sample, domain, key=key)
     height, width = sample[image_name].shape[:2]
     for name in ("seg.png", "depth.png", "labelids.png", "synthia_ids.png"):
         if name != image_name and name in sample and not isinstance(sample[name], bytes):

@@ -25,9 +25,7 @@ import contextlib
 import functools
 import os
 import re
-import socket
 import tarfile
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -46,21 +44,17 @@ from refinery.samples import (
     SampleError,
     decode_or_error,
 )
+from refinery.store import is_local as _is_local
+from refinery.store import local_path as _local_path
+from refinery.store import stale_temp as stale_temp  # importable from here, as before
+from refinery.store import temp_name, write_failure
+from refinery.store import temp_tag as temp_tag
 
 Handler = Callable[[SampleError], None]
 Sample = dict[str, Any]
 
 
 # -- URLs -------------------------------------------------------------------------------------
-
-
-def _is_local(url: str) -> bool:
-    scheme = urlparse(url).scheme
-    return scheme in ("", "file") and not url.startswith("pipe:")
-
-
-def _local_path(url: str) -> str:
-    return urlparse(url).path if url.startswith("file://") else url
 
 
 def expand_urls(urls: str | Sequence[str]) -> list[str]:
@@ -182,41 +176,6 @@ def _tar_member(name: str, data: bytes, mtime: int) -> bytes:
     return b"".join((header, data, padding))
 
 
-def temp_tag() -> str:
-    """``<host>-<pid>``: which process on which machine owns a temporary file, so cleaning up
-    after a killed run never touches a live writer on another node sharing the directory."""
-    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
-    return f"{host}-{os.getpid()}"
-
-
-_TEMPS = (  # temporary names: "-<pid>-<hex8>" (no host), then "-<host>-<pid>[-<hex8>]"
-    re.compile(r"\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$"),
-    re.compile(r"\.tmp-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)(?:-[0-9a-f]{8})?$"),
-)
-
-
-def stale_temp(name: str, *, this_process: bool = False) -> bool:
-    """Whether ``name`` is a temporary file (``.<name>.tmp-<host>-<pid>[-<hex8>]``, or
-    ``.tmp-<pid>-<hex8>`` without a host) left by a writer that is gone: a process of this
-    host that no longer runs (``this_process``: count this process's own files as left over
-    too, for a caller that cleans up before it writes anything). Another host's file is never
-    stale here, since its pid means nothing on this one."""
-    match = next((m for m in (p.search(name) for p in _TEMPS) if m), None)
-    host = match.groupdict().get("host") if match else None
-    if match is None or host not in (None, temp_tag().rsplit("-", 1)[0]):
-        return False
-    pid = int(match["pid"])
-    if pid == os.getpid():
-        return this_process
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 class ShardWriter:
     """Write one shard atomically, with deterministic tar members.
 
@@ -240,8 +199,7 @@ class ShardWriter:
             self._tmp = None
         else:
             name = shard_name(url)
-            tmp_name = f".{name}.tmp-{temp_tag()}-{uuid.uuid4().hex[:8]}"
-            self._tmp = url[: len(url) - len(name)] + tmp_name
+            self._tmp = url[: len(url) - len(name)] + temp_name(name)
             if _is_local(url):
                 Path(_local_path(url)).parent.mkdir(parents=True, exist_ok=True)
         self._stream = open_url(self._tmp or url, "wb")
@@ -272,7 +230,7 @@ class ShardWriter:
         except OSError as exc:
             if self._tmp is None:  # a pipe: say which command failed
                 raise self._pipe_failure(exc) from exc
-            raise
+            raise self._write_failure(exc) from exc
         self.count += 1
 
     def close(self) -> None:
@@ -304,7 +262,11 @@ class ShardWriter:
         except OSError as exc:
             if self._tmp is None:
                 raise self._pipe_failure(exc) from exc
-            raise
+            raise self._write_failure(exc) from exc
+
+    def _write_failure(self, exc: OSError) -> OSError:
+        """A full disk or a failing store, said with the shard and the path being written."""
+        return write_failure(exc, f"shard {self.name!r}", _local_path(self._tmp or self.url))
 
     def _pipe_failure(self, exc: OSError) -> OSError:
         """A ``pipe:`` command that failed, said as such (webdataset reports any pipe's exit

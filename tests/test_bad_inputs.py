@@ -97,9 +97,9 @@ def bad_cases() -> dict[str, tuple[list, dict[str, int]]]:
             {"malformed": 1},
         ),
         "08-no-json": ([("unlabeled.png", _png(GRAY))], {"missing-component": 1}),
-        "09-label-not-json": (
+        "09-label-not-json": (  # undecodable, as `refinery inspect` says (samples.label_problem)
             [("text.png", _png(GRAY)), ("text.json", b"pitch=0.1 yaw=0.2")],
-            {"missing-component": 1},
+            {"undecodable": 1},
         ),
         "10-symlink-only": ([("link.png", (tarfile.SYMTYPE, "/etc/passwd"))], {"bad-member": 1}),
         "11-corrupt-png": (

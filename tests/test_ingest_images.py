@@ -62,9 +62,9 @@ def test_the_format_takes_its_domain_from_its_option():
     ("relative", "key"),
     [
         ("p00/day01/0001.jpg", "p00/day01/0001"),
-        ("a b/c.d.PNG", "a_b/c_d"),
-        ("v1.2/x-y_z.jpeg", "v1_2/x-y_z"),
-        ("été.png", "_t_"),
+        ("a b/c.d.PNG", "a_b/c_d-a4d325b9"),  # made safe: a hash of the original name
+        ("v1.2/x-y_z.jpeg", "v1_2/x-y_z-fc64d1ab"),
+        ("été.png", "_t_-bd010c64"),
     ],
 )
 def test_keys_come_from_the_relative_path(relative, key):
@@ -93,7 +93,7 @@ def test_a_tree_of_images_becomes_gaze_samples(tmp_path):
         "p00/day01/0001",
         "p00/day01/0002",
         "p00/day02/0001",
-        "p01/img_3",
+        "p01/img_3-7aaf7922",  # "img 3" made safe, with a hash of the original name
     ]
     sources = ["p00/day01/0001.png", "p00/day01/0002.jpg", "p00/day02/0001.JPEG", "p01/img 3.PNG"]
     gray = int(cv2.cvtColor(bgr[:1, :1], cv2.COLOR_BGR2GRAY)[0, 0])

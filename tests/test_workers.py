@@ -139,7 +139,9 @@ def test_the_identity_engine_passes_pixels_and_labels_through_unchanged(shards, 
     out = tmp_path / "out"
     args = ["refine", "--engine", "identity", "--input", *urls, "--output", str(out)]
     assert main(args) == 0  # the domain comes from the labels
-    before = {s["__key__"]: s for s in shard_samples(urls) if s["__key__"] != "gaze-syn-s4-00000007"}
+    before = {
+        s["__key__"]: s for s in shard_samples(urls) if s["__key__"] != "gaze-syn-s4-00000007"
+    }
     after = {s["__key__"]: s for s in shard_samples(sorted(str(p) for p in out.glob("*.tar")))}
     assert sorted(after) == sorted(before)
     for key, sample in after.items():

@@ -9,9 +9,18 @@ Each sample is the image plus a minimal label that says it has none::
     {"__key__": "p00/day01/0001", "png": ..., "json": {"domain": "gaze", "labeled": false,
                                                       "source": "p00/day01/0001.jpg"}}
 
-Keys are the relative path without its extension, with every character outside
-``[A-Za-z0-9_/-]`` replaced by ``_`` (``a.png`` and ``a.jpg`` share a key: the ingest driver
-rejects the second as a duplicate).
+Keys are the relative path without its extension, ASCII-safe: every character outside
+``[A-Za-z0-9_/-]`` becomes ``_``, and where that changed the name a short hash of the original
+(the path without extension, UTF-8) is appended, so distinct names stay distinct keys:
+``眼.jpg`` -> ``_-<hex8>``, ``目.jpg`` -> ``_-<other hex8>``, ``p00/day01/0001.jpg`` ->
+``p00/day01/0001``. The label keeps the original name (``"source"``). Two files that differ
+only in their extension (``a.png``, ``a.jpg``) share a key: the ingest driver rejects the
+second as a duplicate.
+
+Links are never followed, here as in the refine job (where a link member of a shard is a
+reject): a symbolic link in the folder, to an image file or to a folder, is one ``bad-member``
+reject that names it and its target, and nothing is read through it. Hidden ones (``.name``)
+are left out like any hidden file. The folder given on the command line is opened as given.
 
 Per domain (contract 1, ``refinery.samples``):
 
@@ -32,6 +41,7 @@ always ``INTER_NEAREST``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from typing import Any
@@ -42,6 +52,7 @@ import numpy as np
 from refinery.formats import Item, register_format
 from refinery.formats.unityeyes import check_size, resize
 from refinery.samples import (
+    BAD_MEMBER,
     DEPTH16,
     DOMAINS,
     GRAY8,
@@ -61,9 +72,14 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_/-]")
 
 
 def image_key(relative: str) -> str:
-    """The sample key of a file at posix path ``relative``: no extension, no unsafe characters."""
+    """The sample key of a file at posix path ``relative``: no extension, ASCII-safe, and a
+    short hash of the original name where making it safe changed it (distinct names, distinct
+    keys)."""
     stem = relative.rsplit(".", 1)[0] if "." in relative.rsplit("/", 1)[-1] else relative
-    return _UNSAFE.sub("_", stem)
+    safe = _UNSAFE.sub("_", stem)
+    if safe == stem:
+        return safe
+    return f"{safe}-{hashlib.sha256(stem.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
 
 
 def center_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -116,10 +132,12 @@ class Images:
 
     def items(self) -> list[Item]:
         found = []
-        for folder, dirs, files in os.walk(self.root):
+        for folder, dirs, files in os.walk(self.root):  # never into a linked folder
             dirs[:] = [d for d in dirs if not d.startswith(".")]
-            for name in files:
-                if name.startswith(".") or not name.lower().endswith(EXTENSIONS):
+            links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
+            images = [f for f in files if f.lower().endswith(EXTENSIONS)]
+            for name in links + images:
+                if name.startswith("."):
                     continue
                 path = os.path.join(folder, name)
                 found.append((os.path.relpath(path, self.root).replace(os.sep, "/"), path))
@@ -128,6 +146,14 @@ class Images:
     def convert(self, item: Item) -> list[dict[str, Any]]:
         (path,) = item.paths
         key = image_key(item.name)
+        if os.path.islink(path):
+            raise SampleError(
+                BAD_MEMBER,
+                f"{item.name!r} is a symbolic link to {os.readlink(path)!r}; links are never "
+                "followed",
+                key=key,
+                url=path,
+            )
         try:
             with open(path, "rb") as f:
                 data = f.read()
