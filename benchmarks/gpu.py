@@ -608,8 +608,9 @@ def job_step(ctx: dict) -> dict[str, Any]:
     import numpy as np
 
     import engines
-    from benchmarks.refine import PassThrough
+    from benchmarks.refine import measure_cpu_side
     from deploy import RefineConfig
+    from refinery.shards import expand_urls, read
 
     device, sizes, work = ctx["device"], ctx["sizes"], Path(ctx["work"])
     dev = f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu"
@@ -622,6 +623,13 @@ def job_step(ctx: dict) -> dict[str, Any]:
     urls = _gaze_shards(work / "data", sizes["gaze_frames"])
     engine = engines.load(gaze_dir, backend="torch", device=dev, **options)
     engine.refine(np.zeros((batch, 35, 55), np.uint8))  # graphs captured, kernels chosen
+    # the engine alone on the same frames, decoded: host pixels in, host pixels out
+    shards = expand_urls(urls)
+    pixels = np.stack([s["png"] for s in read(shards[: max(1, len(shards) // 10)], "gaze")])
+    start = time.perf_counter()
+    for i in range(0, len(pixels), batch):
+        engine.refine(pixels[i : i + batch])
+    alone = len(pixels) / (time.perf_counter() - start)
     config = RefineConfig(
         engine=str(gaze_dir),
         output=str(work / "out-gaze"),
@@ -631,11 +639,13 @@ def job_step(ctx: dict) -> dict[str, Any]:
     )
     found["gaze"] = _in_process(engine, config, urls)
     found["gaze"]["engine"] = note
+    found["gaze_engine_alone"] = {"frames": len(pixels), "frames_per_s": alone, "engine": note}
+    found["gaze"]["share_of_engine"] = found["gaze"]["frames_per_s"] / alone
     del engine
-    # the same job with a pass-through engine: what the CPU stages alone sustain here
-    through = PassThrough(engines.read_spec(gaze_dir), gaze_dir)
-    found["gaze_stages_alone"] = _in_process(through, config, urls)
-    found["gaze_stages_alone"]["engine"] = "pass-through (output = input)"
+    # the CPU side alone (--engine identity) against OpenCV's codec floor, one worker and all
+    cpu_side = measure_cpu_side(shards, work / "cpu-side", rounds=1)
+    found["gaze_codec_floor"] = cpu_side["codec_floor"]
+    found["gaze_identity"] = {k: v for k, v in cpu_side["identity"].items() if k != "rounds"}
     precision = ["--precision", "fp16"] if device.type == "cuda" else []
     for key, procs in (("gaze_cli", 1), ("gaze_cli_processes", sizes["processes"])):
         found[key] = _cli(

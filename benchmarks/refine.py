@@ -42,7 +42,6 @@ from benchmarks.common import RESULTS, write_result
 from benchmarks.engines import export_random
 from deploy import RefineConfig, run
 from deploy.stages import machine_threads
-from engines.base import Engine
 from refinery import png, sim
 from refinery.registry import build_network
 from refinery.samples import encode_sample
@@ -54,16 +53,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def gaze_shards(out: Path, n: int, shard_size: int = 1000) -> list[str]:
     samples = (encode_sample(s, "gaze") for s in sim.generate("gaze", "synthetic", n, seed=7))
     return write_shards(samples, str(out / "gaze-%06d.tar"), shard_size=shard_size)
-
-
-class PassThrough(Engine):
-    """Not a refiner: its output is its input, computed as an engine is (host to device and
-    back, the model range and quantisation): the job around an engine, without its model."""
-
-    backend = "pass-through"
-
-    def _run_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
 
 def _cpu_seconds() -> float:

@@ -758,7 +758,8 @@ def _gpu_check(record: dict) -> list[str]:
     lines += ["", "| whole job | engine | frames | frames/s | target |", "|---|---|---|---|---|"]
     for key, label, target in (
         ("gaze", "gaze PNG, in-process (`deploy.run`)", GPU_TARGETS["gaze-refiner"][1]),
-        ("gaze_stages_alone", "gaze PNG, the stages alone (pass-through engine)", ""),
+        ("gaze_engine_alone", "gaze, the engine alone on decoded frames (host to host)", ""),
+        ("gaze_identity", "gaze PNG, the CPU side alone (`--engine identity`)", ""),
         ("gaze_cli", "gaze PNG, `refinery refine`, 1 process", ""),
         ("gaze_cli_processes", "gaze PNG, `refinery refine`, processes sharing the GPU", ""),
         ("scene", "scene JPEG {size}, in-process", GPU_TARGETS["sggan-unet"][1]),

@@ -361,7 +361,11 @@ def test_gpu_check_runs_every_step_end_to_end_on_the_cpu(tmp_path):
         assert row["frames_per_s_host_to_host"] > 0
     job = steps["job"]
     assert job["gaze"]["frames"] == job["gaze_cli"]["frames"] == 40
-    assert job["gaze_stages_alone"]["engine"].startswith("pass-through")
+    assert job["gaze"]["share_of_engine"] == pytest.approx(
+        job["gaze"]["frames_per_s"] / job["gaze_engine_alone"]["frames_per_s"]
+    )
+    assert job["gaze_identity"]["frames"] == 40 and job["gaze_identity"]["cpu_us_per_frame"] > 0
+    assert job["gaze_codec_floor"]["opencv_us_per_frame"] > 0
     assert job["gaze_cli_processes"]["processes"] == 2 and job["gaze_cli_processes"]["frames"] == 40
     assert job["scene"]["frames"] == 2 and job["scene"]["frames_per_s"] > 0
     not_run = record["figures"]["not_run"]
