@@ -515,6 +515,12 @@ def fit(
                 f"{out} already holds a run (checkpoint {latest.name}); pass --resume"
             )
         method = make_method(dev, ranks)
+        for stream in getattr(method, "streams", ()):
+            # an unlabeled synthetic set is refused here, before training, the same on every
+            # rank (each checks the whole set), so no rank is left waiting in the broadcast
+            check = getattr(stream, "check_labeled", None)
+            if check is not None:
+                check()
         ranks.broadcast(method.modules.values())
         if ranks.rank:  # rank 0 keeps the one-process stream; the others draw their own
             torch.manual_seed(int(getattr(config, "seed", 0)) + 1_000_003 * ranks.rank)
