@@ -109,6 +109,12 @@ def test_train_speed_quick_run_measures_the_loop_with_and_without_background_dec
     rendered = "\n".join(table.RENDERERS["train_speed"](record))
     assert "on the loop's thread" in rendered
     assert "| 2 decoding processes | frozen (as `train.loop`) |" in rendered
+    # the decoded cache beside them, in the same run: the trainer and the loader alone
+    assert runs["cache"]["cache"] and runs["cache"]["images_per_s"] > 0
+    assert runs["cache_build"]["synthetic"]["bytes"] > 0
+    assert set(figures["feed_cache"]) == {"cache", "cache_stored"}
+    assert figures["cache_targets"]["cpu_us_per_sample"] > 0
+    assert "from the decoded cache" in rendered and "decoded cache, stored pixels" in rendered
 
 
 def test_evaluate_trains_each_experiment_over_its_own_seeds_unless_told(monkeypatch, tmp_path):
