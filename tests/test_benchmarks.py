@@ -345,6 +345,9 @@ def test_gpu_check_runs_every_step_end_to_end_on_the_cpu(tmp_path):
     for key in ("simgan_gaze_fp32_decode2", "simgan_gaze_amp_decode2", "sggan_fp32", "sggan_amp"):
         assert train[key]["images_per_s"] > 0 and 0 <= train[key]["data_wait_share"] < 1
         assert train[key]["amp"] is False  # autocast is CUDA-only
+    for key in ("simgan_gaze_amp_cache", "sggan_amp_cache"):  # from the decoded cache
+        assert train[key]["cache"] and train[key]["images_per_s"] > 0
+    assert not train["simgan_gaze_amp_decode2"]["cache"]
     tests = steps["pytest"]["tests"]
     assert steps["pytest"]["counts"]["skipped"] == len(tests) >= 10
     assert all("not available" in t["detail"] for t in tests.values())

@@ -61,6 +61,7 @@ from refinery.samples import (
 )
 from refinery.shards import Handler, expand_urls, reraise, tar_samples
 from train.cache import DecodedCache, NotCacheable, caching_disabled, open_cache
+from train.jpeg import EncodedImage, decode_on, deferring, gpu_jpeg_available
 
 CHUNK = 64  # samples per task sent to a decoding process: amortises the pipe's overhead
 _POOLS: dict[tuple[int, int], ProcessPoolExecutor] = {}
@@ -149,6 +150,7 @@ class ImageStream:
         lookahead: int | None = None,
         pin: bool = False,
         cache: bool = False,
+        decode_device: str | torch.device | None = None,
     ):
         if decoders < 0:
             raise ValueError(
@@ -189,6 +191,12 @@ class ImageStream:
         self.lookahead = lookahead if lookahead is not None else 2 * batch_size
         self.pin = pin
         self.waited = 0.0  # seconds next_batch kept its caller waiting
+        # large JPEG frames (not cached) decode on the GPU where CUDA is present (train.jpeg)
+        self.decode_device = None
+        if decode_device is not None and self.cache is None:
+            device = torch.device(decode_device)
+            if device.type == "cuda" and gpu_jpeg_available():
+                self.decode_device = device
         if self.cache is not None:
             self._own = self._cached_indices(shards)
             self._order: np.ndarray | None = None  # this epoch's draws: indices into the cache
@@ -257,7 +265,10 @@ class ImageStream:
             for emitted, chosen in enumerate(_shuffled(raw, self.shuffle_buffer, rng), start=1)
             if emitted > skip  # skipped draws are replayed without decoding
         )
-        work = functools.partial(decode_draws, domain=self.domain, labels=self.labels)
+        if self.decode_device is not None:
+            work = deferring(self.domain, self.labels)  # JPEG left for the GPU
+        else:
+            work = functools.partial(decode_draws, domain=self.domain, labels=self.labels)
         if self.decoders == 0:
             decoding = (done for draw in draws for done in work([draw]))
         else:
@@ -388,8 +399,8 @@ class ImageStream:
         """The next batch's images on ``device``, (B, C, H, W) float32 in [-1, 1]. On CUDA the
         stored pixels cross (pinned, non-blocking) and are scaled there, next to the network;
         elsewhere as ``next_batch``. The same values either way."""
-        if device.type != "cuda":
-            return self.next_batch()[0].to(device)
+        if device.type != "cuda" or self.decode_device is not None:
+            return self.next_batch()[0].to(device, non_blocking=True)
         began = time.perf_counter()
         stored, _ = self.next_stored()
         pixels = torch.from_numpy(np.ascontiguousarray(stored)).pin_memory()
@@ -411,6 +422,10 @@ class ImageStream:
             self.waited += time.perf_counter() - began
             return images, samples
         samples = [self._next_sample() for _ in range(self.batch_size)]
+        if self.decode_device is not None:
+            images = self._decoded_on_device(samples)
+            self.waited += time.perf_counter() - began
+            return images, samples
         # one conversion for the whole batch rather than one per image (the same arithmetic)
         images = torch.from_numpy(
             self.scaling.to_unit(np.stack([self.image_of(s) for s in samples]))
@@ -419,6 +434,22 @@ class ImageStream:
             images = images.pin_memory()
         self.waited += time.perf_counter() - began
         return images, samples
+
+    def _decoded_on_device(self, samples: list[dict]) -> torch.Tensor:
+        """(B, C, H, W) float32 in [-1, 1] on ``decode_device``: the batch's JPEGs decoded
+        there in one call (nvJPEG), any other image uploaded as decoded, scaled there."""
+        stored = [self._stored_of(s) for s in samples]
+        encoded = [i for i, x in enumerate(stored) if isinstance(x, EncodedImage)]
+        on_device: list[torch.Tensor | None] = [None] * len(stored)
+        if encoded:
+            for i, image in zip(
+                encoded, decode_on([stored[i] for i in encoded], self.decode_device), strict=True
+            ):
+                on_device[i] = image
+        for i, x in enumerate(stored):
+            if on_device[i] is None:
+                on_device[i] = torch.from_numpy(np.ascontiguousarray(x)).to(self.decode_device)
+        return _to_unit_torch(torch.stack(on_device), self.scaling)  # (B, H, W[, C]) in
 
     def __iter__(self):
         while True:
@@ -609,6 +640,7 @@ class SceneStream:
         decoders: int = 0,
         pin: bool = False,
         cache: bool = False,
+        decode_device: str | torch.device | None = None,
     ):
         self.images = ImageStream(
             urls,
@@ -621,6 +653,7 @@ class SceneStream:
             labels=labels,
             decoders=decoders,
             cache=cache,
+            decode_device=decode_device,
         )
         self.ontology, self.crop, self.depth_max = ontology, crop, depth_max
         self.pin = pin
@@ -655,7 +688,7 @@ class SceneStream:
         began = time.perf_counter()
         batch = self._next_batch()
         if self.pin:
-            batch = {k: v.pin_memory() for k, v in batch.items()}
+            batch = {k: v.pin_memory() if v.device.type == "cpu" else v for k, v in batch.items()}
         self.waited += time.perf_counter() - began
         return batch
 

@@ -174,6 +174,7 @@ class SGGAN:
             world_size=ranks.world_size,
             decoders=config.decode_workers,
             cache=config.cache,
+            decode_device=device,  # large JPEG frames: nvJPEG where CUDA is (train.jpeg)
             pin=device.type == "cuda",
         )
         self.synthetic = SceneStream(synthetic, seed=config.seed * 2 + 1, **stream)
