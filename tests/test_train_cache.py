@@ -265,3 +265,45 @@ def test_the_cache_command_builds_then_reuses_and_lists_rejects(eyes, tmp_path, 
     assert "1 rejected" in out and "key 'broken': undecodable" in out
     meta = json.loads((caching.open_cache(bad, domain="gaze").path / "meta.json").read_text())
     assert meta["rejects"][0]["key"] == "broken"
+
+
+# -- evaluate and train-task ------------------------------------------------------------------
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        if isinstance(a[name], np.ndarray):
+            assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
+        else:
+            assert a[name] == b[name], name
+
+
+@pytest.mark.parametrize("domain", ["gaze", "hand", "scene"])
+def test_task_sets_read_through_the_cache_as_decoding_gives_them(tmp_path, domain):
+    from refinery.shards import read
+    from train.cache import read_cached
+
+    options = {"height": 64, "width": 128} if domain == "scene" else {}
+    urls = _write(tmp_path, domain, sim.generate(domain, "synthetic", 6, seed=2, **options),
+                  domain, shard_size=4)  # fmt: skip
+    decoded = list(read(urls, domain))
+    assert not (tmp_path / ".refinery-cache").exists()
+    through = list(read_cached(urls, domain))
+    assert (tmp_path / ".refinery-cache").is_dir() and len(through) == len(decoded) == 6
+    for a, b in zip(decoded, through, strict=True):
+        _same(a, b)
+
+
+def test_a_task_set_with_a_reject_is_decoded_and_reported_as_before(eyes, tmp_path):
+    from refinery.shards import Rejects, read
+    from train.cache import read_cached
+
+    urls = [*expand_urls(eyes), _bad_shard(tmp_path / "bad-000.tar")]
+    with pytest.raises(SampleError, match="broken"):
+        list(read_cached(urls, "gaze"))
+    counted, expected = Rejects(), Rejects()
+    assert [s["__key__"] for s in read_cached(urls, "gaze", handler=counted)] == [
+        s["__key__"] for s in read(urls, "gaze", handler=expected)
+    ]
+    assert counted.total == expected.total == 1

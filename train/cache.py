@@ -55,9 +55,18 @@ from typing import Any
 import numpy as np
 
 from refinery.samples import MALFORMED, SampleError, decode_draws, image_component, is_labeled
-from refinery.shards import _is_local, _local_path, expand_urls, shard_name, tar_samples
+from refinery.shards import (
+    Handler,
+    _is_local,
+    _local_path,
+    expand_urls,
+    read,
+    reraise,
+    shard_name,
+    tar_samples,
+)
 
-FORMAT = 1
+FORMAT = 2
 SMALL_IMAGE_BYTES = 1 << 20
 EXTRAS = {"seg.png": "seg", "depth.png": "depth"}  # per-pixel labels kept beside the image
 CHUNK = 64
@@ -186,6 +195,13 @@ class DecodedCache:
             if self.present[name][index]:
                 out[name] = array[index]
         return out
+
+    @property
+    def complete(self) -> bool:
+        """Whether ``sample`` gives every component the shards hold (the image, json and the
+        per-pixel labels it keeps), so a reader sees what decoding would give it."""
+        kept = {self.meta["image_component"], "json", *self.extras}
+        return set(self.meta["components"]) <= kept
 
     def summary(self) -> str:
         m = self.meta
@@ -355,6 +371,7 @@ def _build(
 
     work = functools.partial(decode_draws, domain=domain, labels=labels)  # picklable
     keys: list[str] = []
+    components: set[str] = set()
     label_list: list[Any] = []
     valid: list[bool] = []
     labeled: list[bool] = []
@@ -404,13 +421,14 @@ def _build(
                 if image is not None:
                     image.put(index, None)
                 continue
+            components.update(k for k in sample if not k.startswith("__"))
             keys.append(sample["__key__"])
             label_list.append(sample.get("json"))
             valid.append(True)
             labeled.append(is_labeled(sample))
             image.put(index, array)
             for name, stem in EXTRAS.items():
-                extra = sample.get(name)
+                extra = sample.get(name) if name != component else None  # hand: the image
                 ok = isinstance(extra, np.ndarray) and extra.shape[:2] == shape[:2]
                 present[name].append(ok)
                 if ok:
@@ -439,6 +457,7 @@ def _build(
         "domain": domain,
         "labels": labels,
         "image_component": component,
+        "components": sorted(components),
         "samples": total,
         "shape": list(shape),
         "dtype": image.dtype.str,
@@ -452,3 +471,26 @@ def _build(
     }
     meta["bytes"] = sum(p.stat().st_size for p in tmp.iterdir())
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # last: marks it complete
+
+
+def read_cached(
+    urls: str | Sequence[str],
+    domain: str | None = None,
+    *,
+    handler: Handler = reraise,
+    labels: bool = True,
+) -> Iterator[dict[str, Any]]:
+    """``refinery.shards.read`` through the decoded cache: the same decoded samples in the same
+    order, from the memory-mapped arrays (``evaluate`` and ``train-task`` load their sets so).
+    A set the cache cannot give exactly as decoding would (not local, not small, a component
+    the cache does not keep, or any rejected sample, whose error the reading reports as it
+    always has) is read and decoded as before."""
+    if domain is None or caching_disabled():
+        return read(urls, domain, handler=handler, labels=labels)
+    try:
+        cache = open_cache(urls, domain=domain, labels=labels)
+    except (NotCacheable, OSError):
+        return read(urls, domain, handler=handler, labels=labels)
+    if cache.meta["rejects"] or not cache.complete:
+        return read(urls, domain, handler=handler, labels=labels)
+    return (cache.sample(i) for i in range(len(cache)))

@@ -162,7 +162,7 @@ class ImageStream:
         self.rank, self.world_size = rank, world_size
         self.cache: DecodedCache | None = None
         if cache and not caching_disabled():
-            with contextlib.suppress(NotCacheable):
+            with contextlib.suppress(NotCacheable, PermissionError):  # read-only: decode
                 self.cache = open_cache(
                     shards, domain=domain, labels=labels, image_key=image_key,
                     decode=self._pooled(decoders, lookahead or 2 * batch_size),
