@@ -27,7 +27,25 @@ CUDA copy with ``non_blocking=True`` overlaps the next step's work.
 
 Real images are unlabeled by nature: a real pool is read with ``labels=False``, where a sample
 may be its image alone or carry a ``json`` that says ``"labeled": false``
-(``refinery.samples``); synthetic pools keep ``labels=True`` and need their labels.
+(``refinery.samples``); synthetic pools keep ``labels=True`` and need their labels:
+``check_labeled()`` (called by ``train.loop.fit`` before training) refuses a sample marked
+unlabeled, naming its shard and key.
+
+From the decoded cache. With ``cache=True`` (the trainers' default, ``cache: true`` in every
+recipe) a set of small images on local disk is decoded once into memory-mapped arrays
+(``train.cache``) and every batch is one slice of them: the epoch's order is computed from the
+same generator as above, as indices (the shuffle buffer's picks drawn at once), so batches,
+positions, rejects reaching ``handler`` and resume are exactly those of decoding. Sets the
+cache does not take (remote, images over 1 MiB, ``REFINERY_CACHE=off``) are decoded as read;
+large JPEG frames then decode on the GPU with ``decode_device`` a CUDA device
+(``train.jpeg``). ``next_stored()`` gives the stored pixels (uint8/uint16) and
+``next_batch_on(device)`` sends them pinned, non-blocking, and scales them on the device.
+
+Ranks. Each of ``world_size`` ranks reads its own shards (``rank::world_size``); where shards
+are fewer than ranks (real pools are small), each reads every shard but only the samples whose
+place in the set is its rank modulo ``world_size``, so the ranks' samples are disjoint and any
+set of at least ``world_size`` samples trains on any number of ranks, with exact resume as
+above. A smaller set is refused by every rank with the same error, before training.
 """
 
 from __future__ import annotations

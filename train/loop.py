@@ -14,7 +14,8 @@ and a discriminator step's carry to the method's ``task_step`` when it has one (
 P update on the batch its discriminator step generated).
 
 Several processes (data parallel). Every rank builds the same networks, takes its own slice of
-the shards (``rank::world_size``) and, after each backward, averages its gradients with the
+the shards (``rank::world_size``; of the samples within them where shards are fewer than
+ranks, see ``train.data``) and, after each backward, averages its gradients with the
 others' (``Ranks.average_gradients``: one flattened all-reduce per update, called by
 ``update``), so every rank's weights and optimiser stay identical. What differs per rank is
 saved per rank: each writes its history buffer or pools, stream positions and RNG into the
