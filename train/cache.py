@@ -54,7 +54,14 @@ from typing import Any
 
 import numpy as np
 
-from refinery.samples import MALFORMED, SampleError, decode_draws, image_component, is_labeled
+from refinery.samples import (
+    MALFORMED,
+    SampleError,
+    decode_component,
+    decode_draws,
+    image_component,
+    is_labeled,
+)
 from refinery.shards import (
     Handler,
     _is_local,
@@ -274,6 +281,7 @@ def open_cache(
         raise ValueError(f"no shards in {urls!r}")
     if not all(_is_local(u) for u in shards):
         raise NotCacheable("only local shards are cached")
+    _check_small(shards[0], domain, image_key)  # before hashing a set of large frames
     described = describe_shards(shards)
     key = set_key(described, domain=domain, labels=labels, image_key=image_key)
     root = Path(root) if root is not None else cache_root(shards)
@@ -301,6 +309,25 @@ def open_cache(
         raise RuntimeError(f"{final}: the cache just built does not open")
     cache.built = True
     return cache
+
+
+def _check_small(url: str, domain: str, image_key: str | None) -> None:
+    """Raise NotCacheable when the first decodable image of the shard is not small."""
+    for sample in tar_samples(url, handler=lambda error: None):
+        try:
+            name = image_key or image_component(sample, domain)
+        except SampleError:
+            continue
+        if name not in sample:
+            continue
+        with contextlib.suppress(ValueError):
+            array = decode_component(name, sample[name], domain)
+            if isinstance(array, np.ndarray) and array.nbytes > SMALL_IMAGE_BYTES:
+                raise NotCacheable(
+                    f"images of {array.shape} are not small (> {SMALL_IMAGE_BYTES} bytes): "
+                    "streamed, not cached"
+                )
+            return
 
 
 class _Writer:
