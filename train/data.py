@@ -31,8 +31,8 @@ may be its image alone or carry a ``json`` that says ``"labeled": false``
 ``check_labeled()`` (called by ``train.loop.fit`` before training) refuses a sample marked
 unlabeled, naming its shard and key.
 
-From the decoded cache. With ``cache=True`` (the trainers' default, ``cache: true`` in every
-recipe) a set of small images on local disk is decoded once into memory-mapped arrays
+From the decoded cache. With ``cache=True`` (the trainers' default: their configs' ``cache: true``,
+``cache: false`` in a recipe or ``--config`` file turns it off) a set of small images on local disk is decoded once into memory-mapped arrays
 (``train.cache``) and every batch is one slice of them: the epoch's order is computed from the
 same generator as above, as indices (the shuffle buffer's picks drawn at once), so batches,
 positions, rejects reaching ``handler`` and resume are exactly those of decoding. Sets the
