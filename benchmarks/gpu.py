@@ -24,9 +24,9 @@ Steps, each recorded with its seconds and a status (``passed``, ``failed`` with 
    several processes sharing the GPU (``--rank``/``--world-size``, ``--device cuda:0``).
 5. ``train``: training through the real loop (shards read, decoded and batched by the
    trainers' streams): SimGAN's gaze paper preset (batch 512) in FP32 and with AMP (two and
-   eight decoding processes) and SG-GAN's paper preset at 256x512, FP32 and AMP; images/s and
-   the share of the wall time the loop waited for data (targets: ≥ 10,000 images/s with AMP,
-   ≤ 10% waiting).
+   eight decoding processes, then from the decoded cache, ``train.cache``) and SG-GAN's paper
+   preset at 256x512, FP32 and AMP, AMP again from the cache; images/s and the share of the
+   wall time the loop waited for data (targets: ≥ 10,000 images/s with AMP, ≤ 10% waiting).
 6. ``evaluate``: ``refinery evaluate scene`` on the device at 256x512, 100 and 400 frames per
    set (one seed, one epoch; sets read a batch at a time from the scratch directory): seconds,
    peak host memory (its growth between the sizes) and peak device memory.
@@ -700,22 +700,28 @@ def train_step(ctx: dict) -> dict[str, Any]:
     gaze = sizes["train_gaze"]
     urls = make_shards(work / "train-gaze", "gaze", gaze["pool"])
     short = {"pretrain_refiner_steps": 2, "pretrain_discriminator_steps": 2}
-    for amp in (False, True):
-        for workers in gaze["decode_workers"] if amp else gaze["decode_workers"][:1]:
-            key = f"simgan_gaze_{'amp' if amp else 'fp32'}_decode{workers}"
-            found[key] = measure(
-                "simgan", gaze["preset"], urls, device=dev, steps=gaze["steps"],
-                log_every=gaze["log_every"], batch_size=gaze["batch_size"], amp=amp,
-                decode_workers=workers, buffer_size=max(64, 4 * gaze["batch_size"]), **short,
-            )  # fmt: skip
-            print(f"gpu-check: train {key}: {json.dumps(found[key])}", flush=True)
+    # decoding as read (cache off: 2 and 8 processes), then from the decoded cache (train.cache,
+    # the recipes' default; built before the first cached run's timing starts)
+    cases = [(False, w, False) for w in gaze["decode_workers"][:1]]
+    cases += [(True, w, False) for w in gaze["decode_workers"]] + [(True, 2, True)]
+    for amp, workers, cache in cases:
+        key = f"simgan_gaze_{'amp' if amp else 'fp32'}_" + (
+            "cache" if cache else f"decode{workers}"
+        )
+        found[key] = measure(
+            "simgan", gaze["preset"], urls, device=dev, steps=gaze["steps"],
+            log_every=gaze["log_every"], batch_size=gaze["batch_size"], amp=amp,
+            decode_workers=workers, buffer_size=max(64, 4 * gaze["batch_size"]), cache=cache,
+            **short,
+        )  # fmt: skip
+        print(f"gpu-check: train {key}: {json.dumps(found[key])}", flush=True)
     scene = sizes["train_scene"]
     urls = make_shards(work / "train-scene", "scene", scene["pool"], size=tuple(scene["size"]))
-    for amp in (False, True):
-        key = f"sggan_{'amp' if amp else 'fp32'}"
+    for amp, cache in ((False, False), (True, False), (True, True)):
+        key = f"sggan_{'amp' if amp else 'fp32'}" + ("_cache" if cache else "")
         found[key] = measure(
             "sggan", scene["preset"], urls, device=dev, steps=scene["steps"],
-            log_every=scene["log_every"], batch_size=scene["batch_size"], amp=amp,
+            log_every=scene["log_every"], batch_size=scene["batch_size"], amp=amp, cache=cache,
         )  # fmt: skip
         found[key]["size"] = scene["size"]
         print(f"gpu-check: train {key}: {json.dumps(found[key])}", flush=True)

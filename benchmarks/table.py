@@ -855,9 +855,14 @@ def _train_speed(record: dict) -> list[str]:
     for method, f in record["figures"].items():
         if method not in record["settings"]["cases"]:
             continue
-        for workers in (0, 2):
-            r = f[f"decode_workers_{workers}"]
+        for name in ("decode_workers_0", "decode_workers_2", "cache"):
+            if name not in f:  # records from before the decoded cache
+                continue
+            r = f[name]
+            workers = r["decode_workers"]
             where = "on the loop's thread" if workers == 0 else f"{workers} decoding processes"
+            if name == "cache":
+                where = "from the decoded cache (`train.cache`)"
             lines.append(
                 f"| {method} `--preset {record['settings']['cases'][method]['preset']}` | "
                 f"{where} | {_fmt(r['images_per_s'])} | {r['data_wait_share']:.1%} |"
@@ -876,8 +881,10 @@ def _train_speed(record: dict) -> list[str]:
             "loop's process | its ceiling (a core per worker) |",
             "|---|---|---|---|---|",
         ]
-        for r in feed.values():
+        for r in [*feed.values(), *record["figures"].get("feed_cache", {}).values()]:
             where = f"{r['decoders']} decoding processes" if r["decoders"] else "on its thread"
+            if r.get("cache"):
+                where = "decoded cache, " + ("stored pixels" if r["stored"] else "scaled floats")
             lines.append(
                 f"| {where} | {'frozen (as `train.loop`)' if r['frozen_heap'] else 'as it is'} | "
                 f"{_fmt(r['samples_per_s'])} | {_fmt(r['cpu_us_per_sample'])} µs | "

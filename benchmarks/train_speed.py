@@ -9,12 +9,20 @@ intervals of the adversarial phase after the first (warm-up).
 
 Cases, side by side in one run (this machine is noisy: compare the ratio):
 
-- SimGAN ``--preset small`` on 35x55 procedural eyes (batch 32), decoding on the loop's own
-  thread (``decode_workers: 0``, what every run did before) and on two background threads (the
-  recipes' default);
-- ``--methods simgan,sggan`` adds SG-GAN ``--preset small`` on 64x128 street frames.
+- SimGAN ``--preset small`` on 35x55 procedural eyes (batch 32), decoding as it reads, on the
+  loop's own thread (``decode_workers: 0, cache: false``) and in two processes
+  (``decode_workers: 2, cache: false``), and from the decoded cache (``cache: true``, the
+  recipes' default: ``train.cache``; its size on disk and build time are recorded);
+- ``--methods simgan,sggan`` adds SG-GAN ``--preset small`` on 64x128 street frames;
+- the loader alone (``feed``): ``ImageStream`` batches of 512 eyes as the loop takes them,
+  decoded as read (0 or 2 processes, heap as it is or frozen) and from the cache, as float
+  batches in [-1, 1] (``next_batch``, what a CPU run trains on) and as stored pixels
+  (``next_stored``, what crosses to a GPU, where they are scaled): images/s and the CPU µs per
+  sample of the loop's process.
 
-Target (issue 16): on the CPU, small gaze preset, waiting for data ≤ 10% of step time.
+Targets: issue 16, waiting for data ≤ 10% of step time (small gaze preset, CPU); issue 50, from
+the cache the loader alone delivers ≥ 20x the small preset's training images/s on one core,
+at ≤ 5 µs of CPU per sample, and the loop waits ≤ 5% of its time.
 ``benchmarks.gpu`` runs the same measure on a GPU (paper presets, FP32 and AMP).
 
     python -m benchmarks.train_speed [--quick] [--methods simgan,sggan] [--out DIR]
@@ -108,6 +116,7 @@ def measure(
         "seconds": time.perf_counter() - began,
         "batch_size": config.batch_size,
         "decode_workers": config.decode_workers,
+        "cache": config.cache,
         "amp": bool(config.amp and device.startswith("cuda")),
     }
 
@@ -119,6 +128,7 @@ def feed(
     seconds: float = 5.0,
     rounds: int = 3,
     decoders: tuple[int, ...] = (0, 2),
+    cached: bool = True,
 ) -> dict[str, Any]:
     """The gaze data feed alone, as the loop drives it: ``ImageStream`` batches of
     ``batch_size`` (SimGAN's paper preset) from the synthetic shards, with decoding on this
@@ -126,36 +136,56 @@ def feed(
     as ``train.loop`` freezes it. Per case: samples/s here, and the CPU seconds this process
     (all its threads, not the workers) spends per sample, whose inverse is the most it can feed
     where every worker has a core of its own, as on a GPU server. Cases interleaved over
-    ``rounds``; each keeps its least CPU per sample and its best rate."""
+    ``rounds``; each keeps its least CPU per sample and its best rate. With ``cached`` also
+    the stream from the decoded cache (built before the rounds; the heap frozen), as float
+    batches (``cache``) and as stored pixels (``cache_stored``)."""
     from train.data import ImageStream
     from train.loop import frozen_heap
 
+    cases = [(frozen, workers, False, False) for frozen in (False, True) for workers in decoders]
+    if cached:
+        cases += [(True, 0, True, False), (True, 0, True, True)]
     rows: dict[str, dict[str, Any]] = {}
     for _ in range(rounds):
-        for frozen in (False, True):
-            for workers in decoders:
+        for frozen, workers, cache, stored in cases:
+            if cache:
+                key = "cache_stored" if stored else "cache"
+            else:
                 key = f"{'frozen' if frozen else 'default'}_heap_decoders_{workers}"
-                with frozen_heap() if frozen else contextlib.nullcontext():
-                    stream = ImageStream(
-                        urls["synthetic"], domain="gaze", batch_size=batch_size, seed=1,
-                        decoders=workers, shuffle_buffer=5000,
-                    )  # fmt: skip
-                    stream.next_batch()  # workers started, shuffle buffer filled
-                    wall, cpu, samples = time.perf_counter(), time.process_time(), 0
-                    while time.perf_counter() - wall < seconds:
-                        stream.next_batch()
-                        samples += batch_size
-                    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-                row = rows.setdefault(
-                    key,
-                    {"decoders": workers, "frozen_heap": frozen, "samples_per_s": 0.0,
-                     "cpu_us_per_sample": math.inf},
+            with frozen_heap() if frozen else contextlib.nullcontext():
+                stream = ImageStream(
+                    urls["synthetic"], domain="gaze", batch_size=batch_size, seed=1,
+                    decoders=workers, shuffle_buffer=5000, cache=cache,
                 )  # fmt: skip
-                row["samples_per_s"] = max(row["samples_per_s"], samples / wall)
-                row["cpu_us_per_sample"] = min(row["cpu_us_per_sample"], cpu / samples * 1e6)
+                take = stream.next_stored if stored else stream.next_batch
+                take()  # workers started, shuffle buffer filled
+                wall, cpu, samples = time.perf_counter(), time.process_time(), 0
+                while time.perf_counter() - wall < seconds:
+                    take()
+                    samples += batch_size
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            row = rows.setdefault(
+                key,
+                {"decoders": workers, "frozen_heap": frozen, "cache": cache, "stored": stored,
+                 "samples_per_s": 0.0, "cpu_us_per_sample": math.inf},
+            )  # fmt: skip
+            row["samples_per_s"] = max(row["samples_per_s"], samples / wall)
+            row["cpu_us_per_sample"] = min(row["cpu_us_per_sample"], cpu / samples * 1e6)
     for row in rows.values():
         row["ceiling_samples_per_s"] = 1e6 / row["cpu_us_per_sample"]
     return rows
+
+
+def _cache_record(urls: dict[str, list[str]], domain: str) -> dict[str, Any]:
+    """Size on disk and build time of the caches the cached run built (reopened, not rebuilt)."""
+    from train.cache import open_cache
+
+    out = {}
+    for variant, labels in (("synthetic", True), ("real", False)):
+        meta = open_cache(urls[variant], domain=domain, labels=labels).meta
+        out[variant] = {"samples": meta["samples"], "bytes": meta["bytes"],
+                        "build_seconds": meta["build_seconds"]}  # fmt: skip
+    return out
 
 
 CASES = {
@@ -179,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     steps, log_every, count = (6, 2, 64) if args.quick else (args.steps, 10, 2000)
+    rounds = 1 if args.quick else 2
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="train-speed-data-") as tmp:
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
@@ -187,8 +218,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 Path(tmp) / method, domain, count if domain == "gaze" else count // 4, size=size
             )
             runs = {}
-            for workers in (0, 2):
-                runs[f"decode_workers_{workers}"] = measure(
+            for name, workers, cache in (
+                ("decode_workers_0", 0, False), ("decode_workers_2", 2, False), ("cache", 2, True)
+            ):  # fmt: skip
+                runs[name] = measure(
                     method,
                     preset,
                     urls,
@@ -196,32 +229,56 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     steps=steps,
                     log_every=log_every,
                     decode_workers=workers,
+                    cache=cache,
                     **overrides,
                 )
-                r = runs[f"decode_workers_{workers}"]
+                r = runs[name]
                 print(
-                    f"{method} decode_workers={workers}: {r['images_per_s']:.0f} images/s, "
+                    f"{method} {name}: {r['images_per_s']:.0f} images/s, "
                     f"waiting for data {r['data_wait_share']:.1%}",
                     flush=True,
                 )
-            inline, threaded = runs["decode_workers_0"], runs["decode_workers_2"]
+            built = _cache_record(urls, CASES[method][1])
+            inline, threaded, cached = (
+                runs["decode_workers_0"], runs["decode_workers_2"], runs["cache"]
+            )  # fmt: skip
             figures[method] = {
                 **runs,
+                "cache_build": built,
                 "speedup": threaded["images_per_s"] / inline["images_per_s"],
+                "cache_speedup": cached["images_per_s"] / threaded["images_per_s"],
                 "target_data_wait_share": 0.10,
                 "met": threaded["data_wait_share"] <= 0.10,
+                "target_cache_data_wait_share": 0.05,
+                "cache_met": cached["data_wait_share"] <= 0.05,
             }
         urls = make_shards(Path(tmp) / "feed", "gaze", 64 if args.quick else 5000)
-        figures["feed"] = feed(
+        rows = feed(
             urls, batch_size=8 if args.quick else 512, seconds=0.2 if args.quick else 5.0,
-            rounds=1 if args.quick else 3,
+            rounds=rounds,
         )  # fmt: skip
-        for key, row in figures["feed"].items():
+        figures["feed"] = {k: v for k, v in rows.items() if not v["cache"]}
+        figures["feed_cache"] = {k: v for k, v in rows.items() if v["cache"]}
+        for key, row in rows.items():
             print(
                 f"feed {key}: {row['samples_per_s']:.0f} samples/s, "
-                f"{row['cpu_us_per_sample']:.0f} µs CPU per sample on the loop's process",
+                f"{row['cpu_us_per_sample']:.1f} µs CPU per sample on the loop's process",
                 flush=True,
             )
+        if "simgan" in figures:
+            train_rate = figures["simgan"]["cache"]["images_per_s"]
+            loader = figures["feed_cache"]["cache"]
+            stored = figures["feed_cache"]["cache_stored"]
+            figures["cache_targets"] = {
+                "loader_over_training": loader["samples_per_s"] / train_rate,
+                "loader_over_training_target": 20.0,
+                "cpu_us_per_sample": loader["cpu_us_per_sample"],
+                "stored_cpu_us_per_sample": stored["cpu_us_per_sample"],
+                "cpu_us_per_sample_target": 5.0,
+                "data_wait_share": figures["simgan"]["cache"]["data_wait_share"],
+                "data_wait_share_target": 0.05,
+            }
+            print(f"cache targets: {figures['cache_targets']}", flush=True)
     settings = {
         "cases": {
             m: dict(zip(("preset", "domain", "size", "overrides"), CASES[m], strict=True))
@@ -229,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if m in CASES
         },
         "feed": "ImageStream alone on 5,000 procedural eyes, batch 512, shuffle buffer 5,000; "
-        "three interleaved rounds of 5 s per case, each case's least CPU and best rate",
+        f"{rounds} interleaved rounds of 5 s per case, each case's least CPU and best rate",
         "steps": steps,
         "log_every": log_every,
         "samples_per_pool": count,

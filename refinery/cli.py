@@ -116,6 +116,41 @@ def _inspect(args: argparse.Namespace) -> int:
     return 1 if report.rejects.total else 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from train.cache import open_cache
+
+    domain = args.domain
+    if domain is None:
+        from refinery.inspection import guess_domain
+        from refinery.shards import expand_urls, tar_samples
+
+        domain = guess_domain(next(tar_samples(expand_urls(args.urls)[0]), {}))
+        if domain is None:
+            raise UsageError("cannot tell the domain from the first sample: pass --domain")
+    cache = open_cache(args.urls, domain=domain, labels=not args.real, image_key=args.image_key)
+    print(cache.summary())
+    for reject in cache.meta["rejects"][:20]:
+        print(f"  rejected {reject['url']} key {reject['key']!r}: {reject['reason']}: "
+              f"{reject['detail']}")  # fmt: skip
+    return 1 if cache.meta["rejects"] else 0
+
+
+def _add_cache(commands) -> None:
+    cache = commands.add_parser(
+        "cache",
+        help="decode a shard set's small images once into the training cache",
+        description="Decode every sample of local shards into the memory-mapped cache the "
+        "trainers read (train/cache.py: $REFINERY_CACHE, or .refinery-cache/ beside the "
+        "shards), or check and reuse the one there. Reports its size, build time and the "
+        "rejected samples; exit status 1 when any was rejected.",
+    )
+    cache.add_argument("urls", nargs="+", help="local shard paths, dirs or {a..b} ranges")
+    cache.add_argument("--domain", help="gaze, hand or scene (default: from the first sample)")
+    cache.add_argument("--real", action="store_true", help="a real pool: samples may be unlabeled")
+    cache.add_argument("--image-key", help="the image component (default: the domain's)")
+    cache.set_defaults(run=_cache)
+
+
 # --flag -> (format keyword, parser of its text); passed only when given, checked per format.
 _INGEST_OPTIONS = {
     "size": "size",
@@ -235,6 +270,9 @@ def _train_adversarial(args: argparse.Namespace) -> int:
     )
     total = config.schedule.total
     rank = int(os.environ.get("RANK", 0))  # under torchrun only rank 0 shows progress
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if rank == 0:
+        print(f"train {args.method}: world size {world}", flush=True)
     with Progress(
         total, what=f"train {args.method} {config.domain}", unit="iterations", enabled=rank == 0
     ) as bar:
@@ -567,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--labels", type=int, default=3, help="how many labels to print")
     inspect.add_argument("--sheet", help="write a PNG contact sheet here")
     inspect.set_defaults(run=_inspect)
+    _add_cache(commands)
 
     from refinery.formats import list_formats
 

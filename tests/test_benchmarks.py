@@ -118,6 +118,12 @@ def test_train_speed_quick_run_measures_the_loop_with_and_without_background_dec
     rendered = "\n".join(table.RENDERERS["train_speed"](record))
     assert "on the loop's thread" in rendered
     assert "| 2 decoding processes | frozen (as `train.loop`) |" in rendered
+    # the decoded cache beside them, in the same run: the trainer and the loader alone
+    assert runs["cache"]["cache"] and runs["cache"]["images_per_s"] > 0
+    assert runs["cache_build"]["synthetic"]["bytes"] > 0
+    assert set(figures["feed_cache"]) == {"cache", "cache_stored"}
+    assert figures["cache_targets"]["cpu_us_per_sample"] > 0
+    assert "from the decoded cache" in rendered and "decoded cache, stored pixels" in rendered
 
 
 def test_evaluate_trains_each_experiment_over_its_own_seeds_unless_told(monkeypatch, tmp_path):
@@ -348,6 +354,9 @@ def test_gpu_check_runs_every_step_end_to_end_on_the_cpu(tmp_path):
     for key in ("simgan_gaze_fp32_decode2", "simgan_gaze_amp_decode2", "sggan_fp32", "sggan_amp"):
         assert train[key]["images_per_s"] > 0 and 0 <= train[key]["data_wait_share"] < 1
         assert train[key]["amp"] is False  # autocast is CUDA-only
+    for key in ("simgan_gaze_amp_cache", "sggan_amp_cache"):  # from the decoded cache
+        assert train[key]["cache"] and train[key]["images_per_s"] > 0
+    assert not train["simgan_gaze_amp_decode2"]["cache"]
     tests = steps["pytest"]["tests"]
     assert steps["pytest"]["counts"]["skipped"] == len(tests) >= 10
     assert all("not available" in t["detail"] for t in tests.values())

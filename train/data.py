@@ -27,11 +27,30 @@ CUDA copy with ``non_blocking=True`` overlaps the next step's work.
 
 Real images are unlabeled by nature: a real pool is read with ``labels=False``, where a sample
 may be its image alone or carry a ``json`` that says ``"labeled": false``
-(``refinery.samples``); synthetic pools keep ``labels=True`` and need their labels.
+(``refinery.samples``); synthetic pools keep ``labels=True`` and need their labels:
+``check_labeled()`` (called by ``train.loop.fit`` before training) refuses a sample marked
+unlabeled, naming its shard and key.
+
+From the decoded cache. With ``cache=True`` (the trainers' default: their configs' ``cache: true``,
+``cache: false`` in a recipe or ``--config`` file turns it off) a set of small images on local disk is decoded once into memory-mapped arrays
+(``train.cache``) and every batch is one slice of them: the epoch's order is computed from the
+same generator as above, as indices (the shuffle buffer's picks drawn at once), so batches,
+positions, rejects reaching ``handler`` and resume are exactly those of decoding. Sets the
+cache does not take (remote, images over 1 MiB, ``REFINERY_CACHE=off``) are decoded as read;
+large JPEG frames then decode on the GPU with ``decode_device`` a CUDA device
+(``train.jpeg``). ``next_stored()`` gives the stored pixels (uint8/uint16) and
+``next_batch_on(device)`` sends them pinned, non-blocking, and scales them on the device.
+
+Ranks. Each of ``world_size`` ranks reads its own shards (``rank::world_size``); where shards
+are fewer than ranks (real pools are small), each reads every shard but only the samples whose
+place in the set is its rank modulo ``world_size``, so the ranks' samples are disjoint and any
+set of at least ``world_size`` samples trains on any number of ranks, with exact resume as
+above. A smaller set is refused by every rank with the same error, before training.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import multiprocessing
@@ -48,8 +67,19 @@ import numpy as np
 import torch
 
 from refinery.ontology import IGNORE
-from refinery.samples import DEPTH16, SampleError, decode_draws, image_component, is_labeled, spec
+from refinery.samples import (
+    DEPTH16,
+    MISSING,
+    SampleError,
+    decode_draws,
+    decode_or_error,
+    image_component,
+    is_labeled,
+    spec,
+)
 from refinery.shards import Handler, expand_urls, reraise, tar_samples
+from train.cache import DecodedCache, NotCacheable, caching_disabled, open_cache
+from train.jpeg import EncodedImage, decode_on, deferring, gpu_jpeg_available
 
 CHUNK = 64  # samples per task sent to a decoding process: amortises the pipe's overhead
 _POOLS: dict[tuple[int, int], ProcessPoolExecutor] = {}
@@ -137,15 +167,33 @@ class ImageStream:
         decoders: int = 0,
         lookahead: int | None = None,
         pin: bool = False,
+        cache: bool = False,
+        decode_device: str | torch.device | None = None,
     ):
         if decoders < 0:
             raise ValueError(
                 f"decoders must be 0 (decode on the caller's thread) or more, got {decoders}"
             )
         shards = expand_urls(urls)
-        self.shards = shards[rank::world_size]
-        if not self.shards:
-            raise ValueError(f"rank {rank} of {world_size} has no shards among {len(shards)}")
+        if not shards:
+            raise ValueError(f"no shards in {urls!r}")
+        self.rank, self.world_size = rank, world_size
+        self.cache: DecodedCache | None = None
+        if cache and not caching_disabled():
+            with contextlib.suppress(NotCacheable, PermissionError):  # read-only: decode
+                self.cache = open_cache(
+                    shards, domain=domain, labels=labels, image_key=image_key,
+                    decode=self._pooled(decoders, lookahead or 2 * batch_size),
+                )  # fmt: skip
+        # which raw samples are this rank's: whole shards (rank::world_size) when there are
+        # enough of them, otherwise every world_size-th sample of the set (see _split)
+        self._all_shards = shards
+        self._split: dict[str, tuple[int, int]] | None = None
+        if len(shards) >= world_size:
+            self.shards = shards[rank::world_size]
+        else:
+            self.shards = shards
+            self._split = _sample_split(shards, world_size, self.cache)
         self.domain = domain
         self.batch_size = batch_size
         self.seed = seed
@@ -161,19 +209,84 @@ class ImageStream:
         self.lookahead = lookahead if lookahead is not None else 2 * batch_size
         self.pin = pin
         self.waited = 0.0  # seconds next_batch kept its caller waiting
+        # large JPEG frames (not cached) decode on the GPU where CUDA is present (train.jpeg)
+        self.decode_device = None
+        if decode_device is not None and self.cache is None:
+            device = torch.device(decode_device)
+            if device.type == "cuda" and gpu_jpeg_available():
+                self.decode_device = device
+        if self.cache is not None:
+            self._own = self._cached_indices(shards)
+            self._order: np.ndarray | None = None  # this epoch's draws: indices into the cache
+            self._good: np.ndarray | None = None  # cumulative count of valid draws
+            self._rejects = self.cache.rejects()
+            self._tar_rejects = self.cache.tar_rejects()
+
+    @staticmethod
+    def _pooled(decoders: int, lookahead: int):
+        """How the cache builds: chunks decoded in this stream's worker processes, if any."""
+        if decoders == 0:
+            return None
+        return lambda chunks, work: _explained(
+            map_ahead(decoding_pool(decoders), work, chunks, max(1, lookahead // CHUNK))
+        )
+
+    def _cached_indices(self, shards: list[str]) -> dict[int, np.ndarray]:
+        """Per shard of ``self.shards`` (by position), this rank's indices into the cache."""
+        ranges = self.cache.shard_ranges
+        listed = {url: i for i, url in enumerate(shards)}
+        own = {}
+        for position, url in enumerate(self.shards):
+            start, count = ranges[listed[url]]
+            indices = np.arange(start, start + count)
+            if self._split is not None:
+                indices = indices[indices % self.world_size == self.rank]
+            own[position] = indices
+        return own
+
+    def check_labeled(self) -> None:
+        """Refuse, before training, a set this labeled stream cannot train on: a sample marked
+        ``"labeled": false`` or otherwise without a usable label (a SampleError naming the shard
+        and key). From the cache every sample is checked, the same on every rank (the cache
+        holds the whole set); streamed, the first sample of each shard."""
+        if not self.labels:
+            return
+        if self.cache is not None:
+            if self.cache.meta["rejects"] and self.handler is reraise:
+                first = self.cache.meta["rejects"][0]
+                raise SampleError(
+                    first["reason"], first["detail"], key=first["key"],
+                    component=first["component"], url=first["url"],
+                )  # fmt: skip
+            unlabeled = np.flatnonzero(self.cache.valid & ~self.cache.labeled)
+            if unlabeled.size:
+                index = int(unlabeled[0])
+                raise _unlabeled(self.cache.keys[index], self.cache.url_of(index), unlabeled.size)
+            return
+        for url in self._all_shards:
+            for raw in tar_samples(url, handler=self.handler):
+                sample = decode_or_error(raw, self.domain, labels=True)
+                if isinstance(sample, SampleError):
+                    self.handler(sample)
+                elif not is_labeled(sample):
+                    raise _unlabeled(sample["__key__"], url, None)
+                break
 
     # -- order --------------------------------------------------------------------------------
 
     def _epoch_samples(self, epoch: int, skip: int) -> Iterator[dict]:
         rng = np.random.default_rng([self.seed, epoch])
         order = [self.shards[i] for i in rng.permutation(len(self.shards))]
-        raw = (s for url in order for s in tar_samples(url, handler=self.handler))
+        raw = (s for url in order for s in self._own_samples(url))
         draws = (
             (emitted, chosen)
             for emitted, chosen in enumerate(_shuffled(raw, self.shuffle_buffer, rng), start=1)
             if emitted > skip  # skipped draws are replayed without decoding
         )
-        work = functools.partial(decode_draws, domain=self.domain, labels=self.labels)
+        if self.decode_device is not None:
+            work = deferring(self.domain, self.labels)  # JPEG left for the GPU
+        else:
+            work = functools.partial(decode_draws, domain=self.domain, labels=self.labels)
         if self.decoders == 0:
             decoding = (done for draw in draws for done in work([draw]))
         else:
@@ -192,6 +305,77 @@ class ImageStream:
             self.position = emitted
             if not rejected:
                 yield sample
+
+    def _own_samples(self, url: str) -> Iterator[dict]:
+        samples = tar_samples(url, handler=self.handler)
+        if self._split is None:
+            return samples
+        offset, _ = self._split[url]
+        return (s for i, s in enumerate(samples) if (offset + i) % self.world_size == self.rank)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """The epoch's draws as indices into the cache: the shards permuted and the shuffle
+        buffer drawn from the same generator as ``_epoch_samples`` (so the same order), the
+        buffer's random picks drawn at once (``integers`` over an array of bounds gives what
+        one call per draw gives)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        permutation = rng.permutation(len(self.shards))
+        for position in permutation:  # a shard's own tar-level rejects, when it is read
+            for error in self._tar_rejects.get(self._listed(position), ()):
+                self.handler(error)
+        raw = np.concatenate([self._own[p] for p in permutation]).tolist()
+        size, n = self.shuffle_buffer, len(raw)
+        if n >= size:
+            bounds = [size] * (n - size + 1) + list(range(size - 1, 0, -1))
+        else:
+            bounds = list(range(n, 0, -1))
+        picks = rng.integers(np.array(bounds, dtype=np.int64)).tolist() if n else []
+        order, buffer, draw = [], [], iter(picks)
+        for item in raw:  # integers only: ~0.3 µs a sample, once per epoch
+            buffer.append(item)
+            if len(buffer) >= size:
+                i = next(draw)
+                buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                order.append(buffer.pop())
+        while buffer:
+            i = next(draw)
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            order.append(buffer.pop())
+        return np.array(order, dtype=np.int64)
+
+    def _listed(self, position: int) -> int:
+        """The index in the whole set of ``self.shards[position]``."""
+        if self._split is not None:
+            return position
+        return self.rank + position * self.world_size
+
+    def _next_indices(self, count: int) -> np.ndarray:
+        """The cache indices of the next ``count`` usable draws; rejected draws on the way go
+        to the handler, in order, and count in the position, as when decoding."""
+        taken: list[np.ndarray] = []
+        for _ in range(count + 2):
+            if self._order is None:
+                self._order = self._epoch_order(self.epoch)
+                self._good = np.cumsum(self.cache.valid[self._order])
+            order, good, start = self._order, self._good, self.position
+            before = int(good[start - 1]) if start else 0
+            available = (int(good[-1]) if len(good) else 0) - before
+            end = (
+                len(order) if available < count else int(np.searchsorted(good, before + count)) + 1
+            )
+            drawn = order[start:end]
+            ok = self.cache.valid[drawn]
+            for index in drawn[~ok].tolist():
+                self.handler(self._rejects[index])
+            taken.append(drawn[ok])
+            self.position = end
+            count -= int(ok.sum())
+            if count == 0:
+                return np.concatenate(taken)
+            if available == 0 and start == 0:
+                break  # a whole epoch without one sample
+            self.epoch, self.position, self._order = self.epoch + 1, 0, None
+        raise ValueError(f"no usable {self.domain} samples in {len(self.shards)} shards")
 
     def _next_sample(self) -> dict:
         for _ in range(2):
@@ -214,10 +398,52 @@ class ImageStream:
         image = sample[name]
         return image[None] if image.ndim == 2 else image.transpose(2, 0, 1)  # (C, H, W)
 
-    def next_batch(self) -> tuple[torch.Tensor, list[dict]]:
+    def next_stored(self) -> tuple[np.ndarray, Sequence[dict]]:
+        """The next batch as stored, (B, H, W[, C]) uint8/uint16, and its samples: from the
+        cache one slice of the memory-mapped array (the samples made only when read)."""
+        if self.cache is not None:
+            indices = self._next_indices(self.batch_size)
+            return self.cache.image[indices], CachedSamples(self.cache, indices)
+        samples = [self._next_sample() for _ in range(self.batch_size)]
+        return np.stack([self._stored_of(s) for s in samples]), samples
+
+    def _stored_of(self, sample: dict) -> np.ndarray:
+        name = self.image_key or image_component(sample, self.domain)
+        if name not in sample:
+            raise KeyError(f"sample {sample['__key__']!r} has no component {name!r}")
+        return sample[name]
+
+    def next_batch_on(self, device: torch.device) -> torch.Tensor:
+        """The next batch's images on ``device``, (B, C, H, W) float32 in [-1, 1]. On CUDA the
+        stored pixels cross (pinned, non-blocking) and are scaled there, next to the network;
+        elsewhere as ``next_batch``. The same values either way."""
+        if device.type != "cuda" or self.decode_device is not None:
+            return self.next_batch()[0].to(device, non_blocking=True)
+        began = time.perf_counter()
+        stored, _ = self.next_stored()
+        pixels = torch.from_numpy(np.ascontiguousarray(stored)).pin_memory()
+        self.waited += time.perf_counter() - began
+        pixels = pixels.to(device, non_blocking=True)
+        return _to_unit_torch(pixels, self.scaling)
+
+    def next_batch(self) -> tuple[torch.Tensor, Sequence[dict]]:
         """(B, C, H, W) float32 in [-1, 1], and the decoded samples (labels, keys)."""
         began = time.perf_counter()
+        if self.cache is not None:
+            stored, samples = self.next_stored()  # (B, H, W[, C])
+            unit = self.scaling.to_unit(stored)
+            images = torch.from_numpy(
+                unit[:, None] if unit.ndim == 3 else unit.transpose(0, 3, 1, 2)
+            )
+            if self.pin:
+                images = images.pin_memory()
+            self.waited += time.perf_counter() - began
+            return images, samples
         samples = [self._next_sample() for _ in range(self.batch_size)]
+        if self.decode_device is not None:
+            images = self._decoded_on_device(samples)
+            self.waited += time.perf_counter() - began
+            return images, samples
         # one conversion for the whole batch rather than one per image (the same arithmetic)
         images = torch.from_numpy(
             self.scaling.to_unit(np.stack([self.image_of(s) for s in samples]))
@@ -226,6 +452,22 @@ class ImageStream:
             images = images.pin_memory()
         self.waited += time.perf_counter() - began
         return images, samples
+
+    def _decoded_on_device(self, samples: list[dict]) -> torch.Tensor:
+        """(B, C, H, W) float32 in [-1, 1] on ``decode_device``: the batch's JPEGs decoded
+        there in one call (nvJPEG), any other image uploaded as decoded, scaled there."""
+        stored = [self._stored_of(s) for s in samples]
+        encoded = [i for i, x in enumerate(stored) if isinstance(x, EncodedImage)]
+        on_device: list[torch.Tensor | None] = [None] * len(stored)
+        if encoded:
+            for i, image in zip(
+                encoded, decode_on([stored[i] for i in encoded], self.decode_device), strict=True
+            ):
+                on_device[i] = image
+        for i, x in enumerate(stored):
+            if on_device[i] is None:
+                on_device[i] = torch.from_numpy(np.ascontiguousarray(x)).to(self.decode_device)
+        return _to_unit_torch(torch.stack(on_device), self.scaling)  # (B, H, W[, C]) in
 
     def __iter__(self):
         while True:
@@ -237,6 +479,72 @@ class ImageStream:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._samples = None
+        self._order = None
+
+
+class CachedSamples(Sequence):
+    """A cached batch's samples (key, shard, json, image, per-pixel labels), each made only when
+    read: SimGAN never reads them, so a batch costs no per-sample Python."""
+
+    def __init__(self, cache: DecodedCache, indices: np.ndarray):
+        self.cache, self.indices = cache, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.cache.sample(int(j)) for j in self.indices[i]]
+        return self.cache.sample(int(self.indices[i]))
+
+
+def _to_unit_torch(pixels: torch.Tensor, scaling: Scaling) -> torch.Tensor:
+    """``Scaling.to_unit`` on a device, (B, H, W[, C]) -> (B, C, H, W): the same float32
+    arithmetic in the same order, so the same values."""
+    unit = pixels.float()
+    unit -= scaling.low
+    unit /= scaling.high - scaling.low
+    unit.clamp_(0.0, 1.0).mul_(2.0).sub_(1.0)
+    return unit[:, None] if unit.ndim == 3 else unit.permute(0, 3, 1, 2)
+
+
+def _unlabeled(key: str, url: str, count: int | None) -> SampleError:
+    many = f" ({count} such samples in the set)" if count and count > 1 else ""
+    return SampleError(
+        MISSING,
+        "unlabeled (its json says \"labeled\": false or carries no label): a synthetic set "
+        f"needs labels to train on{many}; unlabeled images belong in the real pool",
+        key=key, component="json", url=url,
+    )  # fmt: skip
+
+
+def _ignore(error: SampleError) -> None:
+    """Counting a shard's samples: its rejects are reported when it is read."""
+
+
+def _sample_split(
+    shards: list[str], world_size: int, cache: DecodedCache | None
+) -> dict[str, tuple[int, int]]:
+    """Fewer shards than ranks (real pools are small: 2,000 MPIIGaze crops are two shards,
+    eight GPUs are common): rank r reads, from every shard, the samples whose place in the set
+    (shards in the listed order, samples in shard order) is r modulo ``world_size``, disjoint
+    across the ranks. {url: (place of its first sample, samples)}. Every rank counts the same
+    set, so where it cannot be split (fewer samples than ranks) every rank raises the same
+    error before training."""
+    if cache is not None:
+        counts = [count for _, count in cache.shard_ranges]
+    else:
+        counts = [sum(1 for _ in tar_samples(url, handler=_ignore)) for url in shards]
+    total = sum(counts)
+    if total < world_size:
+        raise ValueError(
+            f"{total} sample(s) in {len(shards)} shard(s) ({shards[0]}) cannot be split among "
+            f"{world_size} ranks: each rank needs one of its own; train on at most {total}"
+        )
+    offsets = itertools.accumulate(counts, initial=0)
+    return {
+        url: (offset, count) for url, offset, count in zip(shards, offsets, counts, strict=False)
+    }
 
 
 T = TypeVar("T")
@@ -349,6 +657,8 @@ class SceneStream:
         labels: bool = True,
         decoders: int = 0,
         pin: bool = False,
+        cache: bool = False,
+        decode_device: str | torch.device | None = None,
     ):
         self.images = ImageStream(
             urls,
@@ -360,6 +670,8 @@ class SceneStream:
             world_size=world_size,
             labels=labels,
             decoders=decoders,
+            cache=cache,
+            decode_device=decode_device,
         )
         self.ontology, self.crop, self.depth_max = ontology, crop, depth_max
         self.pin = pin
@@ -394,12 +706,16 @@ class SceneStream:
         began = time.perf_counter()
         batch = self._next_batch()
         if self.pin:
-            batch = {k: v.pin_memory() for k, v in batch.items()}
+            batch = {k: v.pin_memory() if v.device.type == "cpu" else v for k, v in batch.items()}
         self.waited += time.perf_counter() - began
         return batch
 
     def _next_batch(self) -> dict[str, torch.Tensor]:
         images, samples = self.images.next_batch()  # (B, 3, H, W)
+        if isinstance(samples, CachedSamples):
+            batch = self._cached_labels(samples)
+            batch["image"] = images
+            return self._cropped(batch) if self.crop is not None else batch
         seg = np.stack([self._seg(s, self.ontology) for s in samples])  # (B, H, W)
         batch = {
             "image": images,
@@ -417,6 +733,53 @@ class SceneStream:
             batch = self._cropped(batch)
         return batch
 
+    def _cached_labels(self, samples: CachedSamples) -> dict[str, torch.Tensor]:
+        """``_next_batch``'s labels from the cache's arrays, a batch at a time (the same
+        values as sample by sample)."""
+        cache, indices = samples.cache, samples.indices
+        labeled = cache.labeled[indices]  # (B,)
+        if self.labels and not labeled.all():
+            key = cache.keys[int(indices[np.flatnonzero(~labeled)[0]])]
+            raise ValueError(
+                f"sample {key!r} is unlabeled, but this stream needs labels "
+                "(only a real pool, labels=False, may hold unlabeled scenes)"
+            )
+        height, width = cache.image.shape[1:3]
+        if "seg.png" in cache.extras:
+            raw = cache.extras["seg.png"][indices]  # (B, H, W) uint8
+        else:
+            raw = np.full((len(indices), height, width), IGNORE, np.uint8)
+
+        spaces = [cache.labels[int(i)]["ontology"] if ok else None
+                  for i, ok in zip(indices.tolist(), labeled.tolist(), strict=True)]  # fmt: skip
+
+        def seg(ontology: str) -> torch.Tensor:
+            converted = np.array([space == "cityscapes-19" != ontology for space in spaces])
+            for i, space in enumerate(spaces):
+                if space not in (None, ontology, "cityscapes-19"):
+                    raise ValueError(
+                        f"sample {cache.keys[int(indices[i])]!r}: labels in {space!r} cannot "
+                        f"become {ontology!r}; ingest with --ontology {ontology}"
+                    )
+            ids = raw
+            if converted.any():
+                from refinery import ontology as ontologies
+
+                ids = np.where(
+                    converted[:, None, None], ontologies.from_train_ids(raw, ontology), raw
+                )
+            ids = np.where(labeled[:, None, None], ids, np.uint8(IGNORE))
+            return torch.from_numpy(ids.astype(np.int64))
+
+        batch = {"seg": seg(self.ontology), "labeled": torch.from_numpy(labeled.copy())}
+        if self.fine_ontology is not None:
+            batch["seg_fine"] = seg(self.fine_ontology)
+        if "depth.png" in cache.extras and cache.present["depth.png"][indices].all():
+            raw_depth = cache.extras["depth.png"][indices][:, None].astype(np.float32)
+            batch["depth_valid"] = torch.from_numpy((raw_depth > 0) & (raw_depth < 65535))
+            batch["depth"] = torch.from_numpy(np.clip(raw_depth / self.depth_max, 0.0, 1.0))
+        return batch
+
     def _cropped(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         height, width = batch["image"].shape[-2:]
         ch, cw = self.crop
@@ -432,6 +795,10 @@ class SceneStream:
                 else:
                     out[key].append(value[i, ..., top : top + ch, left : left + cw])
         return {k: torch.stack(v) for k, v in out.items()}
+
+    def check_labeled(self) -> None:
+        """See ``ImageStream.check_labeled``."""
+        self.images.check_labeled()
 
     def state_dict(self) -> dict[str, int]:
         return self.images.state_dict()

@@ -71,7 +71,8 @@ from refinery.nets import hourglass
 from refinery.nets.gaze import euclidean_loss
 from refinery.registry import build_network, network_info
 from refinery.samples import image_component
-from refinery.shards import Handler, read, reraise
+from refinery.shards import Handler, reraise
+from train.cache import read_cached as read  # the decoded cache where it can serve
 from train.data import scaling_for, scene_labels, unit_channels_first
 from train.rows import (
     Rows,

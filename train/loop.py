@@ -14,7 +14,8 @@ and a discriminator step's carry to the method's ``task_step`` when it has one (
 P update on the batch its discriminator step generated).
 
 Several processes (data parallel). Every rank builds the same networks, takes its own slice of
-the shards (``rank::world_size``) and, after each backward, averages its gradients with the
+the shards (``rank::world_size``; of the samples within them where shards are fewer than
+ranks, see ``train.data``) and, after each backward, averages its gradients with the
 others' (``Ranks.average_gradients``: one flattened all-reduce per update, called by
 ``update``), so every rank's weights and optimiser stay identical. What differs per rank is
 saved per rank: each writes its history buffer or pools, stream positions and RNG into the
@@ -515,6 +516,12 @@ def fit(
                 f"{out} already holds a run (checkpoint {latest.name}); pass --resume"
             )
         method = make_method(dev, ranks)
+        for stream in getattr(method, "streams", ()):
+            # an unlabeled synthetic set is refused here, before training, the same on every
+            # rank (each checks the whole set), so no rank is left waiting in the broadcast
+            check = getattr(stream, "check_labeled", None)
+            if check is not None:
+                check()
         ranks.broadcast(method.modules.values())
         if ranks.rank:  # rank 0 keeps the one-process stream; the others draw their own
             torch.manual_seed(int(getattr(config, "seed", 0)) + 1_000_003 * ranks.rank)

@@ -110,6 +110,7 @@ class SGGANConfig:
     sample_every: int = 500
     seed: int = 0
     decode_workers: int = 2  # processes decoding samples ahead of the loop (0: on its own thread)
+    cache: bool = True  # small images decoded once into a memory-mapped cache (train.cache)
     amp: bool = True  # float16 autocast on CUDA only
 
     @property
@@ -172,6 +173,8 @@ class SGGAN:
             rank=ranks.rank,
             world_size=ranks.world_size,
             decoders=config.decode_workers,
+            cache=config.cache,
+            decode_device=device,  # large JPEG frames: nvJPEG where CUDA is (train.jpeg)
             pin=device.type == "cuda",
         )
         self.synthetic = SceneStream(synthetic, seed=config.seed * 2 + 1, **stream)

@@ -94,6 +94,7 @@ class SimGANConfig:
     sample_every: int = 200
     seed: int = 0
     decode_workers: int = 2  # processes decoding samples ahead of the loop (0: on its own thread)
+    cache: bool = True  # small images decoded once into a memory-mapped cache (train.cache)
     amp: bool = True  # float16 autocast + grad scaling, on CUDA only
 
     @property
@@ -311,6 +312,7 @@ class SimGAN:
             rank=rank,
             world_size=ranks.world_size,
             decoders=config.decode_workers,
+            cache=config.cache,
             pin=device.type == "cuda",
         )
         self.synthetic = ImageStream(synthetic, seed=config.seed * 2 + 1, **stream)
@@ -321,8 +323,7 @@ class SimGAN:
         self._fixed_real: torch.Tensor | None = None
 
     def _batch(self, stream: ImageStream) -> torch.Tensor:
-        images, _ = stream.next_batch()
-        return images.to(self.device, non_blocking=True)
+        return stream.next_batch_on(self.device)
 
     def generator_step(self, *, pretrain: bool) -> Step:
         step = Step(

@@ -120,6 +120,7 @@ class SPIGANConfig:
     sample_every: int = 500
     seed: int = 0
     decode_workers: int = 2  # processes decoding samples ahead of the loop (0: on its own thread)
+    cache: bool = True  # small images decoded once into a memory-mapped cache (train.cache)
     amp: bool = True
 
     def __post_init__(self) -> None:
@@ -202,6 +203,8 @@ class SPIGAN:
             rank=ranks.rank,
             world_size=ranks.world_size,
             decoders=config.decode_workers,
+            cache=config.cache,
+            decode_device=device,  # large JPEG frames: nvJPEG where CUDA is (train.jpeg)
             pin=device.type == "cuda",
         )
         self.synthetic = SceneStream(synthetic, seed=config.seed * 2 + 1, **stream)
