@@ -195,8 +195,8 @@ def split_fixture(fixture: Path, work: Path, *, seed: int = HOLDOUT_SEED) -> dic
 
 def _c2st(real, url: str, seed: int) -> float:
     """``evaluate``'s two-sample accuracy (seed ``seed``, 10 epochs) of the eyes at ``url``
-    against ``real`` (``train.realism.images`` at ``EYE_SIZE``)."""
-    from train.realism import images, two_sample_test
+    against ``real`` (``train.evaluation.realism.images`` at ``EYE_SIZE``)."""
+    from train.evaluation.realism import images, two_sample_test
 
     candidate = images(url, "gaze", size=EYE_SIZE)
     return two_sample_test(real, candidate, seed=seed, epochs=10)["accuracy"]
@@ -250,8 +250,8 @@ def _variants(
     the two-sample test over seeds (how far the built-in "real" variant is from real MPIIGaze,
     next to the synthetic one)."""
     from refinery import sim
-    from train.evaluate import summary
-    from train.realism import null_band, two_sample_test
+    from train.evaluation.evaluate import summary
+    from train.evaluation.realism import null_band, two_sample_test
 
     crops = unit(real)
     out = {}
@@ -276,8 +276,8 @@ def _all_crops(real: Path, real_test: Path, synthetic: Path, work: Path, seeds: 
     record's GANs on the earlier records' scale (half of these crops the GANs saw)."""
     import torch
 
-    from train.evaluate import summary
-    from train.realism import images
+    from train.evaluation.evaluate import summary
+    from train.evaluation.realism import images
 
     halves = [images(str(url), "gaze", size=EYE_SIZE) for url in (real, real_test)]
     crops = torch.cat(halves)  # images() without scratch: tensors in memory
@@ -295,7 +295,7 @@ def _all_crops(real: Path, real_test: Path, synthetic: Path, work: Path, seeds: 
 def _selection_figures(runs: list[dict]) -> dict:
     """Per GAN: the checkpoint chosen by validation, the last and the best on the held-out half
     in hindsight, each with its held-out two-sample accuracy; and the three over GANs."""
-    from train.evaluate import summary
+    from train.evaluation.evaluate import summary
 
     def heldout(selection: dict, key: str) -> float:
         return next(
@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             "--seed", str(VALIDATION_SEED), "--shard-size", "500", "--out", str(validation),
             *(f"--option={item}" for item in args.synth_option),
         )  # fmt: skip
-        from train.realism import images
+        from train.evaluation.realism import images
 
         real_halves = {
             "train": images(str(real), "gaze", size=EYE_SIZE),
@@ -548,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     _refinery("inspect", str(synthetic), str(first), str(real), "--sheet", str(sheet))
 
     from benchmarks.evaluate import drift_over_runs, realism_over_runs
-    from train.evaluate import summary
+    from train.evaluation.evaluate import summary
 
     pixels = {"synthetic": _pixels(str(synthetic)), "real": _pixels(str(real_test))}
     variants = (

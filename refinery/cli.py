@@ -33,7 +33,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-TASK_DOMAINS = ("gaze", "hand", "scene")  # train.downstream.TASKS, without importing torch
+# train.evaluation.downstream.TASKS, without importing torch
+TASK_DOMAINS = ("gaze", "hand", "scene")
 
 
 def _task_options(parser: argparse.ArgumentParser) -> None:
@@ -274,7 +275,7 @@ def _task_settings(args: argparse.Namespace) -> dict:
 def _train_task(args: argparse.Namespace) -> int:
     import json
 
-    from train.downstream import train_task
+    from train.evaluation.downstream import train_task
 
     options = _task_settings(args)
     metrics = train_task(
@@ -293,7 +294,7 @@ def _train_task(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from train.evaluate import evaluate
+    from train.evaluation.evaluate import evaluate
 
     options = _task_settings(args)
     report = evaluate(

@@ -644,7 +644,7 @@ def test_sigterm_finishes_the_iteration_checkpoints_and_resumes(shards, tmp_path
 
 @pytest.fixture(scope="module")
 def gaze_network(shards, tmp_path_factory):
-    from train.downstream import train_task
+    from train.evaluation.downstream import train_task
 
     out = tmp_path_factory.mktemp("gaze-net")
     train_task("gaze", train=shards[0], eval=shards[0], out=out, epochs=1, batch_size=16)
@@ -652,7 +652,7 @@ def gaze_network(shards, tmp_path_factory):
 
 
 def test_task_term_charges_what_the_frozen_task_network_reads(shards, gaze_network):
-    from train.downstream import load_task_model
+    from train.evaluation.downstream import load_task_model
 
     trainer = simgan.SimGAN(
         tiny_config(self_reg_weight=0.0, task_reg_weight=3.0, task_reg_network=str(gaze_network)),
@@ -708,7 +708,7 @@ def test_task_term_settings_are_checked_before_training(gaze_network, tmp_path):
 
 
 def test_the_run_trains_its_own_frozen_gaze_network_when_the_recipe_asks(shards, tmp_path):
-    from train.downstream import load_task_model
+    from train.evaluation.downstream import load_task_model
 
     synthetic, real = shards
     config = tiny_config(task_reg_weight=2.0, task_reg_epochs=1, task_reg_seed=4)

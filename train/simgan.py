@@ -232,7 +232,7 @@ def task_psi(config: SimGANConfig, device: torch.device) -> TaskPsi | None:
             "directory (model.safetensors, config.json), or task_reg_epochs > 0 for a network "
             "the run trains itself on its synthetic shards"
         )
-    from train.downstream import load_task_model
+    from train.evaluation.downstream import load_task_model
 
     run = Path(config.task_reg_network)
     if not (run / "model.safetensors").is_file() or not (run / "config.json").is_file():
@@ -286,7 +286,7 @@ def hold_network(
         )
     where = out / "task-reg"
     if ranks.is_main and not (resume and (where / "model.safetensors").is_file()):
-        from train.downstream import train_task
+        from train.evaluation.downstream import train_task
 
         train_task(
             "gaze",
