@@ -1,7 +1,7 @@
 """How much of a two-sample accuracy is the classifier's own draw, and how much the GAN's.
 
 ``refinery evaluate`` scores GAN seed K's refined eyes with one two-sample test
-(``train.realism.two_sample_test``) of seed K: its split, draw and initialisation. So the
+(``train.evaluation.realism.two_sample_test``) of seed K: its split, draw and initialisation. So the
 spread over GANs every ``real_gaze`` record shows mixes two things: how differently the GANs
 refine, and how differently one classifier run lands from another on the same images. This
 benchmark separates them. For each refined set of ``benchmarks/real_gaze.py`` work directories
@@ -36,7 +36,7 @@ from benchmarks.realism_cues import (
     work_directories,
     work_directory_parser,
 )
-from train.realism import SCHEDULES, pooled_std
+from train.evaluation.realism import SCHEDULES, pooled_std
 
 PROTOCOLS = SCHEDULES  # the learning-rate schedules, in the order they are reported
 
@@ -46,8 +46,8 @@ def noise(
 ) -> dict[str, dict]:
     """Every set (name -> (GAN seed, pixels)) against ``real``, with classifier seeds
     0..repeats-1 under each protocol; then the spreads within and between sets."""
-    from train.evaluate import summary
-    from train.realism import two_sample_test
+    from train.evaluation.evaluate import summary
+    from train.evaluation.realism import two_sample_test
 
     real_images = unit(real)
     figures: dict[str, dict] = {"sets": {}, "protocols": {}}
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             sets[f"{run_key(run)}/refined-s{seed}"] = (seed, _pixels(str(path)))
     figures = noise(real, sets, repeats=args.repeats, epochs=epochs)
     settings = {
-        "test": "train.realism.two_sample_test (refinery evaluate's C2ST), "
+        "test": "train.evaluation.realism.two_sample_test (refinery evaluate's C2ST), "
         f"{epochs} epochs, against the first run's real crops; classifier seeds "
         f"0..{args.repeats - 1} (split, draw, initialisation) on each refined set",
         "protocols": {

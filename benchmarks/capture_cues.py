@@ -7,7 +7,7 @@ from the normalising warp, with sensor noise and skin grain) as well as small sh
 lash contours, iris edges). The first kind a refiner could be handed (a simulator option or a
 stage after the engine); the second it has to draw. This benchmark tells them apart: it applies
 each capture statistic to every GAN's refined eyes as they are and reruns
-``refinery evaluate``'s two-sample test (``train.realism.two_sample_test``, seed K for
+``refinery evaluate``'s two-sample test (``train.evaluation.realism.two_sample_test``, seed K for
 ``refined-sK``, as evaluate scores it). A statistic the refined eyes lack moves them towards
 real when added; one they already match, or overdo, moves them away.
 
@@ -140,8 +140,8 @@ def capture_cues(
     (``refined[i]`` scored with ``seeds[i]``) against ``real`` after it, and its paired change
     from ``as-refined`` (the same classifiers)."""
     from benchmarks.real_gaze import unit
-    from train.evaluate import summary
-    from train.realism import two_sample_test
+    from train.evaluation.evaluate import summary
+    from train.evaluation.realism import two_sample_test
 
     real_unit = unit(real)
     accuracy: dict[str, list[float]] = {}
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "transforms": {name: what for name, (what, _) in TRANSFORMS.items()},
         "order": list(TRANSFORMS),  # the record's keys are sorted; the table keeps this order
-        "test": "train.realism.two_sample_test (refinery evaluate's C2ST), "
+        "test": "train.evaluation.realism.two_sample_test (refinery evaluate's C2ST), "
         f"{epochs} epochs, against the run's real crops; refined-sK scored with seed K after "
         "each transform; change: the paired difference from as-refined, per GAN",
         "runs": [str(run) for run in present],

@@ -96,7 +96,7 @@ def twins(root: Path, domain: str, count: int, *, seed: int, size) -> tuple[list
 
 
 def floor(domain: str, settings: dict[str, Any], seeds, work: Path) -> dict[str, Any]:
-    from train import downstream
+    from train.evaluation import downstream
 
     began = time.perf_counter()
     synthetic_urls, twin_urls = twins(

@@ -153,7 +153,7 @@ import yaml
 
 from benchmarks import common
 from benchmarks.common import SEEDS
-from train.evaluate import gap_closed, summary
+from train.evaluation.evaluate import gap_closed, summary
 
 SETS = ("synthetic", "refined", "real")
 PCK_AT = (5, 10, 20)  # crop pixels

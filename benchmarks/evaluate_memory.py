@@ -2,7 +2,7 @@
 
 Issue 16's target: the peak should not depend on the number of frames (1k against 4k within
 10%). ``evaluate`` decodes its sets into a scratch directory and reads them back a batch at a
-time (``train.rows``), so the peak is set by batches, not sets. For each size, procedural
+time (``train.evaluation.rows``), so the peak is set by batches, not sets. For each size, procedural
 street frames (64x128) are rendered as synthetic,
 real train and real test shards, the synthetic shards stand in for the refined ones (the same
 keys; what is measured is memory, not refinement), and ``python -m refinery evaluate scene``

@@ -46,6 +46,11 @@ that network's reading, e.g. the recorded run ``--hold-gaze 20 --robust-epochs 4
 hold-gaze-20``. ``--seeds S [S ...]`` trains one GAN per seed instead of seeds 0 1 2 (under a tag
 too), e.g. ``--seeds 0 1 2 3 4 5`` when three GANs spread wider than the settings differ.
 
+``--preset NAME`` (under a tag) starts every GAN from another recipe than ``small``: ``--preset
+real-eyes --robust-epochs 48 --tag real-eyes`` checks the recipe that holds the best setting
+found here (each of its GANs trains its own frozen gaze network, as ``--hold-gaze 5`` trains one
+for all).
+
 ``--holdout`` (under a tag) splits the real crops in two by a seeded draw: the GANs train on
 one half and ``evaluate`` scores realism on the other, which no discriminator saw (without it
 both read all 2,000, as every earlier record did). ``--select-every N`` (with ``--holdout``)
@@ -190,8 +195,8 @@ def split_fixture(fixture: Path, work: Path, *, seed: int = HOLDOUT_SEED) -> dic
 
 def _c2st(real, url: str, seed: int) -> float:
     """``evaluate``'s two-sample accuracy (seed ``seed``, 10 epochs) of the eyes at ``url``
-    against ``real`` (``train.realism.images`` at ``EYE_SIZE``)."""
-    from train.realism import images, two_sample_test
+    against ``real`` (``train.evaluation.realism.images`` at ``EYE_SIZE``)."""
+    from train.evaluation.realism import images, two_sample_test
 
     candidate = images(url, "gaze", size=EYE_SIZE)
     return two_sample_test(real, candidate, seed=seed, epochs=10)["accuracy"]
@@ -245,8 +250,8 @@ def _variants(
     the two-sample test over seeds (how far the built-in "real" variant is from real MPIIGaze,
     next to the synthetic one)."""
     from refinery import sim
-    from train.evaluate import summary
-    from train.realism import null_band, two_sample_test
+    from train.evaluation.evaluate import summary
+    from train.evaluation.realism import null_band, two_sample_test
 
     crops = unit(real)
     out = {}
@@ -271,8 +276,8 @@ def _all_crops(real: Path, real_test: Path, synthetic: Path, work: Path, seeds: 
     record's GANs on the earlier records' scale (half of these crops the GANs saw)."""
     import torch
 
-    from train.evaluate import summary
-    from train.realism import images
+    from train.evaluation.evaluate import summary
+    from train.evaluation.realism import images
 
     halves = [images(str(url), "gaze", size=EYE_SIZE) for url in (real, real_test)]
     crops = torch.cat(halves)  # images() without scratch: tensors in memory
@@ -290,7 +295,7 @@ def _all_crops(real: Path, real_test: Path, synthetic: Path, work: Path, seeds: 
 def _selection_figures(runs: list[dict]) -> dict:
     """Per GAN: the checkpoint chosen by validation, the last and the best on the held-out half
     in hindsight, each with its held-out two-sample accuracy; and the three over GANs."""
-    from train.evaluate import summary
+    from train.evaluation.evaluate import summary
 
     def heldout(selection: dict, key: str) -> float:
         return next(
@@ -376,6 +381,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --holdout: a checkpoint every N iterations; the one whose refined "
         "validation eyes look most real against the training half is evaluated",
     )
+    parser.add_argument(
+        "--preset",
+        default="small",
+        help="the recipe every GAN starts from (train simgan --preset; others need --tag), "
+        "e.g. real-eyes, which trains its own frozen gaze network per GAN",
+    )
     parser.add_argument("--tag", help="names the variant: records real_gaze_TAG.json")
     args = parser.parse_args(argv)
     # a variant of the recipe, its budget, its eyes or its instrument records under its own name
@@ -386,13 +397,14 @@ def main(argv: list[str] | None = None) -> int:
         or args.robust_epochs is not None
         or args.seeds not in (None, list(SEEDS))
         or args.holdout
+        or args.preset != "small"
     )
     if any("=" not in item for item in args.set) or variant != bool(args.tag):
         parser.error(
             f"--set KEY=VALUE, --synth-option KEY=NUMBER, --hold-gaze, --steps other than "
             f"{STEPS}, --synthetic other than {SYNTHETIC}, --robust-epochs, --seeds other than "
-            f"{default_seeds} or --holdout make a variant, which --tag NAME names (and --tag "
-            "needs one)"
+            f"{default_seeds}, --holdout or --preset other than small make a variant, which --tag "
+            "NAME names (and --tag needs one)"
         )
     if args.seeds is not None and (len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0):
         parser.error(f"--seeds must be distinct and >= 0, got {' '.join(map(str, args.seeds))}")
@@ -442,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             "--seed", str(VALIDATION_SEED), "--shard-size", "500", "--out", str(validation),
             *(f"--option={item}" for item in args.synth_option),
         )  # fmt: skip
-        from train.realism import images
+        from train.evaluation.realism import images
 
         real_halves = {
             "train": images(str(real), "gaze", size=EYE_SIZE),
@@ -489,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         took = {}
         took["train"] = _refinery(
-            "train", "simgan", "--preset", "small", "--steps", str(steps),
+            "train", "simgan", "--preset", args.preset, "--steps", str(steps),
             "--config", str(recipe), "--synthetic", str(synthetic), "--real", str(real),
             "--out", str(run),
         )  # fmt: skip
@@ -527,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
                 "last": _last_scalars(
                     run,
                     ("discriminator/accuracy_real", "discriminator/accuracy_refined")
-                    + (("refiner/task_reg",) if hold else ()),
+                    + (("refiner/task_reg",) if hold or args.preset != "small" else ()),
                 ),
             }
         )
@@ -536,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     _refinery("inspect", str(synthetic), str(first), str(real), "--sheet", str(sheet))
 
     from benchmarks.evaluate import drift_over_runs, realism_over_runs
-    from train.evaluate import summary
+    from train.evaluation.evaluate import summary
 
     pixels = {"synthetic": _pixels(str(synthetic)), "real": _pixels(str(real_test))}
     variants = (
@@ -610,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     report = reports[0]
     settings = {
         "fixture": "shared/fixtures/real/mpiigaze_unlabeled (2,000 MPIIGaze 60x36 JPEG crops)",
-        "preset": "small",
+        "preset": args.preset,
         "steps": steps,
         "synthetic": count,
         "ingest": "images --domain gaze (35x55 gray, centre crop)",

@@ -1,6 +1,7 @@
 """What the two-sample test sees: realism split into coarse and fine image content.
 
-``refinery evaluate``'s classifier two-sample test (``train.realism.two_sample_test``) says how
+``refinery evaluate``'s classifier two-sample test (``train.evaluation.realism.two_sample_test``)
+says how
 often a small CNN tells a candidate set from real images, not why. This benchmark reruns it on
 three versions of the same images:
 
@@ -56,8 +57,8 @@ def cues(
     ``real`` in every band: accuracy mean ± std over the sets."""
     import torch
 
-    from train.evaluate import summary
-    from train.realism import null_band, two_sample_test
+    from train.evaluation.evaluate import summary
+    from train.evaluation.realism import null_band, two_sample_test
 
     real_bands = bands(real)
     runs = {band: [] for band in BANDS}
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             "coarse": f"Gaussian blur, sigma {SIGMA} px (tone, shading, shapes wider than ~5 px)",
             "fine": "the image minus its blur (texture, lashes, noise, sharp edges)",
         },
-        "test": "train.realism.two_sample_test (refinery evaluate's C2ST), "
+        "test": "train.evaluation.realism.two_sample_test (refinery evaluate's C2ST), "
         f"{epochs} epochs, against the run's real crops; refined-sK scored with seed K, the "
         "synthetic set with the same seeds; mean ± std over them",
         "runs": [str(run) for run in present],

@@ -33,7 +33,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-TASK_DOMAINS = ("gaze", "hand", "scene")  # train.downstream.TASKS, without importing torch
+# train.evaluation.downstream.TASKS, without importing torch
+TASK_DOMAINS = ("gaze", "hand", "scene")
 
 
 def _task_options(parser: argparse.ArgumentParser) -> None:
@@ -249,24 +250,19 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _train_adversarial(args: argparse.Namespace) -> int:
-    import importlib
-
     from refinery.progress import Progress
+    from train import methods
     from train.loop import NonFiniteLoss, RunDir
 
-    method = importlib.import_module(f"train.{args.method}")
-    overrides = {"steps": args.steps}
-    if args.method == "simgan":
-        overrides["image_key"] = args.image_key
-    if args.method == "spigan":
-        overrides["vgg_weights"] = args.vgg_weights
-    if args.method != "simgan":
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-    config = method.load_config(
+    # the method's own flags (--image-key, --vgg-weights), each a config key; None: not given
+    flags = {"steps": args.steps, **{k: getattr(args, k) for k in _METHOD_FLAGS[args.method]}}
+    config = methods.load_config(
+        args.method,
         preset=args.preset,
         config_file=args.config,
         resume_from=args.out if args.resume else None,
-        **overrides,
+        settings=args.set,
+        **flags,
     )
     total = config.schedule.total
     rank = int(os.environ.get("RANK", 0))  # under torchrun only rank 0 shows progress
@@ -287,7 +283,8 @@ def _train_adversarial(args: argparse.Namespace) -> int:
             bar.moveto(done)
 
         try:
-            latest = method.train(
+            latest = methods.train(
+                args.method,
                 config,
                 synthetic=args.synthetic,
                 real=args.real,
@@ -316,7 +313,7 @@ def _task_settings(args: argparse.Namespace) -> dict:
 def _train_task(args: argparse.Namespace) -> int:
     import json
 
-    from train.downstream import train_task
+    from train.evaluation.downstream import train_task
 
     options = _task_settings(args)
     metrics = train_task(
@@ -335,7 +332,7 @@ def _train_task(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from train.evaluate import evaluate
+    from train.evaluation.evaluate import evaluate
 
     options = _task_settings(args)
     report = evaluate(
@@ -552,16 +549,9 @@ def _refine(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_synth(commands) -> None:
     from refinery.samples import DOMAINS
     from refinery.sim import VARIANTS
-
-    parser = _Parser(
-        prog="refinery",
-        description="Refine labeled synthetic datasets into realistic ones (WebDataset shards).",
-    )
-    parser.add_argument("--version", action="version", version=f"refinery {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     synth = commands.add_parser(
         "synth",
@@ -590,6 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.set_defaults(run=_synth)
 
+
+def _add_inspect(commands) -> None:
+    from refinery.samples import DOMAINS
+
     inspect = commands.add_parser(
         "inspect",
         help="components and counts per shard, a few labels, and a PNG contact sheet",
@@ -605,9 +599,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--labels", type=int, default=3, help="how many labels to print")
     inspect.add_argument("--sheet", help="write a PNG contact sheet here")
     inspect.set_defaults(run=_inspect)
-    _add_cache(commands)
 
+
+def _add_ingest(commands) -> None:
     from refinery.formats import list_formats
+    from refinery.samples import DOMAINS
 
     ingest = commands.add_parser(
         "ingest",
@@ -673,57 +669,84 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(run=_ingest)
 
-    train = commands.add_parser("train", help="train a refiner: simgan, sggan, spigan")
-    methods = train.add_subparsers(dest="method", metavar="METHOD", required=True)
-    simgan = methods.add_parser(
-        "simgan",
-        help="SimGAN (Shrivastava et al. 2017) on synthetic and unlabeled real shards",
-        description="Train a SimGAN refiner. The preset picks train/recipes/simgan-<preset>.yaml "
-        "(paper values with their sources); --config FILE overrides any of its keys. "
+
+# Per method: its one-line help, its description, what --synthetic/--real/--steps mean to it.
+_METHOD_HELP = {
+    "simgan": (
+        "SimGAN (Shrivastava et al. 2017) on synthetic and unlabeled real shards",
+        "Train a SimGAN refiner. The preset picks train/recipes/simgan-<preset>.yaml "
+        "(paper values with their sources; real-eyes: the best setting found on real eye "
+        "crops); --config FILE overrides any of its keys, --set KEY=VALUE one key. "
         "Checkpoints, TensorBoard events and sample sheets go to the run directory; "
         "--resume continues exactly where the run stopped, with the run's own config.",
-    )
-    simgan.add_argument("--synthetic", nargs="+", required=True, help="synthetic shard URLs")
-    simgan.add_argument("--real", nargs="+", required=True, help="real shard URLs (unlabeled)")
-    simgan.add_argument("--out", required=True, help="run directory")
-    simgan.add_argument("--preset", choices=("gaze", "hand", "small"), default="gaze")
-    simgan.add_argument("--config", help="YAML file overriding recipe keys")
-    simgan.add_argument(
-        "--steps", type=positive_int, help="adversarial iterations (after pretraining)"
-    )
-    simgan.add_argument("--image-key", help="image component (default: the domain's)")
-    simgan.add_argument("--resume", action="store_true", help="continue the run in --out")
-    simgan.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    simgan.set_defaults(run=_train_adversarial)
+        ("synthetic shard URLs", "real shard URLs (unlabeled)"),
+        "adversarial iterations (after pretraining)",
+    ),
+    "sggan": (
+        "SG-GAN (Li et al. 2018): semantic-aware Grad-GAN on labeled synthetic and real scenes",
+        "Train SG-GAN's two generators and semantic-aware discriminators; both domains need "
+        "seg.png (converted to SG-GAN's 8 groups). Presets: train/recipes/sggan-<preset>.yaml.",
+        ("synthetic scene shards", "real scene shards"),
+        "training iterations",
+    ),
+    "spigan": (
+        "SPIGAN (Lee et al. 2019): privileged adversarial learning with a task and a depth net",
+        "Train SPIGAN's generator, discriminator, task network T (segmentation) and privileged "
+        "network P (depth from depth.png); T is a downstream segmentation model. Presets: "
+        "train/recipes/spigan-<preset>.yaml; --vgg-weights names local VGG19 weights for the "
+        "perceptual loss (without them it runs on untrained features, with a warning).",
+        ("synthetic scene shards", "real scene shards"),
+        "training iterations",
+    ),
+}
+# Per method: its own flags, each a config key of the same name (help text).
+_METHOD_FLAGS = {
+    "simgan": {"image_key": "image component (default: the domain's)"},
+    "sggan": {},
+    "spigan": {"vgg_weights": "local VGG19 weights file (torchvision format)"},
+}
 
-    scene_methods = {
-        "sggan": (
-            "SG-GAN (Li et al. 2018): semantic-aware Grad-GAN on labeled synthetic and real scenes",
-            "Train SG-GAN's two generators and semantic-aware discriminators; both domains need "
-            "seg.png (converted to SG-GAN's 8 groups). Presets: train/recipes/sggan-<preset>.yaml.",
-        ),
-        "spigan": (
-            "SPIGAN (Lee et al. 2019): privileged adversarial learning with a task and a depth net",
-            "Train SPIGAN's generator, discriminator, task network T (segmentation) and privileged "
-            "network P (depth from depth.png); T is a downstream segmentation model. Presets: "
-            "train/recipes/spigan-<preset>.yaml; --vgg-weights names local VGG19 weights for the "
-            "perceptual loss (without them it runs on untrained features, with a warning).",
-        ),
-    }
-    for name, (summary, description) in scene_methods.items():
-        sub = methods.add_parser(name, help=summary, description=description)
-        sub.add_argument("--synthetic", nargs="+", required=True, help="synthetic scene shards")
-        sub.add_argument("--real", nargs="+", required=True, help="real scene shards")
-        sub.add_argument("--out", required=True, help="run directory")
-        sub.add_argument("--preset", choices=("paper", "small"), default="paper")
-        sub.add_argument("--config", help="YAML file overriding recipe keys")
-        sub.add_argument("--steps", type=positive_int, help="training iterations")
-        if name == "spigan":
-            sub.add_argument("--vgg-weights", help="local VGG19 weights file (torchvision format)")
-        sub.add_argument("--resume", action="store_true", help="continue the run in --out")
-        sub.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-        sub.set_defaults(run=_train_adversarial)
 
+def _add_train(commands) -> None:
+    from train.methods import METHODS
+
+    train = commands.add_parser("train", help="train a refiner: simgan, sggan, spigan")
+    methods = train.add_subparsers(dest="method", metavar="METHOD", required=True)
+    for name in METHODS:
+        _add_method(methods, name)
+
+
+def _add_method(methods, name: str) -> None:
+    from train.methods import entry, presets
+
+    summary, description, (synthetic, real), steps = _METHOD_HELP[name]
+    sub = methods.add_parser(name, help=summary, description=description)
+    sub.add_argument("--synthetic", nargs="+", required=True, help=synthetic)
+    sub.add_argument("--real", nargs="+", required=True, help=real)
+    sub.add_argument("--out", required=True, help="run directory")
+    default = entry(name).default_preset
+    sub.add_argument(
+        "--preset", choices=presets(name), default=default, help=f"recipe (default: {default})"
+    )
+    sub.add_argument("--config", help="YAML file overriding recipe keys")
+    sub.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one recipe key (repeatable), read as its config field's type, after --config: "
+        "e.g. seed=3, discriminator_optimiser.lr=0.0008 (one field of a nested key); unknown "
+        "keys are refused; the run's config.yaml records the result",
+    )
+    sub.add_argument("--steps", type=positive_int, help=steps)
+    for key, text in _METHOD_FLAGS[name].items():
+        sub.add_argument(f"--{key.replace('_', '-')}", help=text)
+    sub.add_argument("--resume", action="store_true", help="continue the run in --out")
+    sub.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    sub.set_defaults(run=_train_adversarial)
+
+
+def _add_train_task(commands) -> None:
     task = commands.add_parser(
         "train-task",
         help="train a downstream task network on shards and evaluate it (gaze, hand, scene)",
@@ -745,6 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     task.set_defaults(run=_train_task)
 
+
+def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="does training on refined data beat synthetic on real data? HTML + JSON report",
@@ -791,7 +816,11 @@ def build_parser() -> argparse.ArgumentParser:
     _task_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
-    shapes_help = "optimisation profile MIN/OPT/MAX, each BxHxW (e.g. 1x35x55/64x35x55/256x140x220)"
+
+_SHAPES_HELP = "optimisation profile MIN/OPT/MAX, each BxHxW (e.g. 1x35x55/64x35x55/256x140x220)"
+
+
+def _add_export(commands) -> None:
     export = commands.add_parser(
         "export",
         help="export a run's generator as an engine directory (model.onnx + engine.json)",
@@ -803,9 +832,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", metavar="RUN", help="training run directory")
     export.add_argument("--out", required=True, help="engine directory to write")
     export.add_argument("--checkpoint", help="checkpoint name (default: the run's latest)")
-    export.add_argument("--shapes", help=shapes_help + "; default: around the training size")
+    export.add_argument("--shapes", help=_SHAPES_HELP + "; default: around the training size")
     export.set_defaults(run=_export)
 
+
+def _add_build(commands) -> None:
     build = commands.add_parser(
         "build",
         help="add a backend artifact to an engine: TensorRT plan, FP16 ONNX graph",
@@ -818,7 +849,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--fp16", action="store_true", help="FP16 compute (FP32 normalisation)")
     build.add_argument(
         "--shapes",
-        help=shapes_help + "; default: batches up to --batch at up to 2x the training size",
+        help=_SHAPES_HELP + "; default: batches up to --batch at up to 2x the training size",
     )
     build.add_argument(
         "--batch",
@@ -829,6 +860,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace, GiB")
     build.set_defaults(run=_build)
 
+
+def _add_bench_engine(commands) -> None:
     bench = commands.add_parser(
         "bench-engine",
         help="images/s, latency percentiles and peak memory of an engine",
@@ -847,6 +880,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=5)
     bench.add_argument("--out", default="benchmarks/results", help="results directory")
     bench.set_defaults(run=_bench_engine)
+
+
+def _add_refine(commands) -> None:
+    from refinery.samples import DOMAINS
 
     refine = commands.add_parser(
         "refine",
@@ -928,6 +965,32 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--distributor", default="local", choices=("local", "ray"))
     refine.add_argument("--address", help="Ray cluster address (with --distributor ray)")
     refine.set_defaults(run=_refine)
+
+
+_COMMANDS = (
+    _add_synth,
+    _add_inspect,
+    _add_cache,
+    _add_ingest,
+    _add_train,
+    _add_train_task,
+    _add_evaluate,
+    _add_export,
+    _add_build,
+    _add_bench_engine,
+    _add_refine,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="refinery",
+        description="Refine labeled synthetic datasets into realistic ones (WebDataset shards).",
+    )
+    parser.add_argument("--version", action="version", version=f"refinery {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in _COMMANDS:
+        add(commands)
     return parser
 
 

@@ -142,6 +142,53 @@ def test_train_simgan_help_and_missing_arguments(capsys):
     assert result.returncode == 0 and "--resume" in result.stdout and "--preset" in result.stdout
 
 
+def test_train_defaults_to_the_documented_preset_and_lists_the_recipes():
+    from refinery.cli import build_parser
+
+    parser = build_parser()
+    base = ["--synthetic", "s", "--real", "r", "--out", "o"]
+    assert parser.parse_args(["train", "simgan", *base]).preset == "small"
+    assert parser.parse_args(["train", "simgan", *base, "--preset", "real-eyes"]).preset == (
+        "real-eyes"
+    )
+    for method in ("sggan", "spigan"):
+        args = parser.parse_args(["train", method, *base, "--set", "seed=1", "--set", "steps=2"])
+        assert (args.preset, args.set) == ("paper", ["seed=1", "steps=2"])
+
+
+def test_train_set_is_typed_recorded_in_the_run_and_refuses_unknown_keys(tmp_path, capsys):
+    import yaml
+
+    for variant, seed in (("synthetic", 31), ("real", 32)):
+        args = f"synth gaze --variant {variant} --n 24 --seed {seed} --out {tmp_path / variant}"
+        assert main(args.split()) == 0
+    data = ["--synthetic", str(tmp_path / "synthetic"), "--real", str(tmp_path / "real")]
+    tiny = [
+        "batch_size=4", "buffer_size=8", "shuffle_buffer=4", "pretrain_refiner_steps=1",
+        "pretrain_discriminator_steps=1", "checkpoint_every=2", "sample_every=2", "log_every=1",
+        "decode_workers=0", "discriminator_r1=1e-2", "discriminator_optimiser.lr=0.0008",
+    ]  # fmt: skip
+    sets = [f"--set={item}" for item in tiny]
+    run = tmp_path / "run"
+    assert main(["train", "simgan", *data, "--out", str(run), "--steps", "2", *sets]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["discriminator_r1"] == 0.01 and saved["batch_size"] == 4 and saved["steps"] == 2
+    assert saved["discriminator_optimiser"] == {
+        "name": "adam",
+        "lr": 0.0008,
+        "momentum": 0.0,
+        "betas": [0.5, 0.999],
+        "weight_decay": 0.0,
+    }
+    capsys.readouterr()
+    typo = ["--set", "discriminator_rl=0.01", "--out", str(tmp_path / "typo")]
+    assert main(["train", "simgan", *data, *typo]) == 1
+    err = capsys.readouterr().err
+    assert "refinery train: error: --set 'discriminator_rl=0.01': unknown key" in err
+    assert "known: " in err and "discriminator_r1" in err
+    assert not (tmp_path / "typo").exists()
+
+
 def test_train_task_gaze_prints_metrics_and_writes_the_model(tmp_path, capsys):
     for variant, seed in (("synthetic", 21), ("real", 22)):
         args = f"synth gaze --variant {variant} --n 64 --seed {seed} --out {tmp_path / variant}"

@@ -17,9 +17,9 @@ from refinery.formats.nyu_hand import EVAL14
 from refinery.nets.gaze import pitchyaw_to_vector
 from refinery.samples import encode_sample
 from refinery.shards import write_shards
-from train import downstream
-from train.downstream import TaskConfig, get_task
-from train.rows import Rows
+from train.evaluation import downstream
+from train.evaluation.downstream import TaskConfig, get_task
+from train.evaluation.rows import Rows
 
 SIZES = {"gaze": {}, "hand": {"size": 64}, "scene": {"height": 64, "width": 128}}
 

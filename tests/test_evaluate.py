@@ -11,8 +11,8 @@ import pytest
 from refinery import cli, sim
 from refinery.samples import encode_sample
 from refinery.shards import read, write_shards
-from train import evaluate as ev
-from train.report import SECTIONS
+from train.evaluation import evaluate as ev
+from train.evaluation.report import SECTIONS
 
 
 def _write(root, samples, domain):

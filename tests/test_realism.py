@@ -14,11 +14,11 @@ from torch import nn
 from refinery import cli, sim
 from refinery.samples import encode_json, encode_sample
 from refinery.shards import write_shards
-from train import evaluate as ev
-from train import realism as R
-from train import report as report_html
 from train.data import Scaling, unit_channels_first
-from train.rows import Rows, RowWriter
+from train.evaluation import evaluate as ev
+from train.evaluation import realism as R
+from train.evaluation import report as report_html
+from train.evaluation.rows import Rows, RowWriter
 
 
 def _write(root, samples, domain="gaze"):

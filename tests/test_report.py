@@ -13,7 +13,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from train import report as rp
+from train.evaluation import report as rp
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""train.rows: decoded sets on disk, read back by index, the same as in memory."""
+"""train.evaluation.rows: decoded sets on disk, read back by index, the same as in memory."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from train import rows as R
 from train.data import Scaling, unit_channels_first
+from train.evaluation import rows as R
 
 
 def _written(tmp_path, data, transform=None):

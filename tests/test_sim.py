@@ -345,7 +345,7 @@ def test_real_gaze_is_equalised_and_grainy_like_mpiigaze():
 
 def test_real_gaze_is_closer_to_mpiigaze_than_synthetic(shared_fixture):
     """The "real" variant is tuned against real MPIIGaze crops with the two-sample test."""
-    from train.realism import two_sample_test
+    from train.evaluation.realism import two_sample_test
 
     folder = shared_fixture("mpiigaze_unlabeled")
     crops = []

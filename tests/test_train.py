@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import io
 import json
 import os
+import re
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +20,12 @@ from safetensors.torch import load_file
 from refinery import sim
 from refinery.samples import encode_sample
 from refinery.shards import expand_urls, write_shards
-from train import simgan
-from train.config import OptimiserConfig, from_dict, resolve
+from train import methods, simgan
+from train.config import RECIPES, OptimiserConfig, from_dict, parse_settings, resolve
 from train.data import ImageStream, scaling_for
 from train.loop import NonFiniteLoss, RunDir
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 TINY = dict(
     batch_size=8,
@@ -51,7 +56,7 @@ def tiny_config(**extra) -> simgan.SimGANConfig:
 # -- config -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("preset", ["gaze", "hand", "small"])
+@pytest.mark.parametrize("preset", ["gaze", "hand", "small", "real-eyes"])
 def test_every_recipe_resolves(preset):
     config = simgan.load_config(preset=preset)
     assert config.k_g >= 1 and config.refiner.startswith("simgan-refiner")
@@ -79,6 +84,110 @@ def test_user_yaml_and_overrides_apply_in_order(tmp_path):
     config = simgan.load_config(preset="small", config_file=str(override), steps=9)
     assert config.steps == 9
     assert config.refiner_optimiser.lr == 0.01 and config.refiner_optimiser.name == "adam"
+
+
+def test_set_items_are_read_as_their_fields_types():
+    settings = parse_settings(
+        simgan.SimGANConfig,
+        [
+            "refiner=123",  # a name, though YAML would read a number
+            "discriminator_r1=1e-2",  # a float, though YAML 1.1 would read a string
+            "amp=false",
+            "image_key=none",
+            "steps=7",
+            "discriminator_optimiser.lr=0.0008",
+            "refiner_optimiser={name: sgd, lr: 0.1}",
+            "depth_range=[0, 1000]",
+        ],
+    )
+    assert settings == {
+        "refiner": "123",
+        "discriminator_r1": 0.01,
+        "amp": False,
+        "image_key": None,
+        "steps": 7,
+        "discriminator_optimiser": {"lr": 0.0008},
+        "refiner_optimiser": {"name": "sgd", "lr": 0.1},
+        "depth_range": [0, 1000],
+    }
+    # after the recipe and --config, before the flags; a nested key changes that field alone
+    config = simgan.load_config(
+        preset="small", settings=["discriminator_optimiser.lr=0.0008", "steps=7"], steps=9
+    )
+    assert config.discriminator_optimiser == OptimiserConfig(
+        name="adam", lr=0.0008, betas=(0.5, 0.999)
+    )
+    assert config.steps == 9
+    # None is a value here (the recipe's image_key is replaced), not "not given"
+    assert simgan.load_config(preset="small", settings=["image_key=jpg"]).image_key == "jpg"
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("self_reg_wieght=0.1", r"unknown key 'self_reg_wieght'; known: .*self_reg_weight"),
+        ("discriminator_optimiser.rate=1", r"'rate' of discriminator_optimiser; known: betas, lr"),
+        ("steps=many", "expected an int, got 'many'"),
+        ("amp=maybe", "expected true or false"),
+        ("self_reg_weight=", "expected a float"),
+        ("depth_range=[1]", "expected 2 values"),
+        ("refiner_optimiser={name", "not a YAML value"),
+        ("seed.low=1", "seed has no fields"),
+        ("steps", "expected KEY=VALUE"),
+    ],
+)
+def test_set_refuses_unknown_keys_and_values_of_the_wrong_type(item, message):
+    with pytest.raises(ValueError, match=message) as info:
+        simgan.load_config(preset="small", settings=[item])
+    assert f"--set {item!r}" in str(info.value)
+
+
+def test_a_resumed_run_refuses_set(shards, tmp_path):
+    synthetic, real = shards
+    simgan.train(tiny_config(), synthetic=synthetic, real=real, out=tmp_path / "r", stop_after=2)
+    with pytest.raises(ValueError, match="keeps its own config; --set seed"):
+        simgan.load_config(resume_from=tmp_path / "r", settings=["seed=3"])
+
+
+def test_the_method_table_lists_each_method_with_its_presets_and_one_entry_point():
+    assert list(methods.METHODS) == ["simgan", "sggan", "spigan"]
+    for name, entry in methods.METHODS.items():
+        module = importlib.import_module(entry.module)
+        assert methods.method(name) is module.METHOD
+        assert entry.default_preset in methods.presets(name)
+        # the module's load_config and train are the table's, bound to the method
+        assert module.load_config.func is methods.load_config and module.load_config.args == (name,)
+        assert module.train.func is methods.train and module.train.args == (name,)
+        config = module.load_config()
+        assert config == module.load_config(preset=entry.default_preset)
+    assert methods.presets("simgan") == ("gaze", "hand", "real-eyes", "small")
+    assert methods.entry("simgan").default_preset == "small"  # the README's examples' preset
+    with pytest.raises(ValueError, match="no method 'cyclegan'; available: simgan, sggan"):
+        methods.method("cyclegan")
+
+
+def test_the_real_eyes_preset_holds_the_records_best_setting():
+    config = simgan.load_config(preset="real-eyes")
+    small = simgan.load_config(preset="small")
+    assert config.discriminator == "simgan-discriminator-local"
+    assert config.discriminator_optimiser.lr == pytest.approx(4 * small.refiner_optimiser.lr)
+    assert config.discriminator_r1 == 0.01
+    # the gaze hold of the records' --hold-gaze 5: a network the run trains itself
+    assert (config.task_reg_weight, config.task_reg_network) == (5.0, None)
+    assert (config.task_reg_epochs, config.task_reg_seed) == (48, 10)
+    assert config.steps == small.steps and config.refiner == small.refiner
+    recipe = (RECIPES / "simgan-real-eyes.yaml").read_text()
+    cited = set(re.findall(r"real_gaze[\w.-]*?\.json", recipe))
+    assert cited and all((RESULTS / name).is_file() for name in cited), cited
+
+
+def test_recipe_comments_cite_only_files_that_exist():
+    root = RECIPES.parents[1]
+    for recipe in RECIPES.glob("*.yaml"):
+        for path in re.findall(
+            r"\b((?:benchmarks|train|refinery|engines|deploy|docs)/[\w./-]+)", recipe.read_text()
+        ):
+            assert (root / path.rstrip(".")).exists(), f"{recipe.name} cites {path}"
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -535,7 +644,7 @@ def test_sigterm_finishes_the_iteration_checkpoints_and_resumes(shards, tmp_path
 
 @pytest.fixture(scope="module")
 def gaze_network(shards, tmp_path_factory):
-    from train.downstream import train_task
+    from train.evaluation.downstream import train_task
 
     out = tmp_path_factory.mktemp("gaze-net")
     train_task("gaze", train=shards[0], eval=shards[0], out=out, epochs=1, batch_size=16)
@@ -543,7 +652,7 @@ def gaze_network(shards, tmp_path_factory):
 
 
 def test_task_term_charges_what_the_frozen_task_network_reads(shards, gaze_network):
-    from train.downstream import load_task_model
+    from train.evaluation.downstream import load_task_model
 
     trainer = simgan.SimGAN(
         tiny_config(self_reg_weight=0.0, task_reg_weight=3.0, task_reg_network=str(gaze_network)),
@@ -596,3 +705,65 @@ def test_task_term_settings_are_checked_before_training(gaze_network, tmp_path):
     psi = simgan.task_psi(tiny_config(task_reg_weight=1.0, task_reg_network=str(gaze_network)), cpu)
     with pytest.raises(ValueError, match=r"trained on \(35, 55\) images; the refiner's are"):
         psi(torch.zeros(2, 1, 36, 60))
+
+
+def test_the_run_trains_its_own_frozen_gaze_network_when_the_recipe_asks(shards, tmp_path):
+    from train.evaluation.downstream import load_task_model
+
+    synthetic, real = shards
+    config = tiny_config(task_reg_weight=2.0, task_reg_epochs=1, task_reg_seed=4)
+    run = tmp_path / "run"
+    simgan.train(config, synthetic=synthetic, real=real, out=run, stop_after=6)
+    held = run / "task-reg"
+    _, task, info = load_task_model(held, device="cpu")
+    settings = json.loads((held / "config.json").read_text())
+    assert task.domain == "gaze" and info["range"] == [-1.0, 1.0]
+    assert (settings["epochs"], settings["seed"], settings["appearance"]) == (1, 4, True)
+    # the config as resolved is what the run records: a moved run directory still resumes
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["task_reg_network"], saved["task_reg_epochs"]) == (None, 1)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert "refiner/task_reg" in events.Tags()["scalars"]
+    # a resume keeps the network it has
+    weights = (held / "model.safetensors").read_bytes()
+    stamp = (held / "model.safetensors").stat().st_mtime_ns
+    resumed = simgan.train(config, synthetic=synthetic, real=real, out=run, resume=True)
+    assert resumed.name == f"iter-{config.schedule.total:08d}"
+    assert (held / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (held / "model.safetensors").read_bytes() == weights
+
+
+def test_a_network_of_its_own_is_checked_before_training(gaze_network, shards, tmp_path):
+    cpu = torch.device("cpu")
+    asked = dict(task_reg_weight=1.0, task_reg_epochs=1)
+    with pytest.raises(ValueError, match="exclude each other"):
+        simgan.hold_network(
+            tiny_config(**asked, task_reg_network=str(gaze_network)),
+            synthetic=shards[0],
+            out=tmp_path,
+            resume=False,
+            device=cpu,
+        )
+    with pytest.raises(ValueError, match="this run refines hand"):
+        simgan.hold_network(
+            tiny_config(**asked, domain="hand"),
+            synthetic=shards[0],
+            out=tmp_path,
+            resume=False,
+            device=cpu,
+        )
+    with pytest.raises(ValueError, match="task_reg_epochs must be >= 0"):
+        simgan.hold_network(
+            tiny_config(task_reg_epochs=-1), synthetic=shards[0], out=tmp_path, resume=False,
+            device=cpu,
+        )  # fmt: skip
+    # μ 0, or a named network: nothing to train, the config as it is
+    for config in (tiny_config(task_reg_epochs=3), tiny_config()):
+        kept = simgan.hold_network(
+            config, synthetic=shards[0], out=tmp_path, resume=False, device=cpu
+        )
+        assert kept is config
+    assert not (tmp_path / "task-reg").exists()

@@ -83,6 +83,69 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True}
+_BOOLEANS.update({"false": False, "no": False, "off": False, "0": False})
+
+
+def _typed(tp: Any, text: str, where: str) -> Any:
+    """``text`` as a value of the field type ``tp``: the type says how to read it, so
+    ``refiner=123`` stays a name and ``lr=1e-3`` a number (YAML alone reads it as a string)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and text.strip().lower() in ("none", "null", "~"):
+            return None
+        return _typed(next(a for a in args if a is not type(None)), text, where)
+    try:
+        if tp is str:
+            return text
+        if tp is bool:
+            return _BOOLEANS[text.strip().lower()]
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+    except (KeyError, ValueError):
+        name = "true or false" if tp is bool else f"a{'n' if tp is int else ''} {tp.__name__}"
+        raise ValueError(f"{where}: expected {name}, got {text!r}") from None
+    # tuples and nested configs: a YAML flow value, e.g. [0.5, 0.999] or {name: adam, lr: 0.001}
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        reason = getattr(exc, "problem", None) or "unreadable"
+        raise ValueError(f"{where}: not a YAML value ({reason})") from None
+    _convert(tp, value, where)  # checked here, so the message names the setting
+    return value
+
+
+def parse_settings(cls: type, items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` items (``refinery train --set``) as config overrides, each value typed by its
+    field in ``cls``. ``KEY.SUB=VALUE`` sets one field of a nested config (e.g.
+    ``discriminator_optimiser.lr=0.0008``); unknown keys raise naming the known ones."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        where = f"--set {item!r}"
+        if not (key and sep):
+            raise ValueError(f"{where}: expected KEY=VALUE")
+        target, owner, path = settings, cls, key.split(".")
+        for depth, name in enumerate(path):
+            known = {f.name for f in dataclasses.fields(owner)}
+            if name not in known:
+                inside = f" of {'.'.join(path[:depth])}" if depth else ""
+                raise ValueError(
+                    f"{where}: unknown key {name!r}{inside}; known: {', '.join(sorted(known))}"
+                )
+            tp = typing.get_type_hints(owner)[name]
+            if depth == len(path) - 1:
+                target[name] = _typed(tp, text, where)
+            elif dataclasses.is_dataclass(tp):
+                target, owner = target.setdefault(name, {}), tp
+            else:
+                raise ValueError(f"{where}: {'.'.join(path[: depth + 1])} has no fields")
+    return settings
+
+
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge: mappings merge, everything else is replaced."""
     out = dict(base)
@@ -115,11 +178,14 @@ def resolve(
     recipe: str,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> T:
-    """Recipe, then a user YAML on top, then CLI overrides (``None`` values are ignored)."""
+    """Recipe, then a user YAML on top, then ``settings`` (``parse_settings``: ``--set``, where
+    ``None`` is a value), then CLI overrides (``None`` values are ignored: a flag not given)."""
     data = load_yaml(recipe_path(recipe))
     if config_file is not None:
         data = merge(data, load_yaml(config_file))
+    data = merge(data, settings or {})
     data = merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
     return from_dict(cls, data, where=f"recipe {recipe}")
 
@@ -131,15 +197,23 @@ def load_run_config(
     config_file: str | Path | None = None,
     resume_from: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> T:
     """``resolve``; or, resuming a run that has its ``config.yaml``, that config, so a resume
     never silently changes what is trained (only ``steps`` may be raised to train longer)."""
     saved = Path(resume_from or "") / "config.yaml"
     if resume_from is not None and saved.exists():
+        if settings:
+            raise ValueError(
+                f"{saved}: a resumed run keeps its own config; --set "
+                f"{', '.join(sorted(settings))} would change it (start a new run instead)"
+            )
         config = from_dict(cls, load_yaml(saved), where=str(saved))
         steps = (overrides or {}).get("steps")
         return config if steps is None else dataclasses.replace(config, steps=steps)
-    return resolve(cls, recipe=recipe, config_file=config_file, overrides=overrides)
+    return resolve(
+        cls, recipe=recipe, config_file=config_file, overrides=overrides, settings=settings
+    )
 
 
 def make_optimiser(params, config: OptimiserConfig):

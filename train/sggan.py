@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -54,9 +54,11 @@ from refinery.losses_scene import (
 )
 from refinery.nets.sggan import semantic_select
 from refinery.registry import build_network, network_info
-from train.config import OptimiserConfig, load_run_config, make_optimiser
+from train import methods
+from train.config import OptimiserConfig, make_optimiser
 from train.data import SceneStream
-from train.loop import SINGLE, Ranks, Schedule, Step, fit, image_tile, update
+from train.loop import SINGLE, Ranks, Schedule, Step, image_tile, update
+from train.methods import Method
 
 
 def judge(logits: torch.Tensor, seg: torch.Tensor, *, semantic: bool) -> torch.Tensor:
@@ -351,46 +353,9 @@ class SGGAN:
         }
 
 
-def load_config(
-    *,
-    preset: str = "small",
-    config_file: str | None = None,
-    resume_from: str | Path | None = None,
-    **overrides: Any,
-) -> SGGANConfig:
-    """Recipe ``sggan-<preset>`` + user YAML + overrides; resuming, the run's own config."""
-    return load_run_config(
-        SGGANConfig,
-        recipe=f"sggan-{preset}",
-        config_file=config_file,
-        resume_from=resume_from,
-        overrides=overrides,
-    )
+# -- the method table's row (train.methods) ---------------------------------------------------
 
-
-def train(
-    config: SGGANConfig,
-    *,
-    synthetic: str | list[str],
-    real: str | list[str],
-    out: str | Path,
-    resume: bool = False,
-    stop_after: int | None = None,
-    device: str | None = None,
-    progress=None,
-) -> Path:
-    """Train SG-GAN into the run directory ``out`` (under torchrun: data parallel, see
-    ``train.loop``); returns the newest checkpoint's path."""
-
-    def make(device: torch.device, ranks: Ranks) -> SGGAN:
-        return SGGAN(config, synthetic=synthetic, real=real, device=device, ranks=ranks)
-
-    return fit(
-        make,
-        config,
-        out=out,
-        resume=resume,
-        stop_after=stop_after,
-        device=device,
-        progress=progress,
-    )
+METHOD = Method(config=SGGANConfig, trainer=SGGAN)
+# the table's load_config and train for this method (recipe ``sggan-<preset>``)
+load_config = partial(methods.load_config, "sggan")
+train = partial(methods.train, "sggan")

@@ -16,7 +16,8 @@ real sample may be its image alone.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,11 @@ from refinery.losses import (
 )
 from refinery.registry import build_network, network_info
 from refinery.samples import spec
-from train.config import OptimiserConfig, load_run_config, make_optimiser
+from train import methods
+from train.config import OptimiserConfig, make_optimiser
 from train.data import ImageStream, scaling_for
-from train.loop import SINGLE, Ranks, Schedule, Step, fit, image_tile, update
+from train.loop import SINGLE, Ranks, Schedule, Step, image_tile, update
+from train.methods import Method
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,12 @@ class SimGANConfig:
     # looks but is charged for what a task network reads from it. 0 (the paper) loads none.
     task_reg_weight: float = 0.0  # μ
     task_reg_network: str | None = None  # train-task output dir (model.safetensors, config.json)
+    # Or, with no task_reg_network: E > 0 epochs of an appearance-robust gaze network
+    # (``refinery train-task gaze --appearance``) that the run trains itself on its synthetic
+    # shards (seed task_reg_seed) into RUN/task-reg/ before pretraining R, and holds frozen
+    # (``hold_network``). 0 (the paper, and runs from before it) trains none.
+    task_reg_epochs: int = 0
+    task_reg_seed: int = 10
     buffer_size: int = 25600  # B
     refiner_optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
     discriminator_optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
@@ -221,9 +230,10 @@ def task_psi(config: SimGANConfig, device: torch.device) -> TaskPsi | None:
     if not config.task_reg_network:
         raise ValueError(
             "task_reg_weight > 0 needs task_reg_network: a `refinery train-task` output "
-            "directory (model.safetensors, config.json)"
+            "directory (model.safetensors, config.json), or task_reg_epochs > 0 for a network "
+            "the run trains itself on its synthetic shards"
         )
-    from train.downstream import load_task_model
+    from train.evaluation.downstream import load_task_model
 
     run = Path(config.task_reg_network)
     if not (run / "model.safetensors").is_file() or not (run / "config.json").is_file():
@@ -243,6 +253,54 @@ def task_psi(config: SimGANConfig, device: torch.device) -> TaskPsi | None:
             f"{info.get('range')}) is not the refiner's ({config.channels} channels in [-1, 1])"
         )
     return TaskPsi(model, size=tuple(info["size"]), source=str(run))
+
+
+def hold_network(
+    config: SimGANConfig,
+    *,
+    synthetic: str | list[str],
+    out: Path,
+    resume: bool,
+    device: torch.device,
+    ranks: Ranks = SINGLE,
+) -> SimGANConfig:
+    """The geometry term's frozen gaze network, trained by the run itself when its recipe asks
+    (μ > 0, ``task_reg_epochs`` > 0, no ``task_reg_network``): ``train-task gaze --appearance``
+    on the run's synthetic shards (trained and evaluated on them), seed ``task_reg_seed``, into
+    ``out/task-reg/``; rank 0 trains it, the others wait. A resumed run keeps the one it has.
+    Returns the config the trainer is built with: ``task_reg_network`` set to that directory.
+    Any other config is returned as it is."""
+    if config.task_reg_epochs < 0:
+        raise ValueError(f"task_reg_epochs must be >= 0, got {config.task_reg_epochs}")
+    if not (config.task_reg_weight > 0 and config.task_reg_epochs):
+        return config
+    if config.task_reg_network:
+        raise ValueError(
+            f"task_reg_network {config.task_reg_network!r} and task_reg_epochs "
+            f"{config.task_reg_epochs} exclude each other: name a trained network, or let the "
+            "run train one (task_reg_network: null)"
+        )
+    if config.domain != "gaze":
+        raise ValueError(
+            f"task_reg_epochs: the geometry term holds a gaze network; this run refines "
+            f"{config.domain}"
+        )
+    where = out / "task-reg"
+    if ranks.is_main and not (resume and (where / "model.safetensors").is_file()):
+        from train.evaluation.downstream import train_task
+
+        train_task(
+            "gaze",
+            train=synthetic,
+            eval=synthetic,
+            out=where,
+            epochs=config.task_reg_epochs,
+            seed=config.task_reg_seed,
+            appearance=True,
+            device=str(device),
+        )
+    ranks.barrier()  # the other ranks load what rank 0 wrote
+    return replace(config, task_reg_network=str(where))
 
 
 class TaskPsi(FeaturePsi):
@@ -469,53 +527,9 @@ class SimGAN:
                 self.scalers[key].load_state_dict(state)
 
 
-# -- entry point ------------------------------------------------------------------------------
+# -- the method table's row (train.methods) ---------------------------------------------------
 
-
-def load_config(
-    *,
-    preset: str = "small",
-    config_file: str | None = None,
-    resume_from: str | Path | None = None,
-    **overrides: Any,
-) -> SimGANConfig:
-    """Recipe ``simgan-<preset>`` + user YAML + overrides; resuming, the run's own config.
-
-    A resumed run keeps the config it was started with (only ``steps`` may be raised to train
-    longer), so a resume can never silently change what is being trained.
-    """
-    return load_run_config(
-        SimGANConfig,
-        recipe=f"simgan-{preset}",
-        config_file=config_file,
-        resume_from=resume_from,
-        overrides=overrides,
-    )
-
-
-def train(
-    config: SimGANConfig,
-    *,
-    synthetic: str | list[str],
-    real: str | list[str],
-    out: str | Path,
-    resume: bool = False,
-    stop_after: int | None = None,
-    device: str | None = None,
-    progress=None,
-) -> Path:
-    """Train SimGAN into the run directory ``out`` (under torchrun: data parallel, see
-    ``train.loop``); returns the newest checkpoint's path."""
-
-    def make(device: torch.device, ranks: Ranks) -> SimGAN:
-        return SimGAN(config, synthetic=synthetic, real=real, device=device, ranks=ranks)
-
-    return fit(
-        make,
-        config,
-        out=out,
-        resume=resume,
-        stop_after=stop_after,
-        device=device,
-        progress=progress,
-    )
+METHOD = Method(config=SimGANConfig, trainer=SimGAN, prepare=hold_network)
+# the table's load_config and train for this method (recipe ``simgan-<preset>``)
+load_config = partial(methods.load_config, "simgan")
+train = partial(methods.train, "simgan")

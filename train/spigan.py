@@ -50,7 +50,7 @@ import itertools
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -62,9 +62,11 @@ from refinery.losses import PSI_NAMES, self_regularisation
 from refinery.losses_scene import spigan_discriminator_loss, spigan_generator_objective
 from refinery.metrics import confusion, iou_from_confusion
 from refinery.registry import build_network, network_info
-from train.config import OptimiserConfig, load_run_config, make_optimiser
+from train import methods
+from train.config import OptimiserConfig, make_optimiser
 from train.data import SceneStream, scene_labels
-from train.loop import SINGLE, Ranks, Schedule, Step, fit, image_tile, update
+from train.loop import SINGLE, Ranks, Schedule, Step, image_tile, update
+from train.methods import Method
 
 
 @dataclass(frozen=True)
@@ -448,46 +450,9 @@ def evaluate_task(task: torch.nn.Module, urls, *, ontology: str, device=None) ->
     return {"miou": miou, "per_class": per_class, "images": images}
 
 
-def load_config(
-    *,
-    preset: str = "small",
-    config_file: str | None = None,
-    resume_from: str | Path | None = None,
-    **overrides: Any,
-) -> SPIGANConfig:
-    """Recipe ``spigan-<preset>`` + user YAML + overrides; resuming, the run's own config."""
-    return load_run_config(
-        SPIGANConfig,
-        recipe=f"spigan-{preset}",
-        config_file=config_file,
-        resume_from=resume_from,
-        overrides=overrides,
-    )
+# -- the method table's row (train.methods) ---------------------------------------------------
 
-
-def train(
-    config: SPIGANConfig,
-    *,
-    synthetic: str | list[str],
-    real: str | list[str],
-    out: str | Path,
-    resume: bool = False,
-    stop_after: int | None = None,
-    device: str | None = None,
-    progress=None,
-) -> Path:
-    """Train SPIGAN into the run directory ``out`` (under torchrun: data parallel, see
-    ``train.loop``); returns the newest checkpoint's path."""
-
-    def make(device: torch.device, ranks: Ranks) -> SPIGAN:
-        return SPIGAN(config, synthetic=synthetic, real=real, device=device, ranks=ranks)
-
-    return fit(
-        make,
-        config,
-        out=out,
-        resume=resume,
-        stop_after=stop_after,
-        device=device,
-        progress=progress,
-    )
+METHOD = Method(config=SPIGANConfig, trainer=SPIGAN)
+# the table's load_config and train for this method (recipe ``spigan-<preset>``)
+load_config = partial(methods.load_config, "spigan")
+train = partial(methods.train, "spigan")

@@ -74,7 +74,7 @@ from refinery.samples import image_component
 from refinery.shards import Handler, reraise
 from train.cache import read_cached as read  # the decoded cache where it can serve
 from train.data import scaling_for, scene_labels, unit_channels_first
-from train.rows import (
+from train.evaluation.rows import (
     Rows,
     RowWriter,
     ahead,
@@ -82,7 +82,7 @@ from train.rows import (
     scratch_directory,
     scratch_file,
 )
-from train.rows import take as take_rows
+from train.evaluation.rows import take as take_rows
 
 TASKS = ("gaze", "hand", "scene")
 
@@ -101,7 +101,8 @@ class Metric:
 
 @dataclass
 class LabeledSet:
-    """A labeled set ready for a task network, in memory or on disk (``train.rows.Rows``: read
+    """A labeled set ready for a task network, in memory or on disk
+    (``train.evaluation.rows.Rows``: read
     a batch at a time; ``Task.load(..., scratch=DIR)``).
 
     ``inputs`` (N, C, H, W) float32; ``targets``: gaze (N, 3) unit look vectors, hand (N, J, 2)
@@ -195,7 +196,7 @@ class Task:
         **options: Any,
     ) -> LabeledSet:
         """The labeled set of ``urls``: in memory, or with ``scratch`` (a directory) decoded
-        into files there and read back a batch at a time (``train.rows``)."""
+        into files there and read back a batch at a time (``train.evaluation.rows``)."""
         raise NotImplementedError
 
     def options(self, data: LabeledSet) -> dict[str, Any]:
@@ -239,7 +240,7 @@ class Task:
         self, model: nn.Module, data: LabeledSet, *, batch_size: int | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(predictions in label space, targets) for every sample in order, a batch at a time
-        (default: ``train.rows.inference_batch`` of the input size), in eval mode."""
+        (default: ``train.evaluation.rows.inference_batch`` of the input size), in eval mode."""
         batch_size = batch_size or inference_batch(data.inputs.shape)
         with _evaluating(model):
             device = next(model.parameters()).device
@@ -813,7 +814,7 @@ def train_task(
 
     Both sets are decoded once into a temporary directory under ``scratch`` (default: the
     system's temporary directory), removed at the end, and read back a batch at a time, so
-    memory does not grow with the sets (``train.rows``). Returns JSON-able metrics (the
+    memory does not grow with the sets (``train.evaluation.rows``). Returns JSON-able metrics (the
     task's, plus ``n_train``, ``epochs``, ``network``, ``seconds``, ...). With ``out``, writes
     ``out/model.safetensors``, ``out/config.json`` (training settings, input preprocessing,
     data) and ``out/metrics.json``; ``load_task_model(out)`` restores the model.

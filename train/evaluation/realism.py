@@ -18,7 +18,8 @@ Two measures, each comparing a candidate set (synthetic, refined) with a real se
 
 ``images(...)`` reads any set, labeled or not (``labels=False``), into the task network's input
 form, resized to a given size, so real crops of another size compare with synthetic ones; with
-``scratch`` it keeps them on disk (``train.rows.Rows``), and both measures read the sets a batch
+``scratch`` it keeps them on disk (``train.evaluation.rows.Rows``), and both measures read the sets
+a batch
 at a time, so their memory does not grow with the sets.
 """
 
@@ -38,7 +39,7 @@ from torch import nn
 from refinery.samples import image_component
 from refinery.shards import read
 from train.data import scaling_for, unit_channels_first
-from train.rows import Rows, RowWriter, inference_batch, scratch_file
+from train.evaluation.rows import Rows, RowWriter, inference_batch, scratch_file
 
 Images = torch.Tensor | Rows  # (N, C, H, W) float32, in memory or on disk
 
@@ -72,7 +73,7 @@ def images(
     resized to ``size`` (H, W) as the task networks take it; ``limit``: the first N samples.
     Hand depth goes through the hand task's own normalisation at ``depth_input`` pixels.
     A tensor, or with ``scratch`` (a directory) ``Rows`` of the 8-bit images stored there."""
-    from train.downstream import hand_input
+    from train.evaluation.downstream import hand_input
 
     height, width = (int(s) for s in size)
 
@@ -234,7 +235,7 @@ def null_band(test: int) -> float:
 def features(model: nn.Module, inputs: Images, *, batch_size: int | None = None) -> torch.Tensor:
     """(N, D): the input of ``model``'s last ``Linear`` or ``Conv2d`` layer (its features),
     averaged over space, in eval mode, ``batch_size`` images at a time (default:
-    ``train.rows.inference_batch`` of their size)."""
+    ``train.evaluation.rows.inference_batch`` of their size)."""
     batch_size = batch_size or inference_batch(inputs.shape)
     layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
     if not layers:
@@ -311,7 +312,7 @@ def realism(
     (``benchmarks/c2st_noise.py``); with ``repeats`` > 1 that spread is reported too
     (``c2st_classifier_std``, pooled over seeds) and shrinks from each seed's figure.
     """
-    from train.evaluate import summary
+    from train.evaluation.evaluate import summary
 
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")

@@ -1,6 +1,6 @@
 """The report of ``refinery evaluate``: one self-contained HTML page, its JSON and its plots.
 
-``write_report(report, out)`` takes the plain dict that ``train.evaluate`` builds (format
+``write_report(report, out)`` takes the plain dict that ``train.evaluation.evaluate`` builds (format
 ``refinery-evaluate/1``: task, inputs, per-training-set metrics over seeds, gap closed, label
 drift, per-sample error distributions, PCK curves or per-class IoU) and writes::
 

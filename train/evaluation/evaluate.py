@@ -2,7 +2,7 @@
 and were the labels kept?
 
 The experiment of SimGAN (Shrivastava et al., CVPR 2017, Table 2 and Fig. 7) and SG-GAN /
-SPIGAN (segmentation mIoU), for any domain with a task in ``train.downstream``:
+SPIGAN (segmentation mIoU), for any domain with a task in ``train.evaluation.downstream``:
 
 1. train the domain's task network on the synthetic set, on the refined set (the same keys
    and labels, refined images) and, when labeled real training data is given, on that; each
@@ -23,7 +23,7 @@ SPIGAN (segmentation mIoU), for any domain with a task in ``train.downstream``:
    source's, by key (refined shards keep them byte-identical by contract 1).
 
 ``evaluate(...)`` returns the report as a dict and, with ``out``, writes the self-contained
-HTML page, its JSON and plots through ``train.report.write_report``.
+HTML page, its JSON and plots through ``train.evaluation.report.write_report``.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from refinery import __version__, sheets
 from refinery.records import machine, versions
 from refinery.samples import decode_component, is_labeled
 from refinery.shards import read, shard_samples
-from train import realism
-from train.downstream import LabeledSet, TaskConfig, fit, get_task
-from train.rows import scratch_directory
+from train.evaluation import realism
+from train.evaluation.downstream import LabeledSet, TaskConfig, fit, get_task
+from train.evaluation.rows import scratch_directory
 
 FORMAT = "refinery-evaluate/1"
 SETS = ("synthetic", "refined", "real")
@@ -150,14 +150,15 @@ def evaluate(
 
     Every set is decoded once into a temporary directory under ``scratch`` (default: the
     system's temporary directory), removed at the end, and read back a batch at a time
-    (``train.rows``): memory does not grow with the sets, the disk holds them (8-bit).
+    (``train.evaluation.rows``): memory does not grow with the sets, the disk holds them (8-bit).
 
     ``robust_epochs`` trains the appearance-robust drift network (gaze, scene) that long
     instead of ``epochs``: its random appearance changes make the task harder, and a network
     trained longer reads less drift on appearance alone (``benchmarks/drift_floor.py``).
 
     ``c2st_repeats`` scores each seed's realism with that many two-sample classifiers and
-    takes their mean (``train.realism.realism``'s ``repeats``; 1, one classifier per seed,
+    takes their mean (``train.evaluation.realism.realism``'s ``repeats``; 1, one classifier per
+    seed,
     is what every record used)."""
     with scratch_directory(scratch, "evaluate") as where:
         return _evaluate(
@@ -389,7 +390,7 @@ def _evaluate(
     report["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     report["memory"] = peak_memory(device)
     if out is not None:
-        from train.report import write_report
+        from train.evaluation.report import write_report
 
         sheet = contact_sheet(
             domain,
