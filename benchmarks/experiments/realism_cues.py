@@ -12,12 +12,12 @@ three versions of the same images:
 
 If a refined set is told from real eyes as often in ``coarse`` as in ``full``, what gives it
 away is shape and tone; if ``fine`` does it, the texture. The sets are those of
-``benchmarks/real_gaze.py`` work directories (``--run DIR``, repeatable, e.g.
+``benchmarks/experiments/real_gaze.py`` work directories (``--run DIR``, repeatable, e.g.
 ``out/bench-real-gaze-r48``): their real crops, their procedural eyes and each GAN's refined
 eyes (``refined-sK``, scored with C2ST seed K, as evaluate scores them), so no GAN is trained
 here. Skipped (exit 0, nothing written) when no run directory exists, as on a fresh clone.
 
-    python -m benchmarks.realism_cues --run out/bench-real-gaze-r48 [--run ...] [--quick]
+    python -m benchmarks.experiments.realism_cues --run out/bench-real-gaze-r48 [--run ...] [--quick]
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, exit_on_sigterm, write_result
+from benchmarks.common import EXPERIMENT_RESULTS as RESULTS
+from benchmarks.common import exit_on_sigterm, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIGMA = 2.0  # px: the boundary between "coarse" and "fine" content, on 35x55 eye crops
 BANDS = ("full", "coarse", "fine")
 EPOCHS = 10  # evaluate's C2ST epochs
@@ -85,7 +86,7 @@ def run_key(run: Path) -> str:
 
 
 def work_directory_parser(description: str) -> argparse.ArgumentParser:
-    """The options of a benchmark that reads ``benchmarks.real_gaze`` work directories."""
+    """The options of a benchmark that reads ``benchmarks.experiments.real_gaze`` work directories."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--run",
@@ -93,7 +94,7 @@ def work_directory_parser(description: str) -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR",
-        help="a benchmarks.real_gaze work directory (repeatable)",
+        help="a benchmarks.experiments.real_gaze work directory (repeatable)",
     )
     parser.add_argument("--quick", action="store_true", help="a tiny run to test the script")
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     present = work_directories(parser, args, "realism_cues")
     if not present:
         return 0
-    from benchmarks.real_gaze import _pixels
+    from benchmarks.experiments.real_gaze import _pixels
 
     epochs = 1 if args.quick else EPOCHS
     real = _pixels(str(present[0] / "real"))

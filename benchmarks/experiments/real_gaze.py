@@ -26,7 +26,7 @@ contact sheet (synthetic | refined | real) stays in the work directory
 
 Skipped (exit 0, nothing written) when the fixture is absent, as on a fresh clone.
 
-    python -m benchmarks.real_gaze [--steps 600] [--quick] [--out DIR] [--padding zeros]
+    python -m benchmarks.experiments.real_gaze [--steps 600] [--quick] [--out DIR] [--padding zeros]
 
 ``--padding zeros`` is the ablation of the recipes' reflect padding: the same runs with the
 paper's zero padding, recorded as ``real_gaze_zeros.json`` (its table sits under this one).
@@ -36,7 +36,7 @@ e.g. ``--set psi=gradients --set self_reg_weight=1.0 --tag psi-gradients``, ``--
 --tag steps-1200``. ``--robust-epochs N`` (``evaluate --robust-epochs``) measures the label drift
 with an appearance-robust estimator trained N epochs instead of the task's 8, likewise under a
 tag: the GANs are seeded, so the same runs, read with a finer instrument
-(``benchmarks/drift_floor.py`` measures its floor). ``--synth-option KEY=NUMBER`` draws the
+(``benchmarks/experiments/drift_floor.py`` measures its floor). ``--synth-option KEY=NUMBER`` draws the
 procedural eyes with a simulator option (``synth --option``), e.g. ``--synth-option
 iris_scale=1.15 --synth-option opening=0.85 --tag anatomy``: larger irises in narrower
 openings, as UnityEyes and MPIIGaze have them. ``--hold-gaze MU`` adds the geometry term
@@ -70,11 +70,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, SEEDS, exit_on_sigterm, write_result
+from benchmarks.common import EXPERIMENT_RESULTS as RESULTS
+from benchmarks.common import SEEDS, exit_on_sigterm, write_result
 from refinery.cli import UsageError, domain_options, positive_int
 from refinery.shards import read
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "real" / "mpiigaze_unlabeled"
 
 
@@ -535,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     first = work / f"refined-s{seeds[0]}"
     _refinery("inspect", str(synthetic), str(first), str(real), "--sheet", str(sheet))
 
-    from benchmarks.evaluate import drift_over_runs, realism_over_runs
+    from benchmarks.experiments.evaluate import drift_over_runs, realism_over_runs
     from train.evaluate import summary
 
     pixels = {"synthetic": _pixels(str(synthetic)), "real": _pixels(str(real_test))}

@@ -21,10 +21,10 @@ real when added; one they already match, or overdo, moves them away.
 - ``skin-grain``: the simulator's real-variant skin texture (``refinery.sim.eyes``), fine grain
   (7.5 %) and few-pixel mottling (5 %) multiplied in.
 
-It reads ``benchmarks/real_gaze.py`` work directories (``--run DIR``) and trains no GAN;
+It reads ``benchmarks/experiments/real_gaze.py`` work directories (``--run DIR``) and trains no GAN;
 skipped (exit 0, nothing written) when none exists, as on a fresh clone.
 
-    python -m benchmarks.capture_cues --run out/bench-real-gaze-local-hold-dlr [--quick]
+    python -m benchmarks.experiments.capture_cues --run out/bench-real-gaze-local-hold-dlr [--quick]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from collections.abc import Callable
 import numpy as np
 
 from benchmarks.common import exit_on_sigterm, write_result
-from benchmarks.realism_cues import (
+from benchmarks.experiments.realism_cues import (
     EPOCHS,
     refined_sets,
     run_key,
@@ -139,7 +139,7 @@ def capture_cues(
     """Per transform (``names``, as-refined among them): the C2ST of every refined set
     (``refined[i]`` scored with ``seeds[i]``) against ``real`` after it, and its paired change
     from ``as-refined`` (the same classifiers)."""
-    from benchmarks.real_gaze import unit
+    from benchmarks.experiments.real_gaze import unit
     from train.evaluate import summary
     from train.realism import two_sample_test
 
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     present = work_directories(parser, args, "capture_cues")
     if not present:
         return 0
-    from benchmarks.real_gaze import _pixels
+    from benchmarks.experiments.real_gaze import _pixels
 
     epochs = 1 if args.quick else EPOCHS
     limit = 200 if args.quick else None

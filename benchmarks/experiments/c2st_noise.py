@@ -4,7 +4,7 @@
 (``train.realism.two_sample_test``) of seed K: its split, draw and initialisation. So the
 spread over GANs every ``real_gaze`` record shows mixes two things: how differently the GANs
 refine, and how differently one classifier run lands from another on the same images. This
-benchmark separates them. For each refined set of ``benchmarks/real_gaze.py`` work directories
+benchmark separates them. For each refined set of ``benchmarks/experiments/real_gaze.py`` work directories
 (``--run DIR``, repeatable; ``refined-sK``), it reruns the test with classifier seeds
 0..``--repeats``-1 on the same images, with the learning-rate schedule every record uses
 (``constant``) and with a cosine decay to 0 (``cosine``), and reports per protocol:
@@ -16,7 +16,7 @@ benchmark separates them. For each refined set of ``benchmarks/real_gaze.py`` wo
 No GAN is trained here. Skipped (exit 0, nothing written) when no run directory exists, as on
 a fresh clone.
 
-    python -m benchmarks.c2st_noise --run out/bench-real-gaze-local-hold-dlr [--repeats 4]
+    python -m benchmarks.experiments.c2st_noise --run out/bench-real-gaze-local-hold-dlr [--repeats 4]
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import sys
 import numpy as np
 
 from benchmarks.common import exit_on_sigterm, write_result
-from benchmarks.real_gaze import _pixels, unit
-from benchmarks.realism_cues import (
+from benchmarks.experiments.real_gaze import _pixels, unit
+from benchmarks.experiments.realism_cues import (
     EPOCHS,
     refined_sets,
     run_key,

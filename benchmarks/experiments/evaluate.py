@@ -51,7 +51,7 @@ privileged information at 750 frames per set (375 test). ``streets-spigan-750-pr
 ``streets-spigan-nopi-750-pretrain-task`` are that pair again with T (and P) trained alone on
 the synthetic labels (and depth) for 300 iterations before G starts (``pretrain_task_steps``),
 and ``streets-spigan-750-pretrain-task-gamma3`` is the first of them with γ = 3, where P pulls on
-G about as hard as T (``benchmarks/spigan_terms``). ``streets-spigan-selfreg`` /
+G about as hard as T (``benchmarks/experiments/spigan_terms``). ``streets-spigan-selfreg`` /
 ``streets-spigan-nopi-selfreg`` are SPIGAN with and without privileged information at 300 frames
 whose G is SG-GAN's small U-Net, held to the synthetic frame's 4×4 block means
 (``self_reg_weight`` 10, ``psi: low-pass``), six GANs each, and ``streets-spigan-selfreg-gamma3``
@@ -66,9 +66,9 @@ experiments answer the same question (``train.spigan.evaluate_task`` scores T it
 experiments use the same data seeds, so their synthetic and real rows are the same networks
 trained on the same frames (equal on one machine; a check on the run).
 
-Each writes ``benchmarks/results/evaluate_<experiment>.json`` (a compact summary of the report:
+Each writes ``benchmarks/experiments/results/evaluate_<experiment>.json`` (a compact summary of the report:
 no per-sample values) and copies the self-contained ``report.html`` (images embedded) to
-``benchmarks/results/reports/<experiment>.html``, the sample report the README links.
+``benchmarks/experiments/results/reports/<experiment>.html``, the sample report the README links.
 
 Sizes (FULL), planned for about 40 minutes on an otherwise idle 2-core CPU for all four with
 one GAN and 3 evaluate seeds; with one GAN per seed each GAN trains three times (the evaluate
@@ -123,12 +123,12 @@ CPU scale, stated in every record: small presets, few iterations, small sets, un
 features for SPIGAN's perceptual loss (no weights can be downloaded here). The numbers are
 recorded whatever they show.
 
-    python -m benchmarks.evaluate [--quick] [--experiments gaze-simgan,hand-simgan,...]
+    python -m benchmarks.experiments.evaluate [--quick] [--experiments gaze-simgan,hand-simgan,...]
                                   [--out DIR] [--keep DIR] [--seeds 0 1 2] [--device DEV]
 
 ``--quick`` is a smoke run (tiny sets, a few updates, one seed): well under a minute per
 experiment, most of it the start-up of eight commands. ``--out DIR`` writes the records and
-reports under DIR instead of ``benchmarks/results``; ``--keep DIR`` keeps every shard, run,
+reports under DIR instead of ``benchmarks/experiments/results``; ``--keep DIR`` keeps every shard, run,
 engine, log and the full report there.
 """
 
@@ -895,7 +895,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     if unknown or not names:
         parser.error(f"unknown experiment(s) {unknown or names}; known: {', '.join(FULL)}")
     chosen = QUICK if args.quick else FULL
-    results = Path(args.out or common.RESULTS)
+    results = Path(args.out or common.EXPERIMENT_RESULTS)
     recorded: dict[str, dict[str, Any]] = {}
     for name in names:
         with tempfile.TemporaryDirectory(prefix=f"evaluate-{name}-") as tmp:

@@ -19,10 +19,10 @@ reads real MPIIGaze with): random looks make its task harder, and an under-train
 own error is read as drift. Beside each floor, each network's error against the twins' labels
 (the task's primary metric): the instrument still reads geometry on the other look. Sets and
 sizes follow the records they explain: gaze as ``real_gaze`` (2,000 35x55 eyes, the task's own
-epochs), scene as the street experiments of ``benchmarks/evaluate.py`` (300 frames at 64x128,
+epochs), scene as the street experiments of ``benchmarks/experiments/evaluate.py`` (300 frames at 64x128,
 fcn8s-small, 8 epochs, batch 8).
 
-    python -m benchmarks.drift_floor [--quick] [--domains gaze,scene] [--results DIR]
+    python -m benchmarks.experiments.drift_floor [--quick] [--domains gaze,scene] [--results DIR]
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RESULTS, SEEDS, exit_on_sigterm, write_result
+from benchmarks.common import EXPERIMENT_RESULTS as RESULTS
+from benchmarks.common import SEEDS, exit_on_sigterm, write_result
 
 ROBUST_EPOCHS = 48  # the longer-trained appearance-robust gaze estimator (6x the task's 8)
 DOMAINS: dict[str, dict[str, Any]] = {

@@ -5,13 +5,13 @@ tried one at a time. On a GPU machine (16 cores, one H200) this script runs one 
 process per (variant, GAN seed) side by side, ``--workers`` at a time, seeds in turn (every
 variant's seed 0 first), launching a run only while the budget left exceeds a typical run's
 seconds and killing what still runs when ``--budget`` is spent. What each run measured goes to
-``benchmarks/results/real_gaze_sweep.json`` (``--results``) after every run, so a sweep cut
+``benchmarks/experiments/results/real_gaze_sweep.json`` (``--results``) after every run, so a sweep cut
 short keeps what it measured; a run that failed or was killed is listed with its reason.
 
-    python -m benchmarks.real_gaze_sweep [--fixture DIR] [--workers 12] [--budget 570]
+    python -m benchmarks.experiments.real_gaze_sweep [--fixture DIR] [--workers 12] [--budget 570]
         [--variants NAME ...] [--seeds 0 1 2] [--quick]      (make gpu-sweep)
 
-Each run is ``benchmarks.real_gaze --seeds S --tag NAME-sS --robust-epochs 48`` with the
+Each run is ``benchmarks.experiments.real_gaze --seeds S --tag NAME-sS --robust-epochs 48`` with the
 variant's arguments (``VARIANTS``): the same commands, recipe and scoring as the CPU records,
 one GAN per seed, each process with ``cpu_count // workers`` torch threads. Its figures are a
 search, not results: GAN training does not repeat to the digit across kinds of machine, and a
@@ -29,8 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, SEEDS, exit_on_sigterm, write_result
-from benchmarks.real_gaze import FIXTURE, ROOT
+from benchmarks.common import EXPERIMENT_RESULTS as RESULTS
+from benchmarks.common import SEEDS, exit_on_sigterm, write_result
+from benchmarks.experiments.real_gaze import FIXTURE, ROOT
 from refinery.cli import positive_int
 
 D_4X = "discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}"
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             "budget_s": args.budget,
             "robust_epochs": args.robust_epochs,
             "quick": args.quick,
-            "run": "python -m benchmarks.real_gaze VARIANT-ARGS --seeds S --tag VARIANT-sS "
+            "run": "python -m benchmarks.experiments.real_gaze VARIANT-ARGS --seeds S --tag VARIANT-sS "
             f"--robust-epochs {args.robust_epochs}: one GAN, its refine and evaluate",
         }
         write_result("real_gaze_sweep", figures, settings, results=args.results)
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 name = f"{variant}-s{seed}"
                 log = args.out / f"{name}.log"
                 command = [
-                    sys.executable, "-m", "benchmarks.real_gaze", *VARIANTS[variant],
+                    sys.executable, "-m", "benchmarks.experiments.real_gaze", *VARIANTS[variant],
                     "--seeds", str(seed), "--tag", name, "--robust-epochs", str(args.robust_epochs),
                     "--fixture", str(args.fixture), "--out", str(args.out / "work" / name),
                     "--results", str(args.out / "records"), *(["--quick"] if args.quick else []),

@@ -1,5 +1,5 @@
 """How much say each term of SPIGAN's objective has over the generator: the gradient each
-weighted term sends into G's weights, during the runs ``benchmarks/evaluate.py`` makes.
+weighted term sends into G's weights, during the runs ``benchmarks/experiments/evaluate.py`` makes.
 
 Issue 15's target "SPIGAN with privileged information ≥ SPIGAN without it" has not been met at
 CPU scale: with and without P, six GANs an arm read within each other's spread. Before another
@@ -18,7 +18,7 @@ adversarial iteration and every ``EVERY`` after, for each GAN seed, without and 
 ``pretrain_task_steps: 300`` (T and P trained alone first, as
 ``streets-spigan-750-pretrain-task``).
 
-    python -m benchmarks.spigan_terms [--quick] [--seeds 0 1 2] [--out DIR]
+    python -m benchmarks.experiments.spigan_terms [--quick] [--seeds 0 1 2] [--out DIR]
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, SEEDS, exit_on_sigterm, procedural_shards, write_result
+from benchmarks.common import EXPERIMENT_RESULTS as RESULTS
+from benchmarks.common import SEEDS, exit_on_sigterm, procedural_shards, write_result
 
 NAME = "spigan_terms"
 DATA_SEEDS = (6301, 6302)  # streets-spigan's synthetic and unlabeled real frames
