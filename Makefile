@@ -12,6 +12,9 @@ STAMP := $(VENV)/.refinery-installed
 # any torch already there.
 TORCH_CPU ?= torch==2.13.0
 TORCH_INDEX ?=
+# DALI for CUDA 13 by default (pyproject); `make install DALI_PACKAGE=nvidia-dali-cuda120` on
+# CUDA 12 machines (the two wheels overwrite each other's files, so one replaces the other)
+DALI_PACKAGE ?= nvidia-dali-cuda130
 HAVE_NVIDIA := $(shell if [ -e /proc/driver/nvidia/version ] || command -v nvidia-smi >/dev/null 2>&1; then echo yes; fi)
 
 DEMO := out/demo
@@ -38,6 +41,11 @@ $(STAMP): pyproject.toml
 		$(BIN)/python -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_CPU)"; \
 	fi
 	$(BIN)/python -m pip install -e '.[dev]'
+	@if [ "$(DALI_PACKAGE)" != nvidia-dali-cuda130 ]; then \
+		echo "DALI: $(DALI_PACKAGE) instead of nvidia-dali-cuda130"; \
+		$(BIN)/python -m pip uninstall -y nvidia-dali-cuda130 && \
+		$(BIN)/python -m pip install "$(DALI_PACKAGE)"; \
+	fi
 	@touch $(STAMP)
 
 lint: $(STAMP)
