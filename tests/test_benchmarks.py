@@ -284,3 +284,21 @@ def test_results_table_leaves_out_absent_records_and_renders_a_gpu_check(tmp_pat
         "| `refinery refine` gaze on NVIDIA H200, 4 processes | 9,000 frames/s | "
         "[gpu-check](gpu-check.json) (2026-12-04, 16 cores) |",
     ]
+
+
+def test_real_eyes_rows_pool_the_gans_of_both_records_of_the_setting():
+    def record(refined, drift):
+        def c2st(runs):
+            return {"c2st_accuracy": {"runs": runs}}
+
+        return {
+            "figures": {
+                "realism": {"refined": c2st(refined), "synthetic": c2st([1.0] * len(refined))},
+                "label_drift_robust_deg": {"runs": drift},
+            }
+        }
+
+    rows = table.real_gaze_rows(record([0.7, 0.8], [1.0, 2.0]), record([0.9], [3.0]))
+    assert rows[0][0].endswith(", 3 GANs")
+    assert rows[0][1] == "0.80 ± 0.10 (1.00) of the time"
+    assert rows[1][1] == "2.00° ± 1.00"
