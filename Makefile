@@ -70,14 +70,14 @@ demo: $(STAMP)
 # The product benchmarks: speed and memory of each command, ~25 min on this 2-core machine.
 # Each writes benchmarks/results/<name>.json; the README's table is rendered from them.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.shard_io  # ~1 min: shard write/read samples/s, gaze and scene
-	$(BIN)/python -m benchmarks.ingest  # ~1 min: refinery ingest, UnityEyes and GTA-V layouts
-	$(BIN)/python -m benchmarks.engines  # ~2 min: ONNX Runtime against torch eager
+	$(BIN)/python -m benchmarks.shard_io  # ~1.5 min (76 s niced here): shard write/read samples/s, gaze and scene
+	$(BIN)/python -m benchmarks.ingest  # ~2 min (111 s niced): refinery ingest, UnityEyes and GTA-V layouts
+	$(BIN)/python -m benchmarks.engines  # ~3 min alone (11 min niced beside other work): ONNX Runtime against torch eager
 	$(BIN)/python -m benchmarks.refine  # ~5 min: the refine job against the engine alone, its memory over size
 	$(BIN)/python -m benchmarks.simgan_speed  # < 2 min: the trainer's compute ceiling
 	$(BIN)/python -m benchmarks.train_speed  # ~2 min: the real loop, waiting for data
-	$(BIN)/python -m benchmarks.evaluate_memory  # ~7 min: evaluate's peak memory, 1k vs 4k frames
-	$(BIN)/python -m benchmarks.domain_gap  # ~3 min: what a task net loses from the built-in synthetic data to real
+	$(BIN)/python -m benchmarks.evaluate_memory  # ~7 min (418 s in its record): evaluate's peak memory, 1k vs 4k frames
+	$(BIN)/python -m benchmarks.domain_gap  # ~3 min (163 s in its record): what a task net loses from the built-in synthetic data to real
 	$(BIN)/python -m benchmarks.table
 
 # The experiments: ablations and studies, ~26 h on 2 cores; what they taught is written in
