@@ -44,7 +44,7 @@ $(STAMP): pyproject.toml
 	@if [ "$(DALI_PACKAGE)" != nvidia-dali-cuda130 ]; then \
 		echo "DALI: $(DALI_PACKAGE) instead of nvidia-dali-cuda130"; \
 		$(BIN)/python -m pip uninstall -y nvidia-dali-cuda130 && \
-		$(BIN)/python -m pip install "$(DALI_PACKAGE)"; \
+		$(BIN)/python -m pip install --force-reinstall --no-deps "$(DALI_PACKAGE)"; \
 	fi
 	@touch $(STAMP)
 
