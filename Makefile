@@ -12,6 +12,9 @@ STAMP := $(VENV)/.refinery-installed
 # any torch already there.
 TORCH_CPU ?= torch==2.13.0
 TORCH_INDEX ?=
+# DALI for CUDA 13 by default (pyproject); `make install DALI_PACKAGE=nvidia-dali-cuda120` on
+# CUDA 12 machines (the two wheels overwrite each other's files, so one replaces the other)
+DALI_PACKAGE ?= nvidia-dali-cuda130
 HAVE_NVIDIA := $(shell if [ -e /proc/driver/nvidia/version ] || command -v nvidia-smi >/dev/null 2>&1; then echo yes; fi)
 
 DEMO := out/demo
@@ -25,7 +28,9 @@ GPU_CHECK_ARGS ?=
 GPU_SWEEP_ARGS ?=
 GPU_WHEELS ?= webdataset==1.0.2 braceexpand==0.1.7 deflate==0.9.0
 
-.PHONY: install test lint demo bench results-table clean gpu-check gpu-sweep gpu-wheels
+.PHONY: install test lint demo bench experiments results-table clean gpu-check gpu-sweep gpu-wheels \
+	experiment-evaluate experiment-drift-floor experiment-spigan-terms experiment-real-gaze \
+	experiment-real-gaze-cues
 
 install: $(STAMP)
 
@@ -36,6 +41,11 @@ $(STAMP): pyproject.toml
 		$(BIN)/python -m pip install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_CPU)"; \
 	fi
 	$(BIN)/python -m pip install -e '.[dev]'
+	@if [ "$(DALI_PACKAGE)" != nvidia-dali-cuda130 ]; then \
+		echo "DALI: $(DALI_PACKAGE) instead of nvidia-dali-cuda130"; \
+		$(BIN)/python -m pip uninstall -y nvidia-dali-cuda130 && \
+		$(BIN)/python -m pip install --force-reinstall --no-deps "$(DALI_PACKAGE)"; \
+	fi
 	@touch $(STAMP)
 
 lint: $(STAMP)
@@ -57,67 +67,78 @@ demo: $(STAMP)
 	@echo "      run (TensorBoard: tensorboard --logdir $(DEMO)/run/tb) in $(DEMO)/run;"
 	@echo "      contact sheet (synthetic | refined | real) at $(DEMO)/contact-sheet.png"
 
+# The product benchmarks: speed and memory of each command, ~25 min on this 2-core machine.
+# Each writes benchmarks/results/<name>.json; the README's table is rendered from them.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.shard_io
-	$(BIN)/python -m benchmarks.domain_gap
-	$(BIN)/python -m benchmarks.engines
-	$(BIN)/python -m benchmarks.ingest
-	$(BIN)/python -m benchmarks.refine
+	$(BIN)/python -m benchmarks.shard_io  # ~1.5 min (76 s niced here): shard write/read samples/s, gaze and scene
+	$(BIN)/python -m benchmarks.ingest  # ~2 min (111 s niced): refinery ingest, UnityEyes and GTA-V layouts
+	$(BIN)/python -m benchmarks.engines  # ~3 min alone (11 min niced beside other work): ONNX Runtime against torch eager
+	$(BIN)/python -m benchmarks.refine  # ~5 min: the refine job against the engine alone, its memory over size
 	$(BIN)/python -m benchmarks.simgan_speed  # < 2 min: the trainer's compute ceiling
 	$(BIN)/python -m benchmarks.train_speed  # ~2 min: the real loop, waiting for data
-	$(BIN)/python -m benchmarks.evaluate_memory  # ~6 min: evaluate's peak memory, 1k vs 4k frames
-	$(BIN)/python -m benchmarks.spigan_terms  # ~13 min: the gradient each term of SPIGAN's objective sends into G
-	$(BIN)/python -m benchmarks.drift_floor  # ~20 min: what label drift reads on appearance alone (gaze, scene)
-	$(BIN)/python -m benchmarks.evaluate  # ~9.5 h on 2 cores: a GAN per seed, 4 experiments, 24 ablations (the SPIGAN arms at 750 frames and with selfreg: 6 seeds)
-	$(BIN)/python -m benchmarks.real_gaze  # ~20 min: ingest, 3 GANs, refine on real MPIIGaze crops (skipped without ../shared)
-	$(BIN)/python -m benchmarks.real_gaze --padding zeros --out out/bench-real-gaze-zeros  # ~15 min: the ablation
-	$(BIN)/python -m benchmarks.real_gaze --set psi=gradients --set self_reg_weight=1.0 --tag psi-gradients --out out/bench-real-gaze-psi  # ~15 min: the psi ablation
-	$(BIN)/python -m benchmarks.real_gaze --set refiner_noise=1 --tag noise --out out/bench-real-gaze-noise  # ~15 min: the noise ablation
-	$(BIN)/python -m benchmarks.real_gaze --steps 1200 --tag steps-1200 --out out/bench-real-gaze-1200  # ~30 min: twice the steps
-	$(BIN)/python -m benchmarks.real_gaze --set refiner_ema=0.995 --tag ema --out out/bench-real-gaze-ema  # ~15 min: the weight-average ablation
-	$(BIN)/python -m benchmarks.real_gaze --robust-epochs 48 --tag robust-48 --out out/bench-real-gaze-r48  # ~25 min: real_gaze's GANs, drift read by an estimator trained 48 epochs
-	$(BIN)/python -m benchmarks.real_gaze --set self_reg_weight=2.0 --robust-epochs 48 --tag selfreg-2 --out out/bench-real-gaze-sr2  # ~25 min: lambda 4x the small recipe's
-	$(BIN)/python -m benchmarks.real_gaze --set self_reg_weight=7.6 --robust-epochs 48 --tag selfreg-7.6 --out out/bench-real-gaze-sr76  # ~25 min: the paper's lambda for a 9x14 patch map
-	$(BIN)/python -m benchmarks.real_gaze --synth-option iris_scale=1.15 --synth-option opening=0.85 --robust-epochs 48 --tag anatomy --out out/bench-real-gaze-anatomy  # ~25 min: larger irises in narrower openings
-	$(BIN)/python -m benchmarks.real_gaze --synth-option iris_tone=0.45 --synth-option iris_scale=1.15 --synth-option opening=0.85 --robust-epochs 48 --tag tone-anatomy --out out/bench-real-gaze-tone-anatomy  # ~45 min: and near-black irises
-	$(BIN)/python -m benchmarks.real_gaze --hold-gaze 20 --robust-epochs 48 --tag hold-gaze-20 --out out/bench-real-gaze-hold  # ~75 min: the geometry term, a frozen gaze network every refiner answers to
-	$(BIN)/python -m benchmarks.real_gaze --synth-option pitch_shift=5 --synth-option yaw_shift=-4 --synth-option yaw_scale=0.5 --hold-gaze 5 --robust-epochs 48 --tag matched-hold-gaze-5 --out out/bench-real-gaze-matched-hold  # ~35 min: the real crops' iris placement and a lighter geometry term
-	$(BIN)/python -m benchmarks.real_gaze --synth-option equalise=1 --synth-option pitch_shift=5 --synth-option yaw_shift=-4 --synth-option yaw_scale=0.5 --hold-gaze 5 --robust-epochs 48 --tag equalised-matched-hold-gaze-5 --out out/bench-real-gaze-eq-matched-hold  # ~25 min: and synthetic eyes histogram-equalised as MPIIGaze's crops are
-	$(BIN)/python -m benchmarks.real_gaze --synth-option equalise=1 --robust-epochs 48 --tag equalised --out out/bench-real-gaze-eq  # ~25 min: the recipe with synthetic eyes histogram-equalised
-	$(BIN)/python -m benchmarks.real_gaze --set discriminator=simgan-discriminator-local --robust-epochs 48 --tag local-d --out out/bench-real-gaze-local  # ~30 min: the recipe with a discriminator on 11x11 windows instead of 23x23
-	$(BIN)/python -m benchmarks.real_gaze --set discriminator=simgan-discriminator-local --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5 --out out/bench-real-gaze-local-hold  # ~35 min: and the geometry term
-	$(BIN)/python -m benchmarks.real_gaze --set discriminator=simgan-discriminator-local --set self_reg_weight=0.1 --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-selfreg-0.1 --out out/bench-real-gaze-local-hold-sr01  # ~30 min: and lambda 0.1, the geometry term holding the gaze instead
-	$(BIN)/python -m benchmarks.real_gaze --set refiner=simgan-refiner-gaze --set discriminator=simgan-discriminator-local --hold-gaze 5 --robust-epochs 48 --tag paper-refiner-local-d-hold-gaze-5 --out out/bench-real-gaze-paper-refiner  # ~60 min: the local D and geometry term with the paper's larger refiner (64 maps, 4 blocks)
-	$(BIN)/python -m benchmarks.real_gaze --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x --out out/bench-real-gaze-local-hold-dlr  # ~35 min: the local D and geometry term with the discriminator learning 4x as fast as the refiner
-	$(BIN)/python -m benchmarks.real_gaze --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0016, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-8x --out out/bench-real-gaze-local-hold-dlr8  # ~35 min: the local D and geometry term with the discriminator learning 8x as fast as the refiner
-	$(BIN)/python -m benchmarks.real_gaze --steps 1200 --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x-steps-1200 --out out/bench-real-gaze-local-hold-dlr-1200  # ~50 min: the 4x pace trained twice as long
-	$(BIN)/python -m benchmarks.real_gaze --set k_d=2 --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x-k-d-2 --out out/bench-real-gaze-local-hold-dlr-kd2  # ~40 min: the 4x pace with two discriminator updates per refiner round
-	$(BIN)/python -m benchmarks.real_gaze --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 2.5 --robust-epochs 48 --tag local-d-hold-gaze-2.5-d-lr-4x --out out/bench-real-gaze-local-hold25-dlr  # ~38 min: the 4x pace with half the geometry term
-	$(BIN)/python -m benchmarks.real_gaze --synth-option iris_tone=0.45 --synth-option iris_scale=1.15 --synth-option opening=0.85 --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x-tone-anatomy --out out/bench-real-gaze-local-hold-dlr-ta  # ~38 min: the 4x pace on larger, near-black irises in narrower openings
-	$(BIN)/python -m benchmarks.real_gaze --seeds 3 4 5 --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x-seeds-3-5 --out out/bench-real-gaze-local-hold-dlr-s35  # ~35 min: the 4x pair's GANs 3, 4 and 5, six GANs with real_gaze_local-d-hold-gaze-5-d-lr-4x
-	$(BIN)/python -m benchmarks.real_gaze --set refiner_ema=0.995 --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x-ema --out out/bench-real-gaze-local-hold-dlr-ema  # ~38 min: the 4x pair exporting a moving average of the refiner's weights
-	$(BIN)/python -m benchmarks.real_gaze --seeds 3 4 5 --set refiner_ema=0.995 --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x-ema-seeds-3-5 --out out/bench-real-gaze-local-hold-dlr-ema-s35  # ~38 min: its GANs 3, 4 and 5, six GANs with real_gaze_local-d-hold-gaze-5-d-lr-4x-ema
-	$(BIN)/python -m benchmarks.real_gaze --synth-option lower_lash=0.6 --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x-lower-lash --out out/bench-real-gaze-local-hold-dlr-ll  # ~40 min: the 4x pair on eyes with lower lashes
-	$(BIN)/python -m benchmarks.real_gaze --synth-option iris_tone=0.45 --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x-tone --out out/bench-real-gaze-local-hold-dlr-tone  # ~40 min: the 4x pair on near-black irises, nothing else changed
-	$(BIN)/python -m benchmarks.real_gaze --holdout --select-every 150 --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x-holdout-select --out out/bench-real-gaze-local-hold-dlr-hs  # ~55 min: the 4x pair trained on half the real crops, scored on the other half, the checkpoint chosen on fresh eyes
-	$(BIN)/python -m benchmarks.real_gaze --holdout --select-every 225 --steps 1200 --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x-holdout-select-1200 --out out/bench-real-gaze-local-hold-dlr-hs1200  # ~85 min: the same, trained 1,200 steps with six checkpoints to choose from
-	$(BIN)/python -m benchmarks.real_gaze --synthetic 4000 --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x-synthetic-4000 --out out/bench-real-gaze-local-hold-dlr-4k  # ~70 min: the 4x pair with twice the procedural eyes
-	$(BIN)/python -m benchmarks.real_gaze --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --set discriminator_augment=brightness,contrast,translation,cutout --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x-diffaugment --out out/bench-real-gaze-local-hold-dlr-da  # ~45 min: the 4x pair with DiffAugment on what the discriminator sees
-	$(BIN)/python -m benchmarks.real_gaze --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --set discriminator_augment=translation,cutout --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x-diffaugment-translation-cutout --out out/bench-real-gaze-local-hold-dlr-da-tc  # ~45 min: and with its geometric transforms alone
-	$(BIN)/python -m benchmarks.real_gaze --set discriminator=simgan-discriminator-local-wide --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-wide-d-hold-gaze-5-d-lr-4x --out out/bench-real-gaze-local-wide-hold-dlr  # ~45 min: the 4x pair with twice the discriminator's maps, the GPU search's lead (make gpu-sweep)
-	$(BIN)/python -m benchmarks.real_gaze --set discriminator_r1=0.01 --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x-r1-0.01 --out out/bench-r1-0.01  # ~50 min: the 4x pair with an R1 penalty (gamma 0.01) on the discriminator
-	$(BIN)/python -m benchmarks.real_gaze --seeds 3 4 5 --set discriminator_r1=0.01 --set discriminator=simgan-discriminator-local --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}' --hold-gaze 5 --robust-epochs 48 --tag local-d-hold-gaze-5-d-lr-4x-r1-0.01-seeds-3-5 --out out/bench-r1-0.01-s35  # ~45 min: its GANs 3, 4 and 5, six GANs with real_gaze_local-d-hold-gaze-5-d-lr-4x-r1-0.01
-	$(BIN)/python -m benchmarks.realism_cues --run out/bench-real-gaze --run out/bench-real-gaze-matched-hold --run out/bench-real-gaze-noise  # ~16 min: which image content (coarse or fine) tells these runs' refined eyes from real
-	$(BIN)/python -m benchmarks.c2st_noise --run out/bench-real-gaze-local-hold-dlr  # ~30 min: how much of the 4x pair's spread over GANs is the two-sample classifier's own, with the records' constant rate and a cosine decay
-	$(BIN)/python -m benchmarks.capture_cues --run out/bench-real-gaze-local-hold-dlr  # ~15 min: whether a capture statistic (JPEG as MPIIGaze publishes, blur, sharpening, noise, skin grain) added to the 4x pair's refined eyes brings them closer to real
+	$(BIN)/python -m benchmarks.evaluate_memory  # ~7 min (418 s in its record): evaluate's peak memory, 1k vs 4k frames
+	$(BIN)/python -m benchmarks.domain_gap  # ~3 min (163 s in its record): what a task net loses from the built-in synthetic data to real
 	$(BIN)/python -m benchmarks.table
+
+# The experiments: ablations and studies, ~26 h on 2 cores; what they taught is written in
+# docs/experiments.md. Records go to benchmarks/experiments/results/, and `refinery evaluate`'s
+# HTML sample reports beside them (reports/, not tracked in git). real_gaze and the studies of
+# its runs need the MPIIGaze fixture crops in ../shared (skipped without them). Run one with
+# `make experiments EXPERIMENTS=real-gaze` (names: the targets below).
+EXPERIMENTS ?= evaluate drift-floor spigan-terms real-gaze real-gaze-cues
+RG := $(BIN)/python -m benchmarks.experiments.real_gaze --robust-epochs 48
+LOCAL_D := --set discriminator=simgan-discriminator-local
+D_LR_4X := --set 'discriminator_optimiser={name: adam, lr: 0.0008, betas: [0.5, 0.999]}'
+PAIR := $(LOCAL_D) $(D_LR_4X) --hold-gaze 5  # the real-eyes setting (train --preset real-eyes)
+
+experiments: $(STAMP)
+	$(MAKE) $(addprefix experiment-,$(EXPERIMENTS))
+	$(BIN)/python -m benchmarks.table
+
+experiment-evaluate:  # ~9.5 h: a GAN per seed, 4 experiments and 24 ablations, with HTML reports
+	$(BIN)/python -m benchmarks.experiments.evaluate
+
+experiment-drift-floor:  # ~10 min: what label drift reads on appearance alone (gaze, scene)
+	$(BIN)/python -m benchmarks.experiments.drift_floor
+
+experiment-spigan-terms:  # ~13 min: the gradient each term of SPIGAN's objective sends into G
+	$(BIN)/python -m benchmarks.experiments.spigan_terms
+
+experiment-real-gaze:  # ~15 h: the real-eye recipe and its ablations, 3 GANs each (30-85 min a line)
+	$(BIN)/python -m benchmarks.experiments.real_gaze  # the small recipe as it is
+	$(RG) --tag robust-48 --out out/bench-real-gaze-r48  # its drift read by the 48-epoch estimator
+	$(RG) --set self_reg_weight=2.0 --tag selfreg-2 --out out/bench-real-gaze-sr2
+	$(RG) --set self_reg_weight=7.6 --tag selfreg-7.6 --out out/bench-real-gaze-sr76
+	$(RG) --synth-option equalise=1 --tag equalised --out out/bench-real-gaze-eq
+	$(RG) --hold-gaze 20 --tag hold-gaze-20 --out out/bench-real-gaze-hold
+	$(RG) --synth-option pitch_shift=5 --synth-option yaw_shift=-4 --synth-option yaw_scale=0.5 --hold-gaze 5 --tag matched-hold-gaze-5 --out out/bench-real-gaze-matched-hold
+	$(RG) $(LOCAL_D) --tag local-d --out out/bench-real-gaze-local
+	$(RG) $(LOCAL_D) --hold-gaze 5 --tag local-d-hold-gaze-5 --out out/bench-real-gaze-local-hold
+	$(RG) $(PAIR) --tag local-d-hold-gaze-5-d-lr-4x --out out/bench-real-gaze-local-hold-dlr
+	$(RG) $(PAIR) --seeds 3 4 5 --tag local-d-hold-gaze-5-d-lr-4x-seeds-3-5 --out out/bench-real-gaze-local-hold-dlr-s35
+	$(RG) $(LOCAL_D) --set 'discriminator_optimiser={name: adam, lr: 0.0016, betas: [0.5, 0.999]}' --hold-gaze 5 --tag local-d-hold-gaze-5-d-lr-8x --out out/bench-real-gaze-local-hold-dlr8
+	$(RG) $(PAIR) --steps 1200 --tag local-d-hold-gaze-5-d-lr-4x-steps-1200 --out out/bench-real-gaze-local-hold-dlr-1200
+	$(RG) $(PAIR) --set refiner_ema=0.995 --tag local-d-hold-gaze-5-d-lr-4x-ema --out out/bench-real-gaze-local-hold-dlr-ema
+	$(RG) $(PAIR) --holdout --select-every 150 --tag local-d-hold-gaze-5-d-lr-4x-holdout-select --out out/bench-real-gaze-local-hold-dlr-hs
+	$(RG) $(PAIR) --set discriminator_augment=brightness,contrast,translation,cutout --tag local-d-hold-gaze-5-d-lr-4x-diffaugment --out out/bench-real-gaze-local-hold-dlr-da
+	$(RG) $(PAIR) --synthetic 4000 --tag local-d-hold-gaze-5-d-lr-4x-synthetic-4000 --out out/bench-real-gaze-local-hold-dlr-4k
+	$(RG) $(PAIR) --synth-option iris_tone=0.45 --tag local-d-hold-gaze-5-d-lr-4x-tone --out out/bench-real-gaze-local-hold-dlr-tone
+	$(RG) $(PAIR) --set discriminator_r1=0.01 --tag local-d-hold-gaze-5-d-lr-4x-r1-0.01 --out out/bench-r1-0.01
+	$(RG) $(PAIR) --set discriminator_r1=0.01 --seeds 3 4 5 --tag local-d-hold-gaze-5-d-lr-4x-r1-0.01-seeds-3-5 --out out/bench-r1-0.01-s35
+	$(RG) --set refiner=simgan-refiner-gaze $(LOCAL_D) --hold-gaze 5 --tag paper-refiner-local-d-hold-gaze-5 --out out/bench-real-gaze-paper-refiner
+	$(RG) --set discriminator=simgan-discriminator-local-wide $(D_LR_4X) --hold-gaze 5 --tag local-wide-d-hold-gaze-5-d-lr-4x --out out/bench-real-gaze-local-wide-hold-dlr
+
+experiment-real-gaze-cues:  # ~1 h: what tells the real-gaze runs' refined eyes from real (needs experiment-real-gaze)
+	$(BIN)/python -m benchmarks.experiments.realism_cues --run out/bench-real-gaze --run out/bench-real-gaze-matched-hold
+	$(BIN)/python -m benchmarks.experiments.c2st_noise --run out/bench-real-gaze-local-hold-dlr
+	$(BIN)/python -m benchmarks.experiments.capture_cues --run out/bench-real-gaze-local-hold-dlr
 
 gpu-check:  # everything that needs a GPU, in one run (sized for < 8 min on one H200); --device cpu dry-runs it
 	$(GPU_PYTHON) -m benchmarks.gpu $(GPU_CHECK_ARGS)
 	$(GPU_PYTHON) -m benchmarks.table
 
 gpu-sweep:  # real_gaze variants side by side, 12 at a time (~10 min on one H200 with 16 cores): a search for a CPU run
-	$(GPU_PYTHON) -m benchmarks.real_gaze_sweep $(GPU_SWEEP_ARGS)
+	$(GPU_PYTHON) -m benchmarks.experiments.real_gaze_sweep $(GPU_SWEEP_ARGS)
 	$(GPU_PYTHON) -m benchmarks.table
 
 gpu-wheels: $(STAMP)  # pure-Python wheels the GPU check installs where no index is reachable

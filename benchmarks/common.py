@@ -9,12 +9,15 @@ from typing import Any
 
 from refinery.records import machine, versions, write_record
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results"  # the product benchmarks' records
+# the experiments' (benchmarks/experiments/: ablations and studies, `make experiments`)
+EXPERIMENT_RESULTS = RESULTS.parent / "experiments" / "results"
 # One run per seed unless told otherwise: a GAN trained with it and evaluate --seeds s (issue 15:
 # the GAN's variance is the larger one, so quality figures are mean ± std over these runs)
 SEEDS = (0, 1, 2)
 
 __all__ = [
+    "EXPERIMENT_RESULTS",
     "RESULTS",
     "SEEDS",
     "exit_on_sigterm",

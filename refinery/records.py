@@ -68,7 +68,7 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-_OUTPUTS = (":(exclude)benchmarks/results",)
+_OUTPUTS = (":(exclude)benchmarks/results", ":(exclude)benchmarks/experiments/results")
 
 
 def commit(root: str | Path | None = None) -> str | None:

@@ -442,7 +442,8 @@ def test_dockerfile_installs_dali_and_the_project_and_runs_refinery():
     assert users and users[-1] not in ("root", "0")
 
 
-def test_dockerfile_requirements_are_the_projects_less_its_dali_pin():
+def test_dockerfile_requirements_are_the_projects_less_its_dali_pin_and_tensorrt():
+    """The base image ships TensorRT; the image's DALI is the one pyproject names by default."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+, as in the image
     runs = " ".join(a for op, a in dockerfile_instructions() if op == "RUN")
     code = re.search(r'python -c "(import tomllib.*?)" > /tmp/requirements.txt', runs).group(1)
@@ -451,4 +452,7 @@ def test_dockerfile_requirements_are_the_projects_less_its_dali_pin():
     ).stdout.splitlines()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + project["optional-dependencies"]["gpu"]
-    assert listed == [r for r in wanted if not r.startswith("nvidia-dali")]
+    assert listed == [r for r in wanted if not r.startswith(("nvidia-dali", "tensorrt"))]
+    [dali] = [r for r in project["dependencies"] if r.startswith("nvidia-dali")]
+    args = dict(a.split("=", 1) for op, a in dockerfile_instructions() if op == "ARG" and "=" in a)
+    assert dali.startswith(args["DALI_PACKAGE"] + ">=")

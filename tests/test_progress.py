@@ -83,7 +83,7 @@ def test_ingest_and_train_write_progress_lines_into_a_log(tmp_path):
     import cv2
     import numpy as np
 
-    from benchmarks.real_gaze import QUICK_RECIPE
+    from benchmarks.experiments.real_gaze import QUICK_RECIPE
 
     folder = tmp_path / "crops"
     folder.mkdir()

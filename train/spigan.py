@@ -25,7 +25,7 @@ L_T and L_P would otherwise follow untrained networks for the first part of the 
 Holding the scene without ImageNet features (``self_reg_weight``, ``psi``; not the paper).
 L_perc is what keeps G's image the synthetic scene in the paper, and it needs VGG19's ImageNet
 weights (``vgg_weights``). On random VGG features it holds nothing: at CPU scale the adversarial
-term (~38 times L_perc's gradient at the start, ``benchmarks/spigan_terms``) turns G's street
+term (~38 times L_perc's gradient at the start, ``benchmarks/experiments/spigan_terms``) turns G's street
 frames into green haze and stripes within a few hundred updates, and nothing downstream can
 use their labels. ``self_reg_weight`` λ > 0 adds SimGAN's self-regularisation λ·|ψ(G(x)) − ψ(x)|₁
 to G's objective (the term "self_reg"); the default ψ, "low-pass" (4×4 block means), holds

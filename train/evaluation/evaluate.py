@@ -154,7 +154,7 @@ def evaluate(
 
     ``robust_epochs`` trains the appearance-robust drift network (gaze, scene) that long
     instead of ``epochs``: its random appearance changes make the task harder, and a network
-    trained longer reads less drift on appearance alone (``benchmarks/drift_floor.py``).
+    trained longer reads less drift on appearance alone (``benchmarks/experiments/drift_floor.py``).
 
     ``c2st_repeats`` scores each seed's realism with that many two-sample classifiers and
     takes their mean (``train.evaluation.realism.realism``'s ``repeats``; 1, one classifier per

@@ -145,7 +145,7 @@ def two_sample_test(
     and every record use) stops the classifier wherever its last step left it, and on real eye
     crops its held-out accuracy still moves by several points from one epoch to the next;
     ``"cosine"`` decays the rate to 0 over the ``epochs`` (Loshchilov & Hutter, ICLR 2017), so
-    the classifier settles before it is scored (``benchmarks/c2st_noise.py`` measures both).
+    the classifier settles before it is scored (``benchmarks/experiments/c2st_noise.py`` measures both).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
@@ -309,7 +309,7 @@ def realism(
     ``repeats``: classifiers per seed (seed ``s`` uses classifier seeds ``s``, ``s + 1000``,
     ...), their mean being the seed's accuracy. One classifier's draw (split, draw,
     initialisation) moves the accuracy by about ± 0.03 on the same images
-    (``benchmarks/c2st_noise.py``); with ``repeats`` > 1 that spread is reported too
+    (``benchmarks/experiments/c2st_noise.py``); with ``repeats`` > 1 that spread is reported too
     (``c2st_classifier_std``, pooled over seeds) and shrinks from each seed's figure.
     """
     from train.evaluation.evaluate import summary
