@@ -188,9 +188,9 @@ def split_fixture(fixture: Path, work: Path, *, seed: int = HOLDOUT_SEED) -> dic
     for part, rows in parts.items():
         folders[part] = work / f"fixture-{part}"
         for row in sorted(rows):
-            link = folders[part] / files[row]
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to((fixture / files[row]).resolve())
+            copy = folders[part] / files[row]  # a copy: ingest never follows links
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(fixture / files[row], copy)
     return folders
 
 
