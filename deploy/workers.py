@@ -451,7 +451,8 @@ class EngineServer:
             refined = pending.result()
             np.copyto(array, refined.pixels)
             results.append(np.asarray(refined.finite, bool))
-        conn.send(("refined", results))
+        with contextlib.suppress(OSError):  # a worker that died meanwhile: its sentinel says so
+            conn.send(("refined", results))
 
     def forget(self, conn: Connection) -> None:
         if self.pending is not None and self.pending[0] is conn:
@@ -579,13 +580,20 @@ def run_workers(
             theirs.close()
             live[ours] = process
 
+    def send(conn: Connection, message: tuple) -> None:
+        """A worker may die between its message and the answer: its sentinel says so below."""
+        try:
+            conn.send(message)
+        except OSError:
+            ended.add(conn)
+
     def hand_out(conn: Connection) -> None:
         if queue and not stop.is_set():
             current[conn] = queue[0][0]
-            conn.send(("shard", queue.popleft()))
+            send(conn, ("shard", queue.popleft()))
         else:
             current[conn] = None
-            conn.send(("exit", None))
+            send(conn, ("exit", None))
             leaving.add(conn)
 
     try:
@@ -608,7 +616,7 @@ def run_workers(
                     hand_out(conn)
                 elif kind == "refine":
                     if stop.is_set():
-                        conn.send(("stop", None))
+                        send(conn, ("stop", None))
                     else:
                         server.submit(conn, *payload)
                 elif kind == "stopped":

@@ -25,7 +25,7 @@ from train.config import RECIPES, OptimiserConfig, from_dict, parse_settings, re
 from train.data import ImageStream, scaling_for
 from train.loop import NonFiniteLoss, RunDir
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments" / "results"
 
 TINY = dict(
     batch_size=8,
