@@ -84,7 +84,13 @@ from deploy.stages import (
     shard_items,
     upstream,
 )
-from deploy.workers import PNG_ENCODERS, ShardPlan, png_encoder_name, run_workers
+from deploy.workers import (
+    PNG_ENCODERS,
+    ShardPlan,
+    assemble_sample,
+    png_encoder_name,
+    run_workers,
+)
 from engines.base import cuda_index
 from engines.identity import IDENTITY, IdentityEngine
 from engines.spec import DEFAULT_BATCH
@@ -234,17 +240,8 @@ class JobSummary:
 
 
 def assemble(item: Item, *, provenance: bytes, keep_original: bool) -> dict[str, Any]:
-    """The output sample: every input component byte-identical except the refined image,
-    re-encoded in its own format (``item.encoded``)."""
-    out: dict[str, Any] = {"__key__": item.key}
-    for name, value in item.sample.items():
-        if name.startswith("__"):
-            continue
-        out[name] = item.encoded if name == item.component else value
-    if keep_original:
-        out[f"orig.{item.component}"] = item.sample[item.component]
-    out["refinery.json"] = provenance
-    return out
+    """The output sample of an item (``deploy.workers.assemble_sample``)."""
+    return assemble_sample(item.sample, item.component, item.encoded, provenance, keep_original)
 
 
 class ShardOutput:

@@ -258,26 +258,36 @@ def label_problem(sample: dict[str, Any], domain: str) -> SampleError | None:
     return samples.label_problem(sample, domain, labeled=False, wanted="the engine refines")
 
 
-def prepare(item: Item, components: tuple[str, ...], kind: str, domain: str | None = None) -> Item:
-    """Pick the item's image component, or reject it: none, more than one, a PNG header that
-    does not match ``kind``; with a ``domain``, a missing or foreign label (``label_problem``)."""
-    found = [c for c in components if c in item.sample]
+def sample_problem(
+    sample: dict[str, Any], components: tuple[str, ...], kind: str, domain: str | None = None
+) -> tuple[str | None, SampleError | None]:
+    """A raw sample's image component (None when it has none, or more than one) and why it
+    cannot be refined, or None: a missing or doubled image, a PNG header that does not match
+    ``kind``; with a ``domain``, a missing or foreign label (``label_problem``)."""
+    key = sample["__key__"]
+    found = [c for c in components if c in sample]
     if len(found) != 1:
-        have = ", ".join(k for k in item.sample if not k.startswith("__")) or "nothing"
+        have = ", ".join(k for k in sample if not k.startswith("__")) or "nothing"
         want = " or ".join(repr(c) for c in components)
-        item.error = SampleError(
+        return None, SampleError(
             MISSING if not found else MALFORMED,
             f"{'no' if not found else 'more than one'} {want} to refine (has: {have})",
-            key=item.key,
+            key=key,
             component=components[0],
         )
-        return item
-    item.component = found[0]
-    if domain is not None:  # first: a foreign label explains a foreign image best
-        item.error = label_problem(item.sample, domain)
-    problem = header_problem(item.sample[item.component], kind)
-    if problem and item.error is None:
-        item.error = SampleError(MALFORMED, problem, key=item.key, component=item.component)
+    component = found[0]
+    # first: a foreign label explains a foreign image best
+    error = label_problem(sample, domain) if domain is not None else None
+    problem = header_problem(sample[component], kind)
+    if problem and error is None:
+        error = SampleError(MALFORMED, problem, key=key, component=component)
+    return component, error
+
+
+def prepare(item: Item, components: tuple[str, ...], kind: str, domain: str | None = None) -> Item:
+    """Pick the item's image component, or reject it (``sample_problem``)."""
+    component, item.error = sample_problem(item.sample, components, kind, domain)
+    item.component = component or ""
     return item
 
 

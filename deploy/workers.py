@@ -44,11 +44,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from deploy.stages import header_problem, label_problem
+from deploy.stages import sample_problem
 from refinery.png import ENCODER, encode_pngs
 from refinery.samples import (
     MALFORMED,
-    MISSING,
     UNDECODABLE,
     SampleError,
     Undecodable,
@@ -97,29 +96,10 @@ def entries(url: str, plan: ShardPlan) -> Iterator[tuple[dict, str] | SampleErro
     """Every sample of one shard in order: ``(sample, image component)``, or its reject (what
     the strict tar reader, the component pick, the label or the PNG header refused)."""
     broken: list[SampleError] = []
-    components = plan.components
     for sample in tar_samples(url, handler=broken.append):
         while broken:
             yield broken.pop(0).with_url(url)
-        key = sample["__key__"]
-        found = [c for c in components if c in sample]
-        if len(found) != 1:
-            have = ", ".join(k for k in sample if not k.startswith("__")) or "nothing"
-            want = " or ".join(repr(c) for c in components)
-            yield SampleError(
-                MISSING if not found else MALFORMED,
-                f"{'no' if not found else 'more than one'} {want} to refine (has: {have})",
-                key=key,
-                component=components[0],
-                url=url,
-            )
-            continue
-        component = found[0]
-        error = label_problem(sample, plan.domain)  # first: a foreign label explains most
-        if error is None:
-            problem = header_problem(sample[component], plan.kind)
-            if problem:
-                error = SampleError(MALFORMED, problem, key=key, component=component)
+        component, error = sample_problem(sample, plan.components, plan.kind, plan.domain)
         yield (sample, component) if error is None else error.with_url(url)
     for error in broken:
         yield error.with_url(url)
@@ -313,7 +293,9 @@ def refine_shard(
                     counts.reject(result)
                     continue
                 sample, component = entry
-                writer.write(_assemble(sample, component, result, provenance, plan.keep_original))
+                writer.write(
+                    assemble_sample(sample, component, result, provenance, plan.keep_original)
+                )
                 counts.written += 1
     stats = counts.as_dict()
     stats["seconds"] = time.perf_counter() - began
@@ -322,13 +304,13 @@ def refine_shard(
     return stats
 
 
-def _assemble(
+def assemble_sample(
     sample: dict, component: str, encoded: bytes, provenance: bytes, keep_original: bool
 ) -> dict[str, Any]:
     """The output sample: every input component byte-identical except the refined image."""
     out: dict[str, Any] = {}
     for name, value in sample.items():
-        if name == "__url__":
+        if name.startswith("__") and name != "__key__":  # __url__: where it came from
             continue
         out[name] = encoded if name == component else value
     if keep_original:
