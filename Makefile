@@ -26,7 +26,7 @@ DEMO_STEPS ?= 200  # adversarial iterations of the small preset: a couple of min
 GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 GPU_CHECK_ARGS ?=
 GPU_SWEEP_ARGS ?=
-GPU_WHEELS ?= webdataset==1.0.2 braceexpand==0.1.7 deflate==0.9.0
+GPU_WHEELS ?= webdataset==1.0.2 braceexpand==0.1.7 deflate==0.9.0 orjson==3.13.0
 
 .PHONY: install test lint demo bench experiments results-table clean gpu-check gpu-sweep gpu-wheels \
 	experiment-evaluate experiment-drift-floor experiment-spigan-terms experiment-real-gaze \

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import re
 import tarfile
@@ -33,7 +34,7 @@ from typing import IO, Any, NamedTuple
 from urllib.parse import urlparse
 
 import braceexpand
-import fsspec
+import numpy as np
 
 from refinery.samples import (
     BAD_KEY,
@@ -44,6 +45,7 @@ from refinery.samples import (
     SampleError,
     decode_or_error,
 )
+from refinery.store import filesystem as _fs
 from refinery.store import is_local as _is_local
 from refinery.store import local_path as _local_path
 from refinery.store import stale_temp as stale_temp  # importable from here, as before
@@ -97,6 +99,8 @@ def open_url(url: str, mode: str = "rb") -> IO[bytes]:
         return gopen(url, mode)
     if _is_local(url):
         return open(_local_path(url), mode)
+    import fsspec  # a remote URL only: its import (with asyncio) is half a worker's start-up
+
     return fsspec.open(url, mode).open()
 
 
@@ -113,8 +117,13 @@ def base_plus_ext(name: str) -> tuple[str | None, str | None]:
 # -- writing ----------------------------------------------------------------------------------
 
 
+_PLAIN_KEY = re.compile(r"[\w-]+(?:/[\w-]+)*", re.ASCII)  # what every check below passes
+
+
 def check_key(key: Any) -> str:
     """A key must name files `<key>.<component>` that webdataset splits back the same way."""
+    if isinstance(key, str) and _PLAIN_KEY.fullmatch(key):
+        return key  # letters, digits, _ and - in relative path parts: the common key, at once
     if not isinstance(key, str) or not key:
         raise ValueError(f"sample key must be a non-empty string, got {key!r}")
     base = key.rsplit("/", 1)[-1]
@@ -135,10 +144,11 @@ _MODE, _UID, _MTIME_MAX = 0o644, 0, 8**11 - 1
 
 
 @functools.lru_cache(maxsize=8)
-def _ustar_tail(mtime: int) -> tuple[bytes, int]:
-    """Bytes 100-511 of a regular file's ustar header with an empty size field and the
-    checksum field as spaces (as the checksum counts it), and their sum: all a member's header
-    shares with every other of the shard."""
+def _ustar_tail(mtime: int) -> tuple[bytes, bytes, bytes, int]:
+    """Bytes 100-511 of a regular file's ustar header around its two per-member fields (size,
+    checksum): mode to gid, mtime, type to end; with the sum of the whole tail counting the
+    checksum field as spaces (as the checksum does). All a member's header shares with every
+    other of the shard."""
     tail = bytearray(_BLOCK - 100)
     tail[0:8] = b"%07o\0" % _MODE
     tail[8:16] = tail[16:24] = b"%07o\0" % _UID  # uid, gid
@@ -147,7 +157,10 @@ def _ustar_tail(mtime: int) -> tuple[bytes, int]:
     tail[48:56] = b" " * 8
     tail[56:57] = tarfile.REGTYPE
     tail[157:165] = tarfile.POSIX_MAGIC
-    return bytes(tail), sum(tail)
+    return bytes(tail[:24]), bytes(tail[36:48]), bytes(tail[56:]), sum(tail)
+
+
+_ZERO_RUNS = [bytes(n) for n in range(_BLOCK)]  # name fill and data padding, made once
 
 
 def _tar_member(name: str, data: bytes, mtime: int) -> bytes:
@@ -160,20 +173,18 @@ def _tar_member(name: str, data: bytes, mtime: int) -> bytes:
     """
     raw = name.encode("utf-8")
     if len(raw) <= 100 and raw.isascii():
-        tail, shared = _ustar_tail(mtime)
+        owner, when, rest, shared = _ustar_tail(mtime)
         size = b"%011o\0" % len(data)
         checksum = b"%06o\0 " % (shared + sum(raw) + sum(size))
-        header = b"".join(
-            (raw, bytes(100 - len(raw)), tail[:24], size, tail[36:48], checksum, tail[56:])
-        )
-    else:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), mtime, _MODE
-        info.uid = info.gid = _UID
-        info.uname = info.gname = ""
-        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    padding = bytes(-len(data) % _BLOCK)
-    return b"".join((header, data, padding))
+        padding = _ZERO_RUNS[-len(data) % _BLOCK]
+        fill = _ZERO_RUNS[100 - len(raw)]
+        return b"".join((raw, fill, owner, size, when, checksum, rest, data, padding))
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), mtime, _MODE
+    info.uid = info.gid = _UID
+    info.uname = info.gname = ""
+    header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return b"".join((header, data, _ZERO_RUNS[-len(data) % _BLOCK]))
 
 
 class ShardWriter:
@@ -246,8 +257,8 @@ class ShardWriter:
             if _is_local(self.url):
                 os.replace(_local_path(self._tmp), _local_path(self.url))
             else:
-                fs, tmp_path = fsspec.core.url_to_fs(self._tmp)
-                fs.mv(tmp_path, fsspec.core.url_to_fs(self.url)[1])
+                fs, tmp_path = _fs(self._tmp)
+                fs.mv(tmp_path, _fs(self.url)[1])
         except BaseException:
             self._discard()
             raise
@@ -296,7 +307,7 @@ class ShardWriter:
             if _is_local(self._tmp):
                 Path(_local_path(self._tmp)).unlink(missing_ok=True)
             else:
-                fs, path = fsspec.core.url_to_fs(self._tmp)
+                fs, path = _fs(self._tmp)
                 if fs.exists(path):
                     fs.rm(path)
 
@@ -422,9 +433,55 @@ def _members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
     """
     first = stream.read(_BLOCK)
     if len(first) == _BLOCK and first[257:262] == b"ustar":
-        yield from _plain_members(first, stream)
+        rest = stream.read(_WHOLE)
+        more = stream.read(1) if len(rest) == _WHOLE else b""
+        plain = None if more else _plain_shard(first + rest)
+        if plain is not None:
+            yield from plain
+        else:
+            yield from _plain_members(first, _Prefixed(rest + more, stream))
     else:
         yield from _tarfile_members(_Prefixed(first, stream))
+
+
+_WHOLE = 64 << 20  # a shard up to this size is read at once and parsed by _plain_shard
+
+
+def _plain_shard(data: bytes) -> list[tuple[str, bytes]] | None:
+    """(name, data) of every member of a whole shard in memory when all of them are what our
+    own writer makes (ustar regular files, short names, octal sizes, unsigned checksums, the
+    end-of-archive block); None for anything else, which ``_plain_members`` then reads with
+    its every rule and message. The checksums are summed at once over all headers (NumPy), the
+    step that costs most per member when done one header at a time."""
+    members: list[tuple[str, bytes]] = []
+    starts: list[int] = []
+    stored: list[int] = []
+    at, end = 0, len(data)
+    while True:
+        if at + _BLOCK > end:
+            return None  # cut short: _plain_members names where
+        if data[at] == 0 and data[at : at + _BLOCK] == _ZEROS:
+            break
+        if data[at + 156] not in (0x30, 0) or data[at + 345] != 0 or data[at + 124] & 0x80:
+            return None  # not a regular file, a POSIX prefix, a base-256 size
+        try:
+            size = int(data[at + 124 : at + 136].split(b"\0", 1)[0].strip() or b"0", 8)
+            stored.append(int(data[at + 148 : at + 156].split(b"\0", 1)[0].strip(), 8))
+        except ValueError:
+            return None
+        name = data[at : at + 100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        if at + _BLOCK + size > end or name.endswith("/"):
+            return None
+        starts.append(at)
+        members.append((name, data[at + _BLOCK : at + _BLOCK + size]))
+        at += _BLOCK + size + (-size % _BLOCK)
+    if members:
+        blocks = np.frombuffer(data, np.uint8, count=at).reshape(-1, _BLOCK)
+        headers = blocks[np.asarray(starts) // _BLOCK]
+        sums = headers.sum(axis=1, dtype=np.int64) - headers[:, 148:156].sum(axis=1, dtype=np.int64)
+        if not np.array_equal(sums + 256, np.asarray(stored, np.int64)):
+            return None  # a bad (or signed) checksum
+    return members
 
 
 def _tarfile_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
@@ -447,15 +504,12 @@ class _Prefixed:
     """A read-only stream: ``head`` (bytes already read), then the rest of ``stream``."""
 
     def __init__(self, head: bytes, stream: IO[bytes]):
-        self.head, self.stream = head, stream
+        self.head, self.stream = io.BytesIO(head), stream
 
     def read(self, size: int = -1) -> bytes:
-        if not self.head:
-            return self.stream.read(size)
         if size is None or size < 0:
-            data, self.head = self.head + self.stream.read(), b""
-            return data
-        data, self.head = self.head[:size], self.head[size:]
+            return self.head.read() + self.stream.read()
+        data = self.head.read(size)
         if len(data) < size:
             data += self.stream.read(size - len(data))
         return data

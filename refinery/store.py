@@ -62,7 +62,8 @@ def join(base: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}"
 
 
-def _fs(url: str) -> tuple[Any, str]:
+def filesystem(url: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path) of a URL; fsspec is imported here, when a URL is remote."""
     import fsspec
 
     return fsspec.core.url_to_fs(url)
@@ -74,14 +75,14 @@ def exists(url: str) -> bool:
         return True
     if is_local(url):
         return os.path.exists(local_path(url))
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     return fs.exists(path)
 
 
 def read_bytes(url: str) -> bytes:
     if is_local(url):
         return Path(local_path(url)).read_bytes()
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     with fs.open(path, "rb") as f:
         return f.read()
 
@@ -91,7 +92,7 @@ def listing(base: str) -> list[str]:
     if is_local(base):
         path = Path(local_path(base))
         return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-    fs, path = _fs(base)
+    fs, path = filesystem(base)
     if not fs.exists(path):
         return []
     return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
@@ -200,12 +201,12 @@ def write_atomic(url: str, data: bytes, *, what: str | None = None) -> None:
                 raise write_failure(exc, what, path) from exc
             raise
         return
-    fs, tmp_path = _fs(tmp)
+    fs, tmp_path = filesystem(tmp)
     fs.makedirs(tmp_path.rsplit("/", 1)[0], exist_ok=True)
     try:
         with fs.open(tmp_path, "wb") as f:
             f.write(data)
-        fs.mv(tmp_path, _fs(url)[1])
+        fs.mv(tmp_path, filesystem(url)[1])
     except BaseException:
         with contextlib.suppress(Exception):
             if fs.exists(tmp_path):

@@ -114,3 +114,38 @@ def test_a_sample_without_json_is_missing_it_in_the_same_words():
         decode_sample(sample, "gaze")
     raw = label_problem(sample, "gaze")
     assert (raw.reason, raw.detail, raw.component) == (MISSING, decoded.value.detail, "json")
+
+
+EDGE_LABELS = [
+    b'{"gaze": {"pitch": 0.1, "yaw": 0}, "look_vec": [0, 0, -1]}',
+    b'{"gaze": {"pitch": 1e999, "yaw": 0}, "look_vec": [0, 0, -1]}',  # inf to json
+    b'{"gaze": {"pitch": Infinity, "yaw": 0}, "look_vec": [0, 0, -1]}',
+    b'{"gaze": {"pitch": 123456789012345678901234567890, "yaw": 0}, "look_vec": [0, 0, -1]}',
+    b'{"gaze": {"pitch": 0.1, "yaw": 0}, "look_vec": [0, 0, -1], "x": "\\ud800"}',
+    b'\xef\xbb\xbf{"gaze": {"pitch": 0.1, "yaw": 0}, "look_vec": [0, 0, -1]}',  # a BOM
+    b'{"gaze": {"pitch": 0.1, "yaw": 0}, "gaze": 3, "look_vec": [0, 0, -1]}',  # twice: last
+    '{"gaze": {"pitch": 0.1, "yaw": 0}, "look_vec": [0, 0, -1]}'.encode("utf-16"),
+    b'{"gaze": {"pitch": true, "yaw": 0}, "look_vec": [0, 0, -1]}',
+    b'"a string"',
+    b"",
+    b"\xff\xfe",
+]
+
+
+@pytest.mark.parametrize("label", EDGE_LABELS)
+def test_the_quick_parser_changes_no_verdict(label, monkeypatch):
+    """orjson parses the job's labels (``_quick_label``); on edge bytes (NaN, inf, big ints,
+    lone surrogates, a BOM, UTF-16, duplicate keys) its verdict is the ``json`` path's."""
+    from refinery import samples
+
+    sample = _sample("edge", label)
+    quick = label_problem(sample, "gaze", labeled=False)
+    monkeypatch.setattr(samples, "_quick_label", lambda data: None)
+    slow = label_problem(sample, "gaze", labeled=False)
+    assert (quick is None) == (slow is None)
+    if quick is not None:
+        assert (quick.reason, quick.detail, quick.component) == (
+            slow.reason,
+            slow.detail,
+            slow.component,
+        )

@@ -335,6 +335,36 @@ def test_fast_tar_reader_agrees_with_tarfile_whole_cut_anywhere_or_corrupted(fmt
         assert fast == slow or stricter, at
 
 
+def test_a_whole_shard_of_our_own_is_parsed_at_once_and_anything_else_falls_back(tmp_path):
+    """``_plain_shard`` (a whole shard in memory, checksums summed at once) takes the shards our
+    writer makes; cut anywhere or with a byte flipped in any header field it gives way, and the
+    reader says what tarfile says."""
+    url = write(tmp_path / "s.tar", [gaze(i) for i in range(3)])
+    data = Path(url).read_bytes()
+    whole = _outcome(H._members, data)
+    assert H._plain_shard(data) == whole[0] == _outcome(H._tarfile_members, data)[0]
+    assert len(whole[0]) == 6 and whole[1] is None
+    for cut in sorted({*range(0, len(data), 512), *range(1, len(data), 97)}):
+        assert _outcome(H._members, data[:cut]) == _outcome(H._tarfile_members, data[:cut]), cut
+    fields = (0, 99, 100, 124, 135, 136, 148, 150, 156, 257, 345, 511)
+    starts = [0, *(at for at, _ in _member_offsets(data))]
+    for at in (start + field for start in starts for field in fields):
+        bad = bytearray(data)
+        bad[at] ^= 0x55
+        fast, slow = _outcome(H._members, bytes(bad)), _outcome(H._tarfile_members, bytes(bad))
+        assert fast == slow, at
+
+
+def _member_offsets(data: bytes) -> list[tuple[int, int]]:
+    """(offset of the next header, size) of each member of a tar in memory."""
+    out, at = [], 0
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        for info in tf:
+            at = info.offset_data + info.size + (-info.size % 512)
+            out.append((at, info.size))
+    return out[:-1]
+
+
 def test_fast_tar_reader_hands_what_it_does_not_parse_to_tarfile():
     import gzip
 
@@ -392,6 +422,7 @@ def reader(request, monkeypatch):
     """Each test twice: through the block parser, and the same shard through tarfile's."""
     if request.param == "tarfile":
         monkeypatch.setattr(H, "_plain_members", lambda h, s: H._tarfile_members(H._Prefixed(h, s)))
+        monkeypatch.setattr(H, "_plain_shard", lambda data: None)
     return request.param
 
 
