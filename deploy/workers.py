@@ -2,8 +2,8 @@
 
 The per-frame work a job does on the CPU (tar parsing, the label check, PNG decode and encode,
 tar writing) is Python around C calls; in one process the interpreter lock serialises it, so a
-16-core server did what two cores do. Here each of ``workers`` processes (spawned, one thread
-each: NumPy, OpenCV and libdeflate, never torch) takes a whole shard at a time from the main
+16-core server did what two cores do. Here each of ``workers`` processes (forked from a fork
+server that imported NumPy, OpenCV and libdeflate once, never torch; one thread each) takes a whole shard at a time from the main
 process and writes its output shard itself, in input order, so the bytes of a shard do not
 depend on how many workers ran or which one took it::
 
@@ -19,7 +19,7 @@ cross in a file in ``/dev/shm`` that both processes map (a worker's buffer, grow
 needs more), and only small messages go through the pipes. With ``--engine identity`` no pixel
 leaves the worker. A worker ignores SIGINT/SIGTERM (the main process decides: it sets ``stop``
 and each worker drops its shard at the next batch) and dies with the main process
-(``PR_SET_PDEATHSIG``), so a kill -9 of the job leaves only temporary files, which the next run
+(``PR_SET_PDEATHSIG`` on the fork server, which exits with it), so a kill -9 of the job leaves only temporary files, which the next run
 removes.
 """
 
@@ -322,13 +322,19 @@ def assemble_sample(
 # -- the worker process ------------------------------------------------------------------------
 
 
-def _die_with_parent(parent: int) -> None:
-    """SIGKILL this process when its parent dies (Linux), so no worker outlives a killed job."""
+def _die_with_parent(job: int) -> None:
+    """SIGKILL this process when its parent dies (Linux), so no worker outlives a killed job.
+    The parent is the fork server (``_start_method``), which exits when the job's process
+    does; a spawned worker's parent is the job's process itself."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before prctl took effect
+    try:
+        os.kill(job, 0)
+    except ProcessLookupError:  # the job died before prctl took effect
         os._exit(1)
+    except PermissionError:
+        pass  # there, under another user: alive
 
 
 class RemoteEngine:
@@ -347,11 +353,17 @@ class RemoteEngine:
         return results
 
 
-def worker_main(conn: Connection, plan: ShardPlan, stop, parent: int) -> None:
+def worker_main(
+    conn: Connection, plan: ShardPlan, stop, parent: int, place: tuple[str, dict[str, str]]
+) -> None:
     """A worker process: ask for a shard, refine it, report its stats, until told to exit.
     Messages to the main process: ``("next", None)``, ``("refine", (path, layout))``,
     ``("shard", (url, stats))``, ``("stopped", url)``, ``("error", (url, exception, text))``."""
     _die_with_parent(parent)
+    cwd, environ = place  # the job's, now: the fork server keeps those of the first job
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(environ)
     for signum in (signal.SIGINT, signal.SIGTERM):  # the main process decides when to stop
         signal.signal(signum, signal.SIG_IGN)
     cv2.setNumThreads(1)
@@ -488,6 +500,20 @@ def _spawning() -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _start_method():
+    """Workers fork from a fork server that has imported this module once (numpy, OpenCV,
+    libdeflate: about 0.25 CPU-s a process, the bulk of a worker's start-up); where there is
+    no fork server (not POSIX), each is spawned and imports them itself. Never a plain fork of
+    the job's process: it may hold torch, CUDA and threads."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
 def _run_here(tasks, plan, *, engine, fit, stop_signal, on_shard) -> bool:
     """``run_workers`` with no worker: every shard refined in this process, one at a time."""
 
@@ -527,11 +553,10 @@ def run_workers(
     stop_signal: dict[str, int] | None = None,
     on_shard: Callable[[str, dict[str, Any]], None],
 ) -> bool:
-    """Refine ``tasks`` (input URL, output URL) in ``workers`` spawned processes (0: in this
+    """Refine ``tasks`` (input URL, output URL) in ``workers`` processes (0: in this
     one), the engine (unless ``plan.identity``) serving them from this one. ``on_shard(url, stats)`` runs here
     once a shard is in place. Returns False when ``stop_signal["signal"]`` stopped the job
     (every worker dropped its shard and exited); a worker's error is raised here."""
-    import multiprocessing
     from collections import deque
     from multiprocessing.connection import wait
 
@@ -540,7 +565,7 @@ def run_workers(
             tasks, plan, engine=engine, fit=fit, stop_signal=stop_signal, on_shard=on_shard
         )
     clean_stale_buffers()
-    context = multiprocessing.get_context("spawn")
+    context = _start_method()
     stop = context.Event()
     queue = deque(tasks)
     server = None if plan.identity else EngineServer(engine, fit)
@@ -554,7 +579,7 @@ def run_workers(
             ours, theirs = context.Pipe()
             process = context.Process(
                 target=worker_main,
-                args=(theirs, plan, stop, os.getpid()),
+                args=(theirs, plan, stop, os.getpid(), (os.getcwd(), dict(os.environ))),
                 name=f"refine-worker-{i}",
                 daemon=True,
             )

@@ -381,9 +381,15 @@ def missing_components(
 def _finite_numbers(value: Any, count: int | None = None) -> bool:
     if not isinstance(value, list | tuple) or (count is not None and len(value) != count):
         return False
-    return all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
-    )
+    for v in value:  # a loop, not all(<generator>): the job checks every label
+        if type(v) is float:
+            if not math.isfinite(v):
+                return False
+        elif type(v) is not int and (
+            not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v)
+        ):
+            return False
+    return True
 
 
 def is_labeled(sample: Mapping[str, Any]) -> bool:

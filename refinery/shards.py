@@ -686,7 +686,11 @@ def tar_samples(url: str, *, handler: Handler = reraise) -> Iterator[Sample]:
                 )
                 continue
             if current is None or key != current["__key__"]:
-                yield from finish()
+                if current is not None:  # finish(), inline: once per sample
+                    if problem is None:
+                        yield current
+                    else:
+                        handler(problem.with_url(url))
                 current = {"__key__": key, "__url__": url}
                 if key in seen:
                     problem = SampleError(

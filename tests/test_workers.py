@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -217,3 +218,75 @@ def test_shared_buffers_of_dead_workers_are_removed(tmp_path):
     finally:
         stale.unlink(missing_ok=True)
         alive.unlink(missing_ok=True)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process under ``pid`` (its workers, the fork server, theirs), from /proc."""
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            children = (
+                (task / "children").read_text().split() if (task / "children").exists() else []
+            )
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")  # a zombie has ended; its new parent may never reap it
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc")
+def test_a_job_killed_with_9_takes_its_workers_and_fork_server_with_it(tmp_path):
+    """kill -9 of the job's process: its workers (forked from a fork server, whose death
+    signal is the server's exit) end too, and the rerun gives every key exactly once."""
+    samples = (encode_sample(s, "gaze") for s in sim.generate("gaze", "synthetic", 6000, seed=4))
+    urls = write_shards(samples, str(tmp_path / "in" / "g-%03d.tar"), shard_size=300)
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "refinery", "refine", "--engine", "identity", "--domain", "gaze",
+        "--input", *urls, "--output", str(out), "--workers", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.stats.json")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    under = _descendants(job.pid)
+    job.kill()
+    job.wait(timeout=30)
+    assert len(under) >= 3, f"expected two workers and a fork server under the job: {under}"
+    assert 1 <= len(list(out.glob("*.stats.json"))) < len(urls), "the kill must land mid-job"
+    deadline = time.monotonic() + 30
+    while not all(_gone(pid) for pid in under) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(_gone(pid) for pid in under), "a worker outlived the killed job"
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    keys = [s["__key__"] for s in shard_samples(sorted(str(p) for p in out.glob("*.tar")))]
+    assert len(keys) == len(set(keys)) == 6000
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_workers_work_in_the_jobs_directory_and_environment(tmp_path, monkeypatch):
+    """The fork server outlives a job; each job's workers still see that job's working
+    directory (relative paths) and environment, as spawned workers would."""
+    samples = [encode_sample(s, "gaze") for s in sim.generate("gaze", "synthetic", 8, seed=2)]
+    for name in ("first", "second"):
+        place = tmp_path / name
+        place.mkdir()
+        monkeypatch.chdir(place)
+        monkeypatch.setenv("TMPDIR", str(place))
+        write_shards(iter(samples), "in/g-%03d.tar", shard_size=4)
+        config = RefineConfig(engine="identity", domain="gaze", output="out", workers=2)
+        summary = run(config, ["in/g-000.tar", "in/g-001.tar"])
+        assert summary.written == 8
+        assert sorted(p.name for p in (place / "out").glob("*.tar")) == ["g-000.tar", "g-001.tar"]
