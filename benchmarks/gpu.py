@@ -762,7 +762,7 @@ STEPS: dict[str, Callable[[dict], dict[str, Any]]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
     parser.add_argument(
@@ -780,23 +780,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--budget", type=float, default=450, help="seconds; later steps skip")
     parser.add_argument("--quick", action="store_true", help="smallest sizes (tests)")
-    args = parser.parse_args(argv)
-    began = time.perf_counter()
-    wheels = install_wheels()
+    return parser
 
-    import torch
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("gpu-check: no CUDA device here; run with --device cpu to check the script")
-        return 2
-    kind = "cuda" if device.type == "cuda" else "cpu"
-    out = Path(
-        args.out
-        or (ROOT / "benchmarks" / "results" if kind == "cuda" else ROOT / "out" / "gpu-check-cpu")
-    )
+def _sizes(kind: str, quick: bool) -> dict[str, Any]:
+    """The sizes of ``kind`` (cuda or cpu); with ``quick``, the smallest that still run every
+    step (tests)."""
     sizes = dict(SIZES[kind])
-    if args.quick:
+    if quick:
         sizes.update(
             {
                 "gaze-refiner": (35, 55, 8),
@@ -825,6 +816,26 @@ def main(argv: list[str] | None = None) -> int:
                 "evaluate": {"size": [64, 64], "frames": [8, 16]},
             }
         )
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    began = time.perf_counter()
+    wheels = install_wheels()
+
+    import torch
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("gpu-check: no CUDA device here; run with --device cpu to check the script")
+        return 2
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    out = Path(
+        args.out
+        or (ROOT / "benchmarks" / "results" if kind == "cuda" else ROOT / "out" / "gpu-check-cpu")
+    )
+    sizes = _sizes(kind, args.quick)
     ctx: dict[str, Any] = {
         "device": device,
         "sizes": sizes,
@@ -845,36 +856,8 @@ def main(argv: list[str] | None = None) -> int:
     from refinery.records import write_record
 
     path = out / "gpu-check.json"
-    order = args.steps or list(STEPS)
-    if "environment" in order:  # the matrix peak it measures is what the engines are shared by
-        order = ["environment", *(n for n in order if n != "environment")]
     try:
-        for name in [*order, *(n for n in STEPS if n not in order)]:
-            step = STEPS[name]
-            if name in args.skip or name not in order:
-                reason = "--skip" if name in args.skip else "not in --steps"
-                figures["steps"][name] = {"status": "not run", "reason": reason}
-                continue
-            if time.perf_counter() - began > args.budget:
-                figures["steps"][name] = {"status": "not run", "reason": "time budget spent"}
-                ctx["not_run"].append(f"{name}: the time budget ({args.budget:.0f} s) was spent")
-                continue
-            start = time.perf_counter()
-            print(f"gpu-check: {name} ...", flush=True)
-            try:
-                result = step(ctx)
-                result.setdefault("status", "passed")
-            except Exception as exc:
-                result = {
-                    "status": "failed",
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "traceback": traceback.format_exc()[-4000:],
-                }
-            result["seconds"] = time.perf_counter() - start
-            figures["steps"][name] = result
-            print(f"gpu-check: {name} {result['status']} in {result['seconds']:.0f} s", flush=True)
-            figures["seconds"] = time.perf_counter() - began
-            write_record(path, "gpu-check", figures, settings)
+        _run_steps(args, ctx, figures, settings, path, began)
     finally:
         shutil.rmtree(ctx["work"], ignore_errors=True)
     figures["seconds"] = time.perf_counter() - began
@@ -885,6 +868,49 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {path}")
     failed = [k for k, v in figures["steps"].items() if v["status"] == "failed"]
     return 1 if failed else 0
+
+
+def _run_steps(
+    args: argparse.Namespace,
+    ctx: dict[str, Any],
+    figures: dict[str, Any],
+    settings: dict[str, Any],
+    path: Path,
+    began: float,
+) -> None:
+    """Each step in order (environment first), or recorded as not run with the reason; the
+    record is rewritten after every step, so a run cut short keeps what it measured."""
+    from refinery.records import write_record
+
+    order = args.steps or list(STEPS)
+    if "environment" in order:  # the matrix peak it measures is what the engines are shared by
+        order = ["environment", *(n for n in order if n != "environment")]
+    for name in [*order, *(n for n in STEPS if n not in order)]:
+        step = STEPS[name]
+        if name in args.skip or name not in order:
+            reason = "--skip" if name in args.skip else "not in --steps"
+            figures["steps"][name] = {"status": "not run", "reason": reason}
+            continue
+        if time.perf_counter() - began > args.budget:
+            figures["steps"][name] = {"status": "not run", "reason": "time budget spent"}
+            ctx["not_run"].append(f"{name}: the time budget ({args.budget:.0f} s) was spent")
+            continue
+        start = time.perf_counter()
+        print(f"gpu-check: {name} ...", flush=True)
+        try:
+            result = step(ctx)
+            result.setdefault("status", "passed")
+        except Exception as exc:
+            result = {
+                "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()[-4000:],
+            }
+        result["seconds"] = time.perf_counter() - start
+        figures["steps"][name] = result
+        print(f"gpu-check: {name} {result['status']} in {result['seconds']:.0f} s", flush=True)
+        figures["seconds"] = time.perf_counter() - began
+        write_record(path, "gpu-check", figures, settings)
 
 
 if __name__ == "__main__":

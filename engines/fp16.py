@@ -91,6 +91,23 @@ def to_fp16(model: onnx.ModelProto, *, keep_fp32: frozenset[str] = KEEP_FP32) ->
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
     graph = model.graph
+    _refuse_subgraphs(graph)
+    _constants_to_initializers(graph)
+    types = _types(model)
+    initializers = {t.name: t for t in graph.initializer}
+    rename, head, tail = _boundary_casts(graph, initializers, types)
+    wants32, wants16 = _halve_initializers(graph, initializers, keep_fp32)
+    body = _rewrite_nodes(graph, initializers, rename, wants32, wants16, types, keep_fp32)
+    del graph.node[:]
+    graph.node.extend([*head, *body, *tail])
+    del graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _refuse_subgraphs(graph: onnx.GraphProto) -> None:
+    """A node with a subgraph (If, Loop, Scan) is not converted: fail on it."""
     for node in graph.node:
         if any(
             a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
@@ -99,19 +116,23 @@ def to_fp16(model: onnx.ModelProto, *, keep_fp32: frozenset[str] = KEEP_FP32) ->
             raise ValueError(
                 f"to_fp16: node {node.name or node.op_type} has a subgraph; unsupported"
             )
-    _constants_to_initializers(graph)
-    types = _types(model)
 
-    def is_float(name: str) -> bool:
-        if name not in types:
-            raise ValueError(f"to_fp16: no type known for tensor {name!r}; run shape inference")
-        return types[name] == FLOAT
 
-    initializers = {t.name: t for t in graph.initializer}
+def _is_float(types: dict[str, int], name: str) -> bool:
+    if name not in types:
+        raise ValueError(f"to_fp16: no type known for tensor {name!r}; run shape inference")
+    return types[name] == FLOAT
+
+
+def _boundary_casts(
+    graph: onnx.GraphProto, initializers: dict[str, onnx.TensorProto], types: dict[str, int]
+) -> tuple[dict[str, str], list[onnx.NodeProto], list[onnx.NodeProto]]:
+    """The graph keeps FP32 inputs and outputs: a Cast to FP16 after each float input and a
+    Cast back before each float output; the renames that route the body through them."""
     rename: dict[str, str] = {}
     head: list[onnx.NodeProto] = []
     for value in graph.input:
-        if value.name not in initializers and is_float(value.name):
+        if value.name not in initializers and _is_float(types, value.name):
             rename[value.name] = f"{value.name}__fp16"
             head.append(
                 helper.make_node(
@@ -124,7 +145,7 @@ def to_fp16(model: onnx.ModelProto, *, keep_fp32: frozenset[str] = KEEP_FP32) ->
             )
     tail: list[onnx.NodeProto] = []
     for value in graph.output:
-        if is_float(value.name):
+        if _is_float(types, value.name):
             rename[value.name] = f"{value.name}__fp16"
             tail.append(
                 helper.make_node(
@@ -135,7 +156,14 @@ def to_fp16(model: onnx.ModelProto, *, keep_fp32: frozenset[str] = KEEP_FP32) ->
                     name=f"{value.name}__to_fp32",
                 )
             )
+    return rename, head, tail
 
+
+def _halve_initializers(
+    graph: onnx.GraphProto, initializers: dict[str, onnx.TensorProto], keep_fp32: frozenset[str]
+) -> tuple[dict[str, bool], dict[str, bool]]:
+    """Float initializers to FP16 where a consumer wants FP16; one wanted in both precisions
+    keeps its FP32 tensor and gains an FP16 copy named ``<name>__fp16``."""
     # which precision each consumer of a float initializer wants
     wants32: dict[str, bool] = defaultdict(bool)
     wants16: dict[str, bool] = defaultdict(bool)
@@ -155,7 +183,20 @@ def to_fp16(model: onnx.ModelProto, *, keep_fp32: frozenset[str] = KEEP_FP32) ->
             graph.initializer.append(half)
         else:
             tensor.CopyFrom(half)
+    return wants32, wants16
 
+
+def _rewrite_nodes(
+    graph: onnx.GraphProto,
+    initializers: dict[str, onnx.TensorProto],
+    rename: dict[str, str],
+    wants32: dict[str, bool],
+    wants16: dict[str, bool],
+    types: dict[str, int],
+    keep_fp32: frozenset[str],
+) -> list[onnx.NodeProto]:
+    """The body in FP16: each node rewired to its inputs' FP16 names, with Casts around the
+    ops (and inputs) kept in FP32, and float Cast targets and constants made FP16."""
     body: list[onnx.NodeProto] = []
     for index, node in enumerate(graph.node):
         tag = node.name or f"{node.op_type}_{index}"
@@ -170,7 +211,7 @@ def to_fp16(model: onnx.ModelProto, *, keep_fp32: frozenset[str] = KEEP_FP32) ->
                 continue
             source = rename.get(name, name)
             node.input[position] = source
-            if wants_fp32 and is_float(name):
+            if wants_fp32 and _is_float(types, name):
                 cast = f"{source}__to_fp32__{tag}"
                 body.append(
                     helper.make_node(
@@ -182,7 +223,7 @@ def to_fp16(model: onnx.ModelProto, *, keep_fp32: frozenset[str] = KEEP_FP32) ->
         for position, name in enumerate(node.output):
             target = rename.get(name, name)
             node.output[position] = target
-            if fp32_node and name and is_float(name):
+            if fp32_node and name and _is_float(types, name):
                 node.output[position] = f"{target}__fp32"
                 after.append(
                     helper.make_node(
@@ -193,25 +234,24 @@ def to_fp16(model: onnx.ModelProto, *, keep_fp32: frozenset[str] = KEEP_FP32) ->
                         name=f"{tag}__out{position}",
                     )
                 )
-        if node.op_type == "Cast":
-            for attr in node.attribute:
-                if attr.name == "to" and attr.i == FLOAT:
-                    attr.i = FLOAT16
-        if node.op_type in ("ConstantOfShape",) and node.attribute:
-            tensor = node.attribute[0].t
-            if tensor.data_type == FLOAT:
-                node.attribute[0].t.CopyFrom(
-                    numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16))
-                )
+        _halve_attributes(node)
         body.append(node)
         body.extend(after)
+    return body
 
-    del graph.node[:]
-    graph.node.extend([*head, *body, *tail])
-    del graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+
+def _halve_attributes(node: onnx.NodeProto) -> None:
+    """A Cast to FLOAT now casts to FLOAT16; a ConstantOfShape's FLOAT value becomes FLOAT16."""
+    if node.op_type == "Cast":
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == FLOAT:
+                attr.i = FLOAT16
+    if node.op_type in ("ConstantOfShape",) and node.attribute:
+        tensor = node.attribute[0].t
+        if tensor.data_type == FLOAT:
+            node.attribute[0].t.CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16))
+            )
 
 
 def convert_file(source: str, target: str) -> onnx.ModelProto:

@@ -381,116 +381,37 @@ def _build(
     tmp.mkdir(parents=True)
     rejects: list[dict[str, Any]] = []
     shard_of: list[int] = []
-
-    def raw() -> Iterator[tuple[int, dict]]:
-        index = 0
-        for s, shard in enumerate(described):
-            shard["start"] = index
-
-            def tar_reject(error: SampleError, s: int = s) -> None:
-                rejects.append({**error.as_record(), "index": -1, "shard": s})
-
-            for sample in tar_samples(shard["url"], handler=tar_reject):
-                shard_of.append(s)
-                yield index, sample
-                index += 1
-            shard["count"] = index - shard["start"]
-
     work = functools.partial(decode_draws, domain=domain, labels=labels)  # picklable
-    keys: list[str] = []
-    components: set[str] = set()
-    label_list: list[Any] = []
-    valid: list[bool] = []
-    labeled: list[bool] = []
-    image: _Writer | None = None
-    shape: tuple[int, ...] | None = None
-    extras: dict[str, _Writer] = {}
-    present: dict[str, list[bool]] = {name: [] for name in EXTRAS}
-    component = image_key
-    decoded = (decode or _inline)(_chunks(raw(), CHUNK), work)
-    for chunk in decoded:
+    columns = _Columns(tmp, component=image_key)
+    raw = _raw_samples(described, rejects, shard_of)
+    for chunk in (decode or _inline)(_chunks(raw, CHUNK), work):
         for index, sample in chunk:
-            array = None
-            if not isinstance(sample, SampleError):
-                name = image_key or image_component(sample, domain)
-                if name not in sample:
-                    sample = SampleError(
-                        MALFORMED, f"no component {name!r}", key=sample["__key__"],
-                        url=sample.get("__url__"),
-                    )  # fmt: skip
-                else:
-                    array = sample[name]
-                    component = component or name
-                    if shape is None:
-                        if array.nbytes > SMALL_IMAGE_BYTES:
-                            raise NotCacheable(
-                                f"images of {array.shape} are not small (> {SMALL_IMAGE_BYTES} "
-                                "bytes): streamed, not cached"
-                            )
-                        shape = array.shape
-                        image = _Writer(tmp / "image.bin", array.dtype, shape)
-                    elif array.shape != shape or array.dtype != image.dtype:
-                        sample = SampleError(
-                            MALFORMED,
-                            f"image {array.shape} {array.dtype} differs from the set's first "
-                            f"{shape} {image.dtype}: one cache holds one size",
-                            key=sample["__key__"], component=name, url=sample.get("__url__"),
-                        )  # fmt: skip
-                        array = None
+            sample, array = columns.image_of(sample, domain, image_key)
             if isinstance(sample, SampleError):
                 rejects.append({**sample.as_record(), "index": index, "shard": shard_of[index]})
-                keys.append(sample.key or "")
-                label_list.append(None)
-                valid.append(False)
-                labeled.append(False)
-                for name in EXTRAS:
-                    present[name].append(False)
-                if image is not None:
-                    image.put(index, None)
-                continue
-            components.update(k for k in sample if not k.startswith("__"))
-            keys.append(sample["__key__"])
-            label_list.append(sample.get("json"))
-            valid.append(True)
-            labeled.append(is_labeled(sample))
-            image.put(index, array)
-            for name, stem in EXTRAS.items():
-                extra = sample.get(name) if name != component else None  # hand: the image
-                ok = isinstance(extra, np.ndarray) and extra.shape[:2] == shape[:2]
-                present[name].append(ok)
-                if ok:
-                    if name not in extras:
-                        extras[name] = _Writer(tmp / f"{stem}.bin", extra.dtype, shape[:2])
-                    extras[name].put(index, extra)
-    total = len(valid)
-    if image is None:
+                columns.reject(index, sample)
+            else:
+                columns.add(index, sample, array)
+    if columns.image is None:
         raise ValueError(
             f"no usable {domain} samples in {len(described)} shards "
             f"({described[0]['url']}...): {len(rejects)} rejected"
             + (f", first: {rejects[0]['key']!r}: {rejects[0]['detail']}" if rejects else "")
         )
-    image.close(total)
-    for writer in extras.values():
-        writer.close(total)
-    np.save(tmp / "valid.npy", np.array(valid, bool))
-    np.save(tmp / "labeled.npy", np.array(labeled, bool))
-    for name in extras:
-        np.save(tmp / f"{EXTRAS[name]}.present.npy", np.array(present[name], bool))
-    (tmp / "keys.json").write_text(json.dumps(keys))
-    (tmp / "labels.json").write_text(json.dumps(label_list))
+    columns.save()
     meta = {
         "format": FORMAT,
         "key": key,
         "domain": domain,
         "labels": labels,
-        "image_component": component,
-        "components": sorted(components),
-        "samples": total,
-        "shape": list(shape),
-        "dtype": image.dtype.str,
+        "image_component": columns.component,
+        "components": sorted(columns.components),
+        "samples": len(columns.valid),
+        "shape": list(columns.shape),
+        "dtype": columns.image.dtype.str,
         "extras": {
-            EXTRAS[n]: {"dtype": w.dtype.str, "samples": int(sum(present[n]))}
-            for n, w in extras.items()
+            EXTRAS[n]: {"dtype": w.dtype.str, "samples": int(sum(columns.present[n]))}
+            for n, w in columns.extras.items()
         },
         "shards": described,
         "rejects": rejects,
@@ -498,6 +419,121 @@ def _build(
     }
     meta["bytes"] = sum(p.stat().st_size for p in tmp.iterdir())
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # last: marks it complete
+
+
+def _raw_samples(
+    described: list[dict[str, Any]], rejects: list[dict[str, Any]], shard_of: list[int]
+) -> Iterator[tuple[int, dict]]:
+    """Every tar sample of the shards in order with its index; notes each shard's first index
+    and count in ``described``, each sample's shard in ``shard_of`` and each unreadable tar
+    member in ``rejects``."""
+    index = 0
+    for s, shard in enumerate(described):
+        shard["start"] = index
+
+        def tar_reject(error: SampleError, s: int = s) -> None:
+            rejects.append({**error.as_record(), "index": -1, "shard": s})
+
+        for sample in tar_samples(shard["url"], handler=tar_reject):
+            shard_of.append(s)
+            yield index, sample
+            index += 1
+        shard["count"] = index - shard["start"]
+
+
+class _Columns:
+    """The cache's per-sample columns as ``_build`` fills them in sample order: key, label,
+    valid, labeled, the image (the set's first image fixes shape and dtype) and the extras."""
+
+    def __init__(self, tmp: Path, component: str | None):
+        self.tmp = tmp
+        self.keys: list[str] = []
+        self.components: set[str] = set()
+        self.labels: list[Any] = []
+        self.valid: list[bool] = []
+        self.labeled: list[bool] = []
+        self.image: _Writer | None = None
+        self.shape: tuple[int, ...] | None = None
+        self.extras: dict[str, _Writer] = {}
+        self.present: dict[str, list[bool]] = {name: [] for name in EXTRAS}
+        self.component = component
+
+    def image_of(
+        self, sample: dict | SampleError, domain: str, image_key: str | None
+    ) -> tuple[dict | SampleError, np.ndarray | None]:
+        """The sample and its image; a SampleError instead of the sample when it has no image
+        or one of another size than the set's first (NotCacheable if that one is not small)."""
+        if isinstance(sample, SampleError):
+            return sample, None
+        name = image_key or image_component(sample, domain)
+        if name not in sample:
+            error = SampleError(
+                MALFORMED, f"no component {name!r}", key=sample["__key__"],
+                url=sample.get("__url__"),
+            )  # fmt: skip
+            return error, None
+        array = sample[name]
+        self.component = self.component or name
+        if self.shape is None:
+            if array.nbytes > SMALL_IMAGE_BYTES:
+                raise NotCacheable(
+                    f"images of {array.shape} are not small (> {SMALL_IMAGE_BYTES} "
+                    "bytes): streamed, not cached"
+                )
+            self.shape = array.shape
+            self.image = _Writer(self.tmp / "image.bin", array.dtype, self.shape)
+        elif array.shape != self.shape or array.dtype != self.image.dtype:
+            error = SampleError(
+                MALFORMED,
+                f"image {array.shape} {array.dtype} differs from the set's first "
+                f"{self.shape} {self.image.dtype}: one cache holds one size",
+                key=sample["__key__"], component=name, url=sample.get("__url__"),
+            )  # fmt: skip
+            return error, None
+        return sample, array
+
+    def reject(self, index: int, error: SampleError) -> None:
+        """A rejected sample keeps its place: its key, no label, zeros for its arrays."""
+        self.keys.append(error.key or "")
+        self.labels.append(None)
+        self.valid.append(False)
+        self.labeled.append(False)
+        for name in EXTRAS:
+            self.present[name].append(False)
+        if self.image is not None:
+            self.image.put(index, None)
+
+    def add(self, index: int, sample: dict, array: np.ndarray) -> None:
+        """A valid sample: its key, label, image and the extras of the image's height and width."""
+        self.components.update(k for k in sample if not k.startswith("__"))
+        self.keys.append(sample["__key__"])
+        self.labels.append(sample.get("json"))
+        self.valid.append(True)
+        self.labeled.append(is_labeled(sample))
+        self.image.put(index, array)
+        for name, stem in EXTRAS.items():
+            extra = sample.get(name) if name != self.component else None  # hand: the image
+            ok = isinstance(extra, np.ndarray) and extra.shape[:2] == self.shape[:2]
+            self.present[name].append(ok)
+            if ok:
+                if name not in self.extras:
+                    self.extras[name] = _Writer(
+                        self.tmp / f"{stem}.bin", extra.dtype, self.shape[:2]
+                    )
+                self.extras[name].put(index, extra)
+
+    def save(self) -> None:
+        """Pads and closes the raw files; writes the flags, keys and labels beside them."""
+        total = len(self.valid)
+        self.image.close(total)
+        for writer in self.extras.values():
+            writer.close(total)
+        np.save(self.tmp / "valid.npy", np.array(self.valid, bool))
+        np.save(self.tmp / "labeled.npy", np.array(self.labeled, bool))
+        for name in self.extras:
+            np.save(self.tmp / f"{EXTRAS[name]}.present.npy", np.array(self.present[name], bool))
+        (self.tmp / "keys.json").write_text(json.dumps(self.keys))
+        (self.tmp / "labels.json").write_text(json.dumps(self.labels))
 
 
 def read_cached(

@@ -82,6 +82,7 @@ from refinery.shards import read
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT.parent / "shared" / "fixtures" / "real" / "mpiigaze_unlabeled"
+DEFAULT_SEEDS = " ".join(map(str, SEEDS))  # --seeds' default, as its help and error print it
 
 
 SYNTHETIC = 2000  # procedural eyes to train on and refine
@@ -313,7 +314,7 @@ def _selection_figures(runs: list[dict]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=STEPS, help="adversarial iterations")
     parser.add_argument(
@@ -361,13 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         "and every refiner charged MU times the change in its reading (recipe keys "
         "task_reg_weight, task_reg_network; needs --tag)",
     )
-    default_seeds = " ".join(map(str, SEEDS))
     parser.add_argument(
         "--seeds",
         type=int,
         nargs="+",
         metavar="S",
-        help=f"one GAN per seed (default: {default_seeds}; others need --tag)",
+        help=f"one GAN per seed (default: {DEFAULT_SEEDS}; others need --tag)",
     )
     parser.add_argument(
         "--holdout",
@@ -389,7 +389,12 @@ def main(argv: list[str] | None = None) -> int:
         "e.g. real-eyes, which trains its own frozen gaze network per GAN",
     )
     parser.add_argument("--tag", help="names the variant: records real_gaze_TAG.json")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict, dict]:
+    """Refuse a bad command line before minutes of work; the recipe overrides and the
+    simulator options it asks for."""
     # a variant of the recipe, its budget, its eyes or its instrument records under its own name
     variant = (
         bool(args.set or args.synth_option or args.hold_gaze)
@@ -404,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"--set KEY=VALUE, --synth-option KEY=NUMBER, --hold-gaze, --steps other than "
             f"{STEPS}, --synthetic other than {SYNTHETIC}, --robust-epochs, --seeds other than "
-            f"{default_seeds}, --holdout or --preset other than small make a variant, which --tag "
+            f"{DEFAULT_SEEDS}, --holdout or --preset other than small make a variant, which --tag "
             "NAME names (and --tag needs one)"
         )
     if args.seeds is not None and (len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0):
@@ -418,6 +423,13 @@ def main(argv: list[str] | None = None) -> int:
         options = domain_options("gaze", args.synth_option)
     except UsageError as exc:
         parser.error(str(exc).replace("--option", "--synth-option"))
+    return overrides, options
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    overrides, options = _check(parser, args)
     name = "real_gaze" if args.padding == "reflect" else f"real_gaze_{args.padding}"
     if args.tag:
         name = f"real_gaze_{args.tag}"
@@ -431,6 +443,48 @@ def main(argv: list[str] | None = None) -> int:
     real, synthetic = work / "real", work / "synthetic"
     # --holdout: the GANs' half in `real`, evaluate's in `real-test`; else both read `real`
     real_test = work / "real-test" if args.holdout else real
+    validation = work / "synthetic-validation"
+    ingested = _ingest(args, work, real, real_test)
+    real_halves = _draw_eyes(args, count, synthetic, validation, real, real_test)
+    hold, holder = _hold_network(args, work, synthetic)
+    # One GAN per seed, each refining the same synthetic eyes and scored by evaluate with that
+    # seed; the contact sheet is the first run's.
+    seeds = args.seeds or ([0] if args.quick else list(SEEDS))
+    runs = [
+        _gan_run(
+            args,
+            work,
+            seed,
+            steps=steps,
+            overrides=overrides,
+            holder=holder,
+            synthetic=synthetic,
+            real=real,
+            real_test=real_test,
+            validation=validation,
+            real_halves=real_halves,
+        )
+        for seed in seeds
+    ]
+    sheet = work / "contact-sheet.png"
+    first = work / f"refined-s{seeds[0]}"
+    _refinery("inspect", str(synthetic), str(first), str(real), "--sheet", str(sheet))
+    figures = _figures(
+        args, runs, seeds=seeds, steps=steps, count=count, ingested=ingested, options=options,
+        overrides=overrides, work=work, synthetic=synthetic, real=real, real_test=real_test,
+    )  # fmt: skip
+    settings = _settings(
+        args, runs[0]["report"], figures, steps=steps, count=count, sheet=sheet,
+        overrides=overrides, options=options, hold=hold,
+    )  # fmt: skip
+    write_result(name, figures, settings, results=args.results)
+    print(json.dumps(figures, indent=1))
+    return 0
+
+
+def _ingest(args: argparse.Namespace, work: Path, real: Path, real_test: Path) -> dict:
+    """The real crops through ``ingest images`` (with ``--holdout``, each half on its own):
+    files, samples written, rejected, seconds."""
     sources = split_fixture(args.fixture, work) if args.holdout else {"train": args.fixture}
     ingest_seconds, ingested = 0.0, {"items": 0, "samples_written": 0, "rejected": 0}
     for part, out in (("train", real), ("test", real_test)):
@@ -443,122 +497,161 @@ def main(argv: list[str] | None = None) -> int:
             ingested["items"] += done["items"]
             ingested["samples_written"] += done["samples_written"]
             ingested["rejected"] += done["items_rejected"] + done["samples_rejected"]
+    return {
+        "files": ingested["items"],
+        "written": ingested["samples_written"],
+        "rejected": ingested["rejected"],
+        "seconds": round(ingest_seconds, 2),
+    }
+
+
+def _draw_eyes(
+    args: argparse.Namespace,
+    count: int,
+    synthetic: Path,
+    validation: Path,
+    real: Path,
+    real_test: Path,
+) -> dict | None:
+    """The procedural eyes (``synth``); with ``--select-every`` also the fresh validation eyes
+    and the two halves of the real crops that the choice of checkpoint reads."""
     _refinery(
         "synth", "gaze", "--variant", "synthetic", "--n", str(count), "--seed", "1",
         "--shard-size", "500", "--out", str(synthetic),
         *(f"--option={item}" for item in args.synth_option),
     )  # fmt: skip
-    validation = work / "synthetic-validation"
-    if args.select_every:  # fresh eyes of the same kind, which the choice of checkpoint reads
-        _refinery(
-            "synth", "gaze", "--variant", "synthetic", "--n", str(count // 2),
-            "--seed", str(VALIDATION_SEED), "--shard-size", "500", "--out", str(validation),
-            *(f"--option={item}" for item in args.synth_option),
-        )  # fmt: skip
-        from train.evaluation.realism import images
+    if not args.select_every:
+        return None
+    # fresh eyes of the same kind, which the choice of checkpoint reads
+    _refinery(
+        "synth", "gaze", "--variant", "synthetic", "--n", str(count // 2),
+        "--seed", str(VALIDATION_SEED), "--shard-size", "500", "--out", str(validation),
+        *(f"--option={item}" for item in args.synth_option),
+    )  # fmt: skip
+    from train.evaluation.realism import images
 
-        real_halves = {
-            "train": images(str(real), "gaze", size=EYE_SIZE),
-            "test": images(str(real_test), "gaze", size=EYE_SIZE),
-        }
-    hold: dict = {}
-    if args.hold_gaze:  # one frozen network for every GAN, apart from evaluate's drift networks
-        holder = work / "gaze-hold"
-        epochs = 1 if args.quick else HOLD_EPOCHS
-        seconds = _refinery(
-            "train-task", "gaze", "--appearance", "--train", str(synthetic),
-            "--eval", str(synthetic), "--epochs", str(epochs), "--seed", str(HOLD_SEED),
-            "--out", str(holder),
-        )  # fmt: skip
-        metrics = json.loads((holder / "metrics.json").read_text())
-        hold = {
-            "task_reg_weight": args.hold_gaze,
-            "network": f"refinery train-task gaze --appearance --epochs {epochs} --seed "
-            f"{HOLD_SEED}, trained and evaluated on the synthetic eyes",
-            "seconds": seconds,
-            "error_on_synthetic_deg": metrics["mean_angular_error_deg"],
-        }
-    # One GAN per seed, each refining the same synthetic eyes and scored by evaluate with that
-    # seed; the contact sheet is the first run's.
-    seeds = args.seeds or ([0] if args.quick else list(SEEDS))
-    runs = []
-    for seed in seeds:
-        tag = f"s{seed}"
-        run, engine = work / f"run-{tag}", work / f"engine-{tag}"
-        refined, report_dir = work / f"refined-{tag}", work / f"report-{tag}"
-        recipe = work / f"config-{tag}.yaml"
-        # --quick: the same commands with a few small steps, to test this script
-        quick = QUICK_RECIPE if args.quick else ""
-        if args.select_every:
-            quick = "".join(
-                line for line in quick.splitlines(True) if not line.startswith("checkpoint_every")
-            )
-        recipe.write_text(
-            f"seed: {seed}\nrefiner_padding: {args.padding}\n"
-            + "".join(f"{key}: {value}\n" for key, value in overrides.items())
-            + (f"task_reg_weight: {args.hold_gaze}\ntask_reg_network: {holder}\n" if hold else "")
-            + (f"checkpoint_every: {args.select_every}\n" if args.select_every else "")
-            + quick
-        )
-        took = {}
-        took["train"] = _refinery(
-            "train", "simgan", "--preset", args.preset, "--steps", str(steps),
-            "--config", str(recipe), "--synthetic", str(synthetic), "--real", str(real),
-            "--out", str(run),
-        )  # fmt: skip
-        chosen: dict = {}
-        if args.select_every:
-            began = time.perf_counter()
-            chosen = select_checkpoint(
-                run, work / f"select-{tag}", seed=seed, validation=validation,
-                synthetic=synthetic, real_train=real_halves["train"],
-                real_test=real_halves["test"],
-            )  # fmt: skip
-            took["select"] = time.perf_counter() - began
-        took["export"] = _refinery(
-            "export", str(run), "--out", str(engine),
-            *(["--checkpoint", chosen["chosen"]] if chosen else []),
-        )  # fmt: skip
-        took["refine"] = _refinery(
-            "refine", "--engine", str(engine), "--input", str(synthetic), "--output", str(refined)
-        )
-        # the real crops have no labels: evaluate reports realism and label drift only
-        took["evaluate"] = _refinery(
-            "evaluate", "gaze", "--synthetic", str(synthetic), "--refined", str(refined),
-            "--real-test", str(real_test), "--out", str(report_dir), "--seeds", str(seed),
-            *(["--epochs", "1"] if args.quick else []),
-            *(["--robust-epochs", str(args.robust_epochs)] if args.robust_epochs else []),
-        )  # fmt: skip
-        runs.append(
-            {
-                "seed": seed,
-                "seconds": took,
-                "report": json.loads((report_dir / "report.json").read_text()),
-                "stats": [json.loads(p.read_text()) for p in sorted(refined.glob("*.stats.json"))],
-                "pixels": _pixels(str(refined)),
-                "selection": chosen,
-                "last": _last_scalars(
-                    run,
-                    ("discriminator/accuracy_real", "discriminator/accuracy_refined")
-                    + (("refiner/task_reg",) if hold or args.preset != "small" else ()),
-                ),
-            }
-        )
-    sheet = work / "contact-sheet.png"
-    first = work / f"refined-s{seeds[0]}"
-    _refinery("inspect", str(synthetic), str(first), str(real), "--sheet", str(sheet))
+    return {
+        "train": images(str(real), "gaze", size=EYE_SIZE),
+        "test": images(str(real_test), "gaze", size=EYE_SIZE),
+    }
 
-    from benchmarks.experiments.evaluate import drift_over_runs, realism_over_runs
+
+def _hold_network(
+    args: argparse.Namespace, work: Path, synthetic: Path
+) -> tuple[dict, Path | None]:
+    """``--hold-gaze``: one frozen gaze network for every GAN, apart from evaluate's drift
+    networks, trained on the synthetic eyes; its record entry and its folder ({}, None without)."""
+    if not args.hold_gaze:
+        return {}, None
+    holder = work / "gaze-hold"
+    epochs = 1 if args.quick else HOLD_EPOCHS
+    seconds = _refinery(
+        "train-task", "gaze", "--appearance", "--train", str(synthetic),
+        "--eval", str(synthetic), "--epochs", str(epochs), "--seed", str(HOLD_SEED),
+        "--out", str(holder),
+    )  # fmt: skip
+    metrics = json.loads((holder / "metrics.json").read_text())
+    hold = {
+        "task_reg_weight": args.hold_gaze,
+        "network": f"refinery train-task gaze --appearance --epochs {epochs} --seed "
+        f"{HOLD_SEED}, trained and evaluated on the synthetic eyes",
+        "seconds": seconds,
+        "error_on_synthetic_deg": metrics["mean_angular_error_deg"],
+    }
+    return hold, holder
+
+
+def _recipe(
+    args: argparse.Namespace, path: Path, seed: int, overrides: dict, holder: Path | None
+) -> None:
+    """The GAN's recipe overrides: its seed, padding, --set keys, the frozen gaze network,
+    the checkpoint interval and, with --quick, a few small steps."""
+    # --quick: the same commands with a few small steps, to test this script
+    quick = QUICK_RECIPE if args.quick else ""
+    if args.select_every:
+        quick = "".join(
+            line for line in quick.splitlines(True) if not line.startswith("checkpoint_every")
+        )
+    path.write_text(
+        f"seed: {seed}\nrefiner_padding: {args.padding}\n"
+        + "".join(f"{key}: {value}\n" for key, value in overrides.items())
+        + (f"task_reg_weight: {args.hold_gaze}\ntask_reg_network: {holder}\n" if holder else "")
+        + (f"checkpoint_every: {args.select_every}\n" if args.select_every else "")
+        + quick
+    )
+
+
+def _gan_run(
+    args: argparse.Namespace,
+    work: Path,
+    seed: int,
+    *,
+    steps: int,
+    overrides: dict,
+    holder: Path | None,
+    synthetic: Path,
+    real: Path,
+    real_test: Path,
+    validation: Path,
+    real_halves: dict | None,
+) -> dict:
+    """One GAN: train, (choose a checkpoint,) export, refine the synthetic eyes and evaluate
+    them with the GAN's seed; the seconds of each, evaluate's report, refine's stats, the
+    refined pixels and the discriminator's last accuracies."""
+    tag = f"s{seed}"
+    run, engine = work / f"run-{tag}", work / f"engine-{tag}"
+    refined, report_dir = work / f"refined-{tag}", work / f"report-{tag}"
+    recipe = work / f"config-{tag}.yaml"
+    _recipe(args, recipe, seed, overrides, holder)
+    took = {}
+    took["train"] = _refinery(
+        "train", "simgan", "--preset", args.preset, "--steps", str(steps),
+        "--config", str(recipe), "--synthetic", str(synthetic), "--real", str(real),
+        "--out", str(run),
+    )  # fmt: skip
+    chosen: dict = {}
+    if args.select_every:
+        began = time.perf_counter()
+        chosen = select_checkpoint(
+            run, work / f"select-{tag}", seed=seed, validation=validation,
+            synthetic=synthetic, real_train=real_halves["train"],
+            real_test=real_halves["test"],
+        )  # fmt: skip
+        took["select"] = time.perf_counter() - began
+    took["export"] = _refinery(
+        "export", str(run), "--out", str(engine),
+        *(["--checkpoint", chosen["chosen"]] if chosen else []),
+    )  # fmt: skip
+    took["refine"] = _refinery(
+        "refine", "--engine", str(engine), "--input", str(synthetic), "--output", str(refined)
+    )
+    # the real crops have no labels: evaluate reports realism and label drift only
+    took["evaluate"] = _refinery(
+        "evaluate", "gaze", "--synthetic", str(synthetic), "--refined", str(refined),
+        "--real-test", str(real_test), "--out", str(report_dir), "--seeds", str(seed),
+        *(["--epochs", "1"] if args.quick else []),
+        *(["--robust-epochs", str(args.robust_epochs)] if args.robust_epochs else []),
+    )  # fmt: skip
+    return {
+        "seed": seed,
+        "seconds": took,
+        "report": json.loads((report_dir / "report.json").read_text()),
+        "stats": [json.loads(p.read_text()) for p in sorted(refined.glob("*.stats.json"))],
+        "pixels": _pixels(str(refined)),
+        "selection": chosen,
+        "last": _last_scalars(
+            run,
+            ("discriminator/accuracy_real", "discriminator/accuracy_refined")
+            + (("refiner/task_reg",) if holder or args.preset != "small" else ()),
+        ),
+    }
+
+
+def _tone(pixels: dict[str, np.ndarray], runs: list[dict]) -> tuple[dict, dict, dict]:
+    """The crude look at tone and placement: each set's intensity mean and std, the histogram
+    distances to the real crops, and where the dark iris sits (refined: mean over runs)."""
     from train.evaluation.evaluate import summary
 
-    pixels = {"synthetic": _pixels(str(synthetic)), "real": _pixels(str(real_test))}
-    variants = (
-        _variants(pixels["real"], count=count, seeds=seeds, quick=args.quick, options=options)
-        # they depend on the eyes drawn, not on the recipe or the drift instrument
-        if args.padding == "reflect"
-        and (args.synth_option or (not overrides and args.robust_epochs is None))
-        else {}
-    )
     appearance = {
         name: {"mean": float(p.mean()), "std": float(p.std())} for name, p in pixels.items()
     }
@@ -577,16 +670,42 @@ def main(argv: list[str] | None = None) -> int:
     placement["refined"] = {
         key: summary([c[key] for c in per_run])["mean"] for key in placement["real"]
     }
+    return appearance, distance, placement
+
+
+def _figures(
+    args: argparse.Namespace,
+    runs: list[dict],
+    *,
+    seeds: list[int],
+    steps: int,
+    count: int,
+    ingested: dict,
+    options: dict,
+    overrides: dict,
+    work: Path,
+    synthetic: Path,
+    real: Path,
+    real_test: Path,
+) -> dict:
+    """The record's figures: what each command did, tone, realism and label drift over the
+    runs, the procedural variants and, with --holdout or --select-every, their controls."""
+    from benchmarks.experiments.evaluate import drift_over_runs, realism_over_runs
+
+    pixels = {"synthetic": _pixels(str(synthetic)), "real": _pixels(str(real_test))}
+    variants = (
+        _variants(pixels["real"], count=count, seeds=seeds, quick=args.quick, options=options)
+        # they depend on the eyes drawn, not on the recipe or the drift instrument
+        if args.padding == "reflect"
+        and (args.synth_option or (not overrides and args.robust_epochs is None))
+        else {}
+    )
+    appearance, distance, placement = _tone(pixels, runs)
     stats = [s for r in runs for s in r["stats"]]
     reports = [r["report"] for r in runs]
     figures = {
         "seeds": seeds,
-        "ingest": {
-            "files": ingested["items"],
-            "written": ingested["samples_written"],
-            "rejected": ingested["rejected"],
-            "seconds": round(ingest_seconds, 2),
-        },
+        "ingest": ingested,
         "train": {
             "steps": steps,
             "seconds": round(sum(r["seconds"]["train"] for r in runs), 1),
@@ -620,7 +739,23 @@ def main(argv: list[str] | None = None) -> int:
         figures["realism_all_crops"] = _all_crops(real, real_test, synthetic, work, seeds)
     if args.select_every:
         figures["selection"] = _selection_figures(runs)
-    report = reports[0]
+    return figures
+
+
+def _settings(
+    args: argparse.Namespace,
+    report: dict,
+    figures: dict,
+    *,
+    steps: int,
+    count: int,
+    sheet: Path,
+    overrides: dict,
+    options: dict,
+    hold: dict,
+) -> dict:
+    """The record's settings: the fixture, the recipe and its variant, how runs are seeded,
+    and what realism, --holdout and --select-every measure (``report``: the first run's)."""
     settings = {
         "fixture": "shared/fixtures/real/mpiigaze_unlabeled (2,000 MPIIGaze 60x36 JPEG crops)",
         "preset": args.preset,
@@ -658,9 +793,7 @@ def main(argv: list[str] | None = None) -> int:
             "checkpoint's accuracy on the held-out half is recorded, not used"
         )
     settings["robust_epochs"] = report["settings"]["robust_epochs"]  # the drift estimator's
-    write_result(name, figures, settings, results=args.results)
-    print(json.dumps(figures, indent=1))
-    return 0
+    return settings
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -212,7 +212,88 @@ def _evaluate(
     seconds: dict[str, float] = {}
     began = time.perf_counter()
 
-    # -- data ---------------------------------------------------------------------------------
+    data = _load(task, domain, synthetic, refined, real_test, real_train, scratch)
+    seconds["load"] = time.perf_counter() - began
+    labels = label_check(data.sets["synthetic"], data.refined)
+    paired_synthetic, paired_refined = _paired(data.sets["synthetic"], data.refined)
+    say(
+        f"{domain}: {', '.join(f'{k} {len(v)}' for k, v in data.sets.items())}, real test "
+        f"{len(data.real_images)}{'' if data.labeled_test else ' (unlabeled: realism only)'}; "
+        f"labels identical for {labels['identical']} of {labels['paired']} paired keys"
+    )
+
+    started = time.perf_counter()
+    trained = _train_and_test(
+        task, data, (paired_synthetic, paired_refined), seeds, base, robust_base, device, say
+    )
+    seconds["train_and_test"] = time.perf_counter() - started
+
+    # realism needs no labels; it runs after the task networks, which keep their RNG streams
+    started = time.perf_counter()
+    realism_report = _realism(task, base, data, seeds, trained.feature_model, c2st_repeats, device)
+    for name, entry in realism_report["sets"].items():
+        say(
+            f"realism, {name} vs real: two-sample accuracy "
+            f"{entry['c2st_accuracy']['mean']:.3f} ± {entry['c2st_accuracy']['std']:.3f}, "
+            f"KID {entry['kid']['mean']:.4f}"
+        )
+    seconds["realism"] = time.perf_counter() - started
+
+    report = _report(
+        task,
+        domain,
+        base,
+        robust_base,
+        data,
+        trained,
+        inputs=(synthetic, refined, real_train, real_test),
+        seeds=seeds,
+        labels=labels,
+        pairs=len(paired_synthetic),
+        realism_report=realism_report,
+        device=device,
+    )
+    seconds["total"] = time.perf_counter() - began
+    report["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    report["memory"] = peak_memory(device)
+    if out is not None:
+        from train.evaluation.report import write_report
+
+        sheet = contact_sheet(
+            domain,
+            synthetic,
+            refined,
+            real_test,
+            paired_refined.keys[: SHEET_SAMPLES[domain]],
+            real_labeled=data.labeled_test,
+        )
+        path = write_report(report, out, sheet=sheet)
+        say(f"report: {path}")
+    return report
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The sets ``_evaluate`` works on, each decoded once into its scratch directory."""
+
+    sets: dict[str, LabeledSet]  # the training sets: synthetic, and refined, real when scored
+    refined: LabeledSet
+    test: LabeledSet | None  # None: the real test set is unlabeled, no task scores
+    real_images: Any  # the real test set's inputs, for realism
+    labeled_test: bool
+
+
+def _load(
+    task,
+    domain: str,
+    synthetic: str | Sequence[str],
+    refined: str | Sequence[str],
+    real_test: str | Sequence[str],
+    real_train: str | Sequence[str] | None,
+    scratch: Path,
+) -> _Data:
+    """Data: decode every set once; a labeled real test set gets task networks trained on every
+    training set, an unlabeled one only realism and label drift."""
     labeled_test = all_labeled(real_test, domain)
     if not labeled_test and real_train is not None:
         raise ValueError(
@@ -234,26 +315,43 @@ def _evaluate(
         real_images = realism.images(
             real_test, domain, size=info["size"], depth_input=info["size"][0], scratch=scratch
         )
-    seconds["load"] = time.perf_counter() - began
-    labels = label_check(sets["synthetic"], refined_set)
-    paired_synthetic, paired_refined = _paired(sets["synthetic"], refined_set)
-    say(
-        f"{domain}: {', '.join(f'{k} {len(v)}' for k, v in sets.items())}, real test "
-        f"{len(real_images)}{'' if labeled_test else ' (unlabeled: realism only)'}; "
-        f"labels identical for {labels['identical']} of {labels['paired']} paired keys"
-    )
+    return _Data(sets, refined_set, test, real_images, labeled_test)
 
-    # -- train and test -----------------------------------------------------------------------
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sets}
-    per_sample: dict[str, list[np.ndarray]] = {name: [] for name in sets}
+
+@dataclass(frozen=True)
+class _Trained:
+    """What the task networks measured, over seeds."""
+
+    runs: dict[str, list[dict[str, Any]]]  # per training set: each seed's metrics on real test
+    per_sample: dict[str, list[np.ndarray]]
+    drift: list[float]
+    robust_drift: list[float]  # of an appearance-robust network (gaze, scene)
+    feature_model: Any  # the synthetic-trained network of the first seed: realism's features
+
+
+def _train_and_test(
+    task,
+    data: _Data,
+    paired: tuple[LabeledSet, LabeledSet],
+    seeds: list[int],
+    base: TaskConfig,
+    robust_base: TaskConfig,
+    device: str | None,
+    say: Log,
+) -> _Trained:
+    """Train and test: a task network per seed and training set, scored on the real test set;
+    the synthetic-trained one (and its appearance-robust twin) also measures label drift."""
+    paired_synthetic, paired_refined = paired
+    test = data.test
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in data.sets}
+    per_sample: dict[str, list[np.ndarray]] = {name: [] for name in data.sets}
     drift: list[float] = []
-    robust_drift: list[float] = []  # of an appearance-robust network (gaze, scene)
-    feature_model = None  # the synthetic-trained network of the first seed: realism's features
-    started = time.perf_counter()
+    robust_drift: list[float] = []
+    feature_model = None
     for seed in seeds:
-        for name, data in sets.items():
+        for name, sample_set in data.sets.items():
             fit_began = time.perf_counter()
-            model = fit(task, data, replace(base, seed=seed), device=device)
+            model = fit(task, sample_set, replace(base, seed=seed), device=device)
             if name == "synthetic" and feature_model is None:
                 feature_model = model
             if test is not None:
@@ -263,7 +361,7 @@ def _evaluate(
             if name == "synthetic" and len(paired_synthetic):
                 drift.append(task.label_drift(model, paired_synthetic, paired_refined))
                 if task.appearance:
-                    robust = fit(task, data, replace(robust_base, seed=seed), device=device)
+                    robust = fit(task, sample_set, replace(robust_base, seed=seed), device=device)
                     robust_drift.append(task.label_drift(robust, paired_synthetic, paired_refined))
                     say(
                         f"seed {seed}, label drift {drift[-1]:.4f} {task.drift.unit}, "
@@ -278,14 +376,23 @@ def _evaluate(
             say(
                 f"seed {seed}, trained on {name}: {scored} ({time.perf_counter() - fit_began:.0f} s)"
             )
-    seconds["train_and_test"] = time.perf_counter() - started
+    return _Trained(runs, per_sample, drift, robust_drift, feature_model)
 
-    # -- realism: no labels needed (after the task networks, which keep their RNG streams) ----
-    started = time.perf_counter()
+
+def _realism(
+    task,
+    base: TaskConfig,
+    data: _Data,
+    seeds: list[int],
+    feature_model,
+    c2st_repeats: int,
+    device: str | None,
+) -> dict[str, Any]:
+    """Realism: synthetic and refined against the real test set, no labels needed."""
     network = base.network or task.network
-    realism_report = realism.realism(
-        real_images,
-        {"synthetic": sets["synthetic"].inputs, "refined": refined_set.inputs},
+    return realism.realism(
+        data.real_images,
+        {"synthetic": data.sets["synthetic"].inputs, "refined": data.refined.inputs},
         seeds=seeds,
         feature_model=feature_model,
         feature_network=(
@@ -295,16 +402,48 @@ def _evaluate(
         repeats=c2st_repeats,
         device=device or ("cuda" if torch.cuda.is_available() else "cpu"),  # as fit's default
     )
-    for name, entry in realism_report["sets"].items():
-        say(
-            f"realism, {name} vs real: two-sample accuracy "
-            f"{entry['c2st_accuracy']['mean']:.3f} ± {entry['c2st_accuracy']['std']:.3f}, "
-            f"KID {entry['kid']['mean']:.4f}"
-        )
-    seconds["realism"] = time.perf_counter() - started
 
-    # -- the report ---------------------------------------------------------------------------
+
+def _gap(task, sets: dict[str, LabeledSet], runs, results) -> dict[str, Any] | None:
+    """The share of the synthetic-to-real gap closed, per seed and on the means; None without
+    a real training set."""
+    if "real" not in sets:
+        return None
     key = task.metric.key
+    means = {name: results[name]["metrics"][key]["mean"] for name in sets}
+    per_seed = [
+        gap_closed(s[key], r[key], e[key])
+        for s, r, e in zip(runs["synthetic"], runs["refined"], runs["real"], strict=True)
+    ]
+    defined = [g for g in per_seed if g is not None]
+    return {
+        # two aggregates, named for what they are: the formula on the mean errors, and
+        # the mean of the per-seed values (they differ when one seed's gap is small)
+        "of_means": gap_closed(means["synthetic"], means["refined"], means["real"]),
+        "mean_over_seeds": statistics.fmean(defined) if defined else None,
+        "runs": per_seed,
+        "note": GAP_NOTE,
+    }
+
+
+def _report(
+    task,
+    domain: str,
+    base: TaskConfig,
+    robust_base: TaskConfig,
+    data: _Data,
+    trained: _Trained,
+    *,
+    inputs: tuple,
+    seeds: list[int],
+    labels: dict[str, Any],
+    pairs: int,
+    realism_report: dict[str, Any],
+    device: str | None,
+) -> dict[str, Any]:
+    """The report: every measure with its settings, inputs, machine and versions."""
+    synthetic, refined, real_train, real_test = inputs
+    sets, runs = data.sets, trained.runs
     results = {
         name: {
             "metrics": {
@@ -316,23 +455,7 @@ def _evaluate(
         for name in sets
         if runs[name]
     }
-    gap = None
-    if "real" in sets:
-        means = {name: results[name]["metrics"][key]["mean"] for name in sets}
-        per_seed = [
-            gap_closed(s[key], r[key], e[key])
-            for s, r, e in zip(runs["synthetic"], runs["refined"], runs["real"], strict=True)
-        ]
-        defined = [g for g in per_seed if g is not None]
-        gap = {
-            # two aggregates, named for what they are: the formula on the mean errors, and
-            # the mean of the per-seed values (they differ when one seed's gap is small)
-            "of_means": gap_closed(means["synthetic"], means["refined"], means["real"]),
-            "mean_over_seeds": statistics.fmean(defined) if defined else None,
-            "runs": per_seed,
-            "note": GAP_NOTE,
-        }
-    report: dict[str, Any] = {
+    return {
         "format": FORMAT,
         "domain": domain,
         "title": f"Refinement report: {domain}",
@@ -349,11 +472,11 @@ def _evaluate(
         },
         "counts": {
             "synthetic": len(sets["synthetic"]),
-            "refined": len(refined_set),
+            "refined": len(data.refined),
             "real_train": len(sets["real"]) if "real" in sets else None,
-            "real_test": len(real_images),
+            "real_test": len(data.real_images),
         },
-        "real_test_labeled": labeled_test,
+        "real_test_labeled": data.labeled_test,
         "seeds": seeds,
         "settings": {
             **{k: v for k, v in asdict(base).items() if k != "seed"},
@@ -363,16 +486,16 @@ def _evaluate(
             "data": DATA_NOTE,
         },
         "results": results,
-        "gap_closed": gap,
-        "label_drift": _drift_entry(task, drift, len(paired_synthetic), DRIFT_NOTE),
-        "label_drift_robust": _drift_entry(task, robust_drift, len(paired_synthetic), ROBUST_NOTE),
+        "gap_closed": _gap(task, sets, runs, results),
+        "label_drift": _drift_entry(task, trained.drift, pairs, DRIFT_NOTE),
+        "label_drift_robust": _drift_entry(task, trained.robust_drift, pairs, ROBUST_NOTE),
         "labels": labels,
         "realism": realism_report,
         "distributions": {
             "label": _DISTRIBUTION_LABELS[domain],
             "values": {
                 name: np.round(np.concatenate(values), 4).tolist()
-                for name, values in per_sample.items()
+                for name, values in trained.per_sample.items()
                 if values
             },
         },
@@ -386,23 +509,6 @@ def _evaluate(
         "versions": {"refinery": __version__, **versions()},
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    seconds["total"] = time.perf_counter() - began
-    report["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
-    report["memory"] = peak_memory(device)
-    if out is not None:
-        from train.evaluation.report import write_report
-
-        sheet = contact_sheet(
-            domain,
-            synthetic,
-            refined,
-            real_test,
-            paired_refined.keys[: SHEET_SAMPLES[domain]],
-            real_labeled=labeled_test,
-        )
-        path = write_report(report, out, sheet=sheet)
-        say(f"report: {path}")
-    return report
 
 
 _DESCRIPTIONS = {
