@@ -42,6 +42,7 @@ from benchmarks.common import RESULTS, write_result
 from benchmarks.engines import export_random
 from deploy import RefineConfig, run
 from deploy.stages import machine_threads
+from deploy.workers import stop_fork_server
 from refinery import png, sim
 from refinery.registry import build_network
 from refinery.samples import encode_sample
@@ -95,9 +96,12 @@ def identity_job(urls: list[str], out: Path, *, workers: int | None) -> dict[str
     """The identity job in this process and its workers: frames/s, CPU us per frame, busy."""
     shutil.rmtree(out, ignore_errors=True)
     config = RefineConfig(engine="identity", domain="gaze", output=str(out), workers=workers)
+    stop_fork_server()  # this job starts its own, and pays for it
     cpu, start = _cpu_seconds(), time.perf_counter()
     summary = run(config, urls)
-    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    wall = time.perf_counter() - start
+    stop_fork_server()  # reaped: its CPU and its workers' now count as this process's children
+    cpu = _cpu_seconds() - cpu
     if summary.rejected or summary.written != summary.read:
         raise RuntimeError(f"identity job rejected {summary.rejected} of {summary.read}")
     return {
@@ -157,7 +161,9 @@ def _peak_rss_child(urls: list[str], out: Path) -> dict:
         "import json, resource, sys\n"
         "from deploy import RefineConfig, run\n"
         "urls = json.loads(sys.argv[2])\n"
+        "from deploy.workers import stop_fork_server\n"
         "summary = run(RefineConfig(engine='identity', domain='gaze', output=sys.argv[1]), urls)\n"
+        "stop_fork_server()  # reaped, with the workers it reaped: RUSAGE_CHILDREN holds them\n"
         "status = open('/proc/self/status').read().splitlines()\n"
         "peak = next(int(l.split()[1]) for l in status if l.startswith('VmHWM:'))\n"
         "worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
@@ -269,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "codec_floor": "cv2.imdecode + cv2.imencode PNG level 3, one thread, tight loop, "
         "CPU time; libdeflate: the job's encoder (refinery.png) in place of imencode",
-        "identity": "deploy.run with --engine identity; CPU = this process + its workers",
+        "identity": "deploy.run with --engine identity; CPU = this process + the workers' fork "
+        "server (started by each job) + the workers",
         "engine": "simgan-refiner-gaze (64 maps, 4 blocks), random weights, ONNX Runtime CPU",
         "batch": args.batch,
         "throughput_samples": args.samples,

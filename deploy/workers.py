@@ -514,6 +514,18 @@ def _start_method():
     return context
 
 
+def stop_fork_server() -> None:
+    """End the workers' fork server and wait for it (a new job starts another): its CPU time,
+    with its workers' (it reaps them), then counts in this process's ``RUSAGE_CHILDREN``, as
+    spawned workers' did. For measurements: ``benchmarks/refine.py`` counts a job's whole CPU
+    this way, the fork server's start-up included."""
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)  # CPython's own (its tests use it)
+    if stop is not None:
+        stop()
+
+
 def _run_here(tasks, plan, *, engine, fit, stop_signal, on_shard) -> bool:
     """``run_workers`` with no worker: every shard refined in this process, one at a time."""
 
@@ -541,6 +553,36 @@ def _run_here(tasks, plan, *, engine, fit, stop_signal, on_shard) -> bool:
             return False
         on_shard(url, stats)
     return not stopped()
+
+
+def _start_workers(context, workers: int, plan: ShardPlan, stop) -> dict[Connection, Any]:
+    """``workers`` started processes, by their end of a pipe each."""
+    live = {}
+    with _spawning():
+        for i in range(workers):
+            ours, theirs = context.Pipe()
+            process = context.Process(
+                target=worker_main,
+                args=(theirs, plan, stop, os.getpid(), (os.getcwd(), dict(os.environ))),
+                name=f"refine-worker-{i}",
+                daemon=True,
+            )
+            process.start()
+            theirs.close()
+            live[ours] = process
+    return live
+
+
+def _end_workers(live: dict[Connection, Any]) -> None:
+    """Close every pipe (a worker waiting on this process sees it close, and stops) and wait
+    for the workers, killing one that does not end within 10 s."""
+    for conn in live:
+        conn.close()
+    for process in live.values():
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def run_workers(
@@ -574,18 +616,7 @@ def run_workers(
     leaving: set[Connection] = set()  # told to exit, stopped or failed: its end is expected
     ended: set[Connection] = set()  # its pipe is closed: nothing more to read
     failure: tuple[str | None, BaseException, str] | None = None
-    with _spawning():
-        for i in range(workers):
-            ours, theirs = context.Pipe()
-            process = context.Process(
-                target=worker_main,
-                args=(theirs, plan, stop, os.getpid(), (os.getcwd(), dict(os.environ))),
-                name=f"refine-worker-{i}",
-                daemon=True,
-            )
-            process.start()
-            theirs.close()
-            live[ours] = process
+    live.update(_start_workers(context, workers, plan, stop))
 
     def send(conn: Connection, message: tuple) -> None:
         """A worker may die between its message and the answer: its sentinel says so below."""
@@ -653,13 +684,7 @@ def run_workers(
                     del live[conn]
     finally:
         stop.set()
-        for conn in live:  # a worker waiting on this process sees the pipe close, and stops
-            conn.close()
-        for process in live.values():
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        _end_workers(live)
     if failure is not None:
         url, exc, text = failure
         if text:
