@@ -286,6 +286,7 @@ def refine_shard(
                 raise Stopped(url)
             counts.read += len(chunk)
             counts.decoded = counts.decoded or any(isinstance(e, tuple) for e in chunk)
+            done = []
             for entry, result in zip(
                 chunk, refine_chunk(chunk, plan, buffers, refine), strict=True
             ):
@@ -293,10 +294,11 @@ def refine_shard(
                     counts.reject(result)
                     continue
                 sample, component = entry
-                writer.write(
+                done.append(
                     assemble_sample(sample, component, result, provenance, plan.keep_original)
                 )
-                counts.written += 1
+            writer.write_all(done)
+            counts.written += len(done)
     stats = counts.as_dict()
     stats["seconds"] = time.perf_counter() - began
     stats["decoder"] = "opencv" if counts.decoded else "none"
@@ -503,15 +505,23 @@ def _spawning() -> Iterator[None]:
 def _start_method():
     """Workers fork from a fork server that has imported this module once (numpy, OpenCV,
     libdeflate: about 0.25 CPU-s a process, the bulk of a worker's start-up); where there is
-    no fork server (not POSIX), each is spawned and imports them itself. Never a plain fork of
-    the job's process: it may hold torch, CUDA and threads."""
+    no fork server (not POSIX, or it cannot start: a TMPDIR too long for its socket's path),
+    each is spawned and imports them itself. Never a plain fork of the job's process: it may
+    hold torch, CUDA and threads."""
     import multiprocessing
 
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return context
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        from multiprocessing import forkserver
+
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        try:
+            with _spawning():  # the server's environment is the workers'
+                forkserver.ensure_running()
+            return context
+        except OSError:  # its socket's path (under TMPDIR) too long for AF_UNIX, say
+            pass
+    return multiprocessing.get_context("spawn")
 
 
 def stop_fork_server() -> None:

@@ -187,6 +187,30 @@ def _tar_member(name: str, data: bytes, mtime: int) -> bytes:
     return b"".join((header, data, _ZERO_RUNS[-len(data) % _BLOCK]))
 
 
+_OCTAL_SHIFTS = np.arange(30, -1, -3)  # 11 octal digits, most significant first
+
+
+def _ustar_headers(names: Sequence[bytes], sizes: Sequence[int], mtime: int) -> bytes:
+    """The ustar headers ``_tar_member`` makes for these (ASCII, <= 100-byte) names and sizes,
+    all at once: one (members, 512) array, name and size fields filled, checksums summed by
+    row. The same bytes, a tenth of the Python per member."""
+    owner, when, rest, _ = _ustar_tail(mtime)
+    count = len(names)
+    headers = np.empty((count, _BLOCK), np.uint8)
+    headers[:, :100] = np.frombuffer(
+        b"".join(n.ljust(100, b"\0") for n in names), np.uint8
+    ).reshape(count, 100)
+    tail = np.frombuffer(owner + bytes(12) + when + b" " * 8 + rest, np.uint8)
+    headers[:, 100:] = tail
+    digits = (np.asarray(sizes, np.int64)[:, None] >> _OCTAL_SHIFTS) & 7
+    headers[:, 124:135] = digits + ord("0")
+    headers[:, 135] = 0
+    checksum = headers.sum(axis=1, dtype=np.int64)  # the checksum field counted as spaces
+    headers[:, 148:154] = ((checksum[:, None] >> _OCTAL_SHIFTS[-6:]) & 7) + ord("0")
+    headers[:, 154], headers[:, 155] = 0, ord(" ")
+    return headers.tobytes()
+
+
 class ShardWriter:
     """Write one shard atomically, with deterministic tar members.
 
@@ -218,6 +242,52 @@ class ShardWriter:
 
     def write(self, sample: Mapping[str, Any]) -> None:
         """Append one sample: ``__key__`` plus components whose values are bytes."""
+        key, members = self._members(sample)
+        self._keys.add(key)
+        self._put(
+            b"".join(
+                _tar_member(f"{key}.{name}", bytes(value), self.mtime) for name, value in members
+            )
+        )
+        self.count += 1
+
+    def write_all(self, samples: Sequence[Mapping[str, Any]]) -> None:
+        """Append samples in order, as ``write`` each would (the same bytes, the same refusal
+        at the first bad one, after the good ones before it), with the tar headers of all
+        their members made at once (``_ustar_headers``): the refine job's writer."""
+        keys: dict[str, None] = {}  # in order
+        names: list[bytes] = []
+        blobs: list[bytes] = []
+        try:
+            for sample in samples:
+                key, members = self._members(sample)
+                if key in keys:
+                    raise ValueError(f"{self.url}: key {key!r} written twice")
+                keys[key] = None
+                for name, value in members:
+                    names.append(f"{key}.{name}".encode())
+                    blobs.append(bytes(value))
+        except (ValueError, TypeError):
+            for sample in samples:  # the good ones, then the bad one's refusal
+                self.write(sample)
+            raise AssertionError("unreachable: write refuses what _members refused") from None
+        if not keys:
+            return
+        plain = all(len(name) <= 100 and name.isascii() for name in names)
+        if not plain or max(len(blob) for blob in blobs) > _MTIME_MAX:
+            for sample in samples:  # a long or non-ASCII name, a huge member: one by one
+                self.write(sample)
+            return
+        headers = _ustar_headers(names, [len(blob) for blob in blobs], self.mtime)
+        parts = []
+        for i, blob in enumerate(blobs):
+            parts += (headers[i * _BLOCK : (i + 1) * _BLOCK], blob, _ZERO_RUNS[-len(blob) % _BLOCK])
+        self._put(b"".join(parts))
+        self._keys.update(keys)
+        self.count += len(keys)
+
+    def _members(self, sample: Mapping[str, Any]) -> tuple[str, list[tuple[str, Any]]]:
+        """A sample's key and ``(component, bytes)`` members, or why it cannot be written."""
         key = check_key(sample.get("__key__"))
         if key in self._keys:
             raise ValueError(f"{self.url}: key {key!r} written twice")
@@ -232,17 +302,15 @@ class ShardWriter:
                 )
             if not name or "/" in name:
                 raise ValueError(f"{self.url}: sample {key!r} has a bad component name {name!r}")
-        self._keys.add(key)
-        data = b"".join(
-            _tar_member(f"{key}.{name}", bytes(value), self.mtime) for name, value in members
-        )
+        return key, members
+
+    def _put(self, data: bytes) -> None:
         try:
             self._stream.write(data)
         except OSError as exc:
             if self._tmp is None:  # a pipe: say which command failed
                 raise self._pipe_failure(exc) from exc
             raise self._write_failure(exc) from exc
-        self.count += 1
 
     def close(self) -> None:
         """Finish the tar and make the shard appear under its final name; if that fails

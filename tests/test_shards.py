@@ -58,6 +58,35 @@ def test_writer_is_deterministic_with_fixed_member_metadata(tmp_path):
     }
 
 
+def test_write_all_gives_the_bytes_and_refusals_of_write_one_by_one(tmp_path):
+    """The refine job writes a batch at once (``write_all``, headers made together): the same
+    bytes as ``write`` per sample, for empty, block-sized, long and non-ASCII members, and the
+    same refusal at the first bad sample, after the good ones before it."""
+    items = [gaze(i) for i in range(7)]
+    items[1]["empty.bin"] = b""
+    items[2]["block.bin"] = bytes(range(256)) * 2
+    items[3]["__key__"] = "d/" * 50 + "long"  # over 100 bytes with its component: PAX headers
+    items[4]["__key__"] = "straße-4"
+    one = write(tmp_path / "one.tar", items)
+    with H.ShardWriter(str(tmp_path / "all.tar")) as writer:
+        writer.write_all(items[:2])
+        writer.write_all([])
+        writer.write_all(items[2:])
+    assert Path(one).read_bytes() == (tmp_path / "all.tar").read_bytes()
+    for bad, error in (
+        ({**gaze(9), "json": {"not": "bytes"}}, TypeError),
+        ({**gaze(9), "__key__": "../up"}, ValueError),
+        (gaze(0), ValueError),  # a key twice
+    ):
+        with H.ShardWriter(str(tmp_path / "x.tar")) as writer, pytest.raises(error) as batch:
+            writer.write_all([gaze(0), gaze(1), bad, gaze(2)])
+        with H.ShardWriter(str(tmp_path / "y.tar")) as writer, pytest.raises(error) as single:
+            for item in [gaze(0), gaze(1), bad, gaze(2)]:
+                writer.write(item)
+        assert str(batch.value) == str(single.value).replace("y.tar", "x.tar")
+        assert (tmp_path / "x.tar").read_bytes() == (tmp_path / "y.tar").read_bytes()
+
+
 def test_writer_is_atomic(tmp_path):
     final = tmp_path / "shard.tar"
     with pytest.raises(RuntimeError), H.ShardWriter(str(final)) as writer:
