@@ -517,38 +517,54 @@ _WHOLE = 64 << 20  # a shard up to this size is read at once and parsed by _plai
 
 def _plain_shard(data: bytes) -> list[tuple[str, bytes]] | None:
     """(name, data) of every member of a whole shard in memory when all of them are what our
-    own writer makes (ustar regular files, short names, octal sizes, unsigned checksums, the
-    end-of-archive block); None for anything else, which ``_plain_members`` then reads with
-    its every rule and message. The checksums are summed at once over all headers (NumPy), the
-    step that costs most per member when done one header at a time."""
-    members: list[tuple[str, bytes]] = []
+    own writer makes (ustar regular files, short names, 11-digit octal sizes, ``%06o\\0 ``
+    unsigned checksums, the end-of-archive block); None for anything else, which
+    ``_plain_members`` then reads with its every rule and message. Only the sizes are read one
+    header at a time (each says where the next one is); the fields are checked and the
+    checksums summed over all headers at once (NumPy)."""
     starts: list[int] = []
-    stored: list[int] = []
+    sizes: list[int] = []
     at, end = 0, len(data)
     while True:
         if at + _BLOCK > end:
             return None  # cut short: _plain_members names where
         if data[at] == 0 and data[at : at + _BLOCK] == _ZEROS:
             break
-        if data[at + 156] not in (0x30, 0) or data[at + 345] != 0 or data[at + 124] & 0x80:
-            return None  # not a regular file, a POSIX prefix, a base-256 size
         try:
-            size = int(data[at + 124 : at + 136].split(b"\0", 1)[0].strip() or b"0", 8)
-            stored.append(int(data[at + 148 : at + 156].split(b"\0", 1)[0].strip(), 8))
+            size = int(data[at + 124 : at + 135], 8)  # digits checked below
         except ValueError:
             return None
-        name = data[at : at + 100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        if at + _BLOCK + size > end or name.endswith("/"):
+        if at + _BLOCK + size > end:
             return None
         starts.append(at)
-        members.append((name, data[at + _BLOCK : at + _BLOCK + size]))
+        sizes.append(size)
         at += _BLOCK + size + (-size % _BLOCK)
-    if members:
-        blocks = np.frombuffer(data, np.uint8, count=at).reshape(-1, _BLOCK)
-        headers = blocks[np.asarray(starts) // _BLOCK]
-        sums = headers.sum(axis=1, dtype=np.int64) - headers[:, 148:156].sum(axis=1, dtype=np.int64)
-        if not np.array_equal(sums + 256, np.asarray(stored, np.int64)):
-            return None  # a bad (or signed) checksum
+    if not starts:
+        return []
+    headers = np.frombuffer(data, np.uint8, count=at).reshape(-1, _BLOCK)[
+        np.asarray(starts) // _BLOCK
+    ]
+    digits = np.concatenate((headers[:, 124:135], headers[:, 148:154]), axis=1)
+    plain = (
+        ((headers[:, 156] == 0x30) | (headers[:, 156] == 0)).all()  # regular files
+        and not headers[:, 345].any()  # no POSIX prefix
+        and ((digits >= 0x30) & (digits <= 0x37)).all()  # octal digits only
+        and (headers[:, 135] == 0).all()
+        and (headers[:, 154] == 0).all()
+        and (headers[:, 155] == 0x20).all()
+    )
+    if not plain:
+        return None
+    stored = (headers[:, 148:154].astype(np.int64) - 0x30) @ (8 ** np.arange(5, -1, -1))
+    sums = headers.sum(axis=1, dtype=np.int64) - headers[:, 148:156].sum(axis=1, dtype=np.int64)
+    if not np.array_equal(sums + 256, stored):
+        return None  # a bad (or signed) checksum
+    members = []
+    for start, size in zip(starts, sizes, strict=True):
+        name = data[start : start + 100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        members.append((name, data[start + _BLOCK : start + _BLOCK + size]))
+    if any(name.endswith("/") for name, _ in members):
+        return None  # an old-style directory
     return members
 
 
