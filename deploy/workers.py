@@ -3,9 +3,9 @@
 The per-frame work a job does on the CPU (tar parsing, the label check, PNG decode and encode,
 tar writing) is Python around C calls; in one process the interpreter lock serialises it, so a
 16-core server did what two cores do. Here each of ``workers`` processes (forked from a fork
-server that imported NumPy, OpenCV and libdeflate once, never torch; one thread each) takes a whole shard at a time from the main
-process and writes its output shard itself, in input order, so the bytes of a shard do not
-depend on how many workers ran or which one took it::
+server that imported NumPy, OpenCV and libdeflate once, never torch; one thread each) takes a
+whole shard at a time from the main process and writes its output shard itself, in input
+order, so the bytes of a shard do not depend on how many workers ran or which one took it::
 
     main process                                  worker process (one per core)
     ------------                                  -----------------------------
@@ -19,8 +19,8 @@ cross in a file in ``/dev/shm`` that both processes map (a worker's buffer, grow
 needs more), and only small messages go through the pipes. With ``--engine identity`` no pixel
 leaves the worker. A worker ignores SIGINT/SIGTERM (the main process decides: it sets ``stop``
 and each worker drops its shard at the next batch) and dies with the main process
-(``PR_SET_PDEATHSIG`` on the fork server, which exits with it), so a kill -9 of the job leaves only temporary files, which the next run
-removes.
+(``PR_SET_PDEATHSIG`` on the fork server, which exits with it), so a kill -9 of the job leaves
+only temporary files, which the next run removes.
 """
 
 from __future__ import annotations
@@ -356,12 +356,12 @@ class RemoteEngine:
 
 
 def worker_main(
-    conn: Connection, plan: ShardPlan, stop, parent: int, place: tuple[str, dict[str, str]]
+    conn: Connection, plan: ShardPlan, stop, job: int, place: tuple[str, dict[str, str]]
 ) -> None:
     """A worker process: ask for a shard, refine it, report its stats, until told to exit.
     Messages to the main process: ``("next", None)``, ``("refine", (path, layout))``,
     ``("shard", (url, stats))``, ``("stopped", url)``, ``("error", (url, exception, text))``."""
-    _die_with_parent(parent)
+    _die_with_parent(job)
     cwd, environ = place  # the job's, now: the fork server keeps those of the first job
     os.chdir(cwd)
     os.environ.clear()

@@ -140,7 +140,8 @@ def check_key(key: Any) -> str:
 
 
 _BLOCK = 512
-_MODE, _UID, _MTIME_MAX = 0o644, 0, 8**11 - 1
+_MODE, _UID = 0o644, 0
+_MTIME_MAX = _SIZE_MAX = 8**11 - 1  # what an 11-digit octal field holds
 
 
 @functools.lru_cache(maxsize=8)
@@ -274,7 +275,7 @@ class ShardWriter:
         if not keys:
             return
         plain = all(len(name) <= 100 and name.isascii() for name in names)
-        if not plain or max(len(blob) for blob in blobs) > _MTIME_MAX:
+        if not plain or max(len(blob) for blob in blobs) > _SIZE_MAX:
             for sample in samples:  # a long or non-ASCII name, a huge member: one by one
                 self.write(sample)
             return
