@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import time
 from collections import Counter
@@ -54,6 +55,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from deploy.dali import DaliDecoder, have_dali
+from deploy.launch import ranks_on_this_node
 from deploy.output import (
     OUTPUT_FILE,
     STATS_SUFFIX,
@@ -415,11 +417,16 @@ def dali_decoder(config: RefineConfig, engine, kind: str, workers: int) -> DaliD
 def job_workers(config: RefineConfig, engine, shards: int) -> int:
     """Worker processes for ``shards`` shards: ``--workers``, else one per core of this
     process's affinity mask, less the one the engine's driver (or CPU threads) uses; never
-    more than there are shards. None (0) for an in-memory output (``memory://``), which only
-    this process can see."""
+    more than there are shards. Ranks a launcher put on one machine unpinned (each one's mask
+    the whole machine: ``torchrun --nproc_per_node 8``) share its cores, so eight ranks on 16
+    cores start one worker each, not fifteen. None (0) for an in-memory output
+    (``memory://``), which only this process can see."""
     if config.workers == 0 or config.output.startswith("memory://"):
         return 0
     cores = machine_threads()
+    ranks = ranks_on_this_node()
+    if ranks > 1 and cores >= (os.cpu_count() or cores):
+        cores = max(1, cores // ranks)
     wanted = config.workers or (cores if engine.backend == IDENTITY else max(1, cores - 1))
     return max(1, min(wanted, shards))
 

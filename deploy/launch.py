@@ -315,6 +315,17 @@ def _evidence(env: Mapping[str, str], names: Sequence[str]) -> str:
 _DIGITS = re.compile(r"[0-9]+")
 
 
+def ranks_on_this_node(env: Mapping[str, str] | None = None) -> int:
+    """How many ranks a launcher put on this machine: torchrun's ``LOCAL_WORLD_SIZE``, Slurm's
+    ``SLURM_NTASKS_PER_NODE``; 1 where neither says (one rank per pod, machine or array task).
+    The refine job shares the machine's cores among them (``deploy.job.job_workers``)."""
+    env = os.environ if env is None else env
+    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        if name in env and _DIGITS.fullmatch(env[name].strip()):
+            return max(1, int(env[name]))
+    return 1
+
+
 def _env_int(env: Mapping[str, str], name: str, minimum: int = 0) -> int:
     text = env[name]
     if not _DIGITS.fullmatch(text.strip()) or int(text) < minimum:

@@ -181,6 +181,28 @@ def test_workers_are_sized_from_the_affinity_mask_and_the_shards():
         RefineConfig(engine="e", output="out", workers=-1)
 
 
+def test_ranks_on_one_machine_share_its_cores(monkeypatch):
+    """torchrun --nproc_per_node 8 on 16 cores: one worker a rank, not fifteen; ranks pinned
+    to their own cores (a mask smaller than the machine) keep their masks."""
+    import deploy.job
+
+    identity, config = IdentityEngine("gaze"), RefineConfig(engine="e", output="out")
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(deploy.job, "machine_threads", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE", raising=False)
+    assert job_workers(config, identity, 100) == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert job_workers(config, identity, 100) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert job_workers(config, identity, 100) == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
+    assert job_workers(config, identity, 100) == 4
+    monkeypatch.setattr(deploy.job, "machine_threads", lambda: 4)  # pinned by the launcher
+    assert job_workers(config, identity, 100) == 4
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_job_is_named_and_the_rerun_finishes_exactly_once(shards, tmp_path):
     _, engine_dir, urls = shards
