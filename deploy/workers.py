@@ -55,7 +55,7 @@ from refinery.samples import (
     encode_image,
     encode_json,
 )
-from refinery.shards import ShardWriter, shard_name, tar_samples, temp_tag
+from refinery.shards import ShardWriter, in_batches, shard_name, tar_samples, temp_tag
 
 PNG_ENCODERS = ("libdeflate", "opencv")
 
@@ -103,17 +103,6 @@ def entries(url: str, plan: ShardPlan) -> Iterator[tuple[dict, str] | SampleErro
         yield (sample, component) if error is None else error.with_url(url)
     for error in broken:
         yield error.with_url(url)
-
-
-def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 class ShardCounts:
@@ -281,7 +270,7 @@ def refine_shard(
     provenance = encode_json({**plan.provenance, "source_shard": shard_name(url)})
     buffers = buffers or Buffers(shared=False)
     with ShardWriter(output, name=shard_name(url)) as writer:
-        for chunk in _chunks(entries(url, plan), plan.batch):
+        for chunk in in_batches(entries(url, plan), plan.batch):
             if stopped():
                 raise Stopped(url)
             counts.read += len(chunk)

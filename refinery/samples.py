@@ -351,15 +351,21 @@ def decode_sample(
         if name.startswith("__"):
             out[name] = value
             continue
-        try:
-            out[name] = decode_component(name, value, domain)
-        except Undecodable as exc:
-            raise SampleError(UNDECODABLE, str(exc), key=key, component=name) from None
-        except ValueError as exc:
-            raise SampleError(MALFORMED, str(exc), key=key, component=name) from None
+        out[name] = decode_or_reject(name, value, domain, key)
     if domain is not None:
         check_labels(out, domain)
     return out
+
+
+def decode_or_reject(name: str, value: bytes, domain: str | None, key: str | None) -> Any:
+    """``decode_component``, its failure raised as the sample's reject: ``undecodable`` for
+    bytes that are no image or JSON at all, ``malformed`` for ones that break the contract."""
+    try:
+        return decode_component(name, value, domain)
+    except Undecodable as exc:
+        raise SampleError(UNDECODABLE, str(exc), key=key, component=name) from None
+    except ValueError as exc:
+        raise SampleError(MALFORMED, str(exc), key=key, component=name) from None
 
 
 def missing_components(

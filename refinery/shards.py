@@ -839,6 +839,18 @@ def _key_problem(key: str, url: str) -> SampleError | None:
     return None
 
 
+def in_batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` in lists of ``size`` (the last may be shorter), in order."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def shard_samples(urls: str | Sequence[str], *, handler: Handler = reraise) -> Iterator[Sample]:
     """Samples of every shard in ``urls``, shard after shard."""
     for url in expand_urls(urls):

@@ -67,6 +67,7 @@ from refinery.shards import (
     _is_local,
     _local_path,
     expand_urls,
+    in_batches,
     read,
     reraise,
     shard_name,
@@ -356,17 +357,6 @@ def _inline(chunks: Iterator[list], work: Callable) -> Iterator[list]:
     return (work(chunk) for chunk in chunks)
 
 
-def _chunks(items: Iterator, size: int) -> Iterator[list]:
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def _build(
     tmp: Path,
     described: list[dict[str, Any]],
@@ -384,7 +374,7 @@ def _build(
     work = functools.partial(decode_draws, domain=domain, labels=labels)  # picklable
     columns = _Columns(tmp, component=image_key)
     raw = _raw_samples(described, rejects, shard_of)
-    for chunk in (decode or _inline)(_chunks(raw, CHUNK), work):
+    for chunk in (decode or _inline)(in_batches(raw, CHUNK), work):
         for index, sample in chunk:
             sample, array = columns.image_of(sample, domain, image_key)
             if isinstance(sample, SampleError):

@@ -25,12 +25,9 @@ from typing import Any
 import numpy as np
 
 from refinery.samples import (
-    MALFORMED,
-    UNDECODABLE,
     SampleError,
-    Undecodable,
     check_labels,
-    decode_component,
+    decode_or_reject,
     missing_components,
 )
 
@@ -101,12 +98,7 @@ def _decode_deferring(
                     # a view of the right shape for the size checks; no pixels are made
                     out[name] = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), size)
                     continue
-            try:
-                out[name] = decode_component(name, value, domain)
-            except Undecodable as exc:
-                raise SampleError(UNDECODABLE, str(exc), key=key, component=name) from None
-            except ValueError as exc:
-                raise SampleError(MALFORMED, str(exc), key=key, component=name) from None
+            out[name] = decode_or_reject(name, value, domain, key)
         check_labels(out, domain)
         if held is not None:
             out[defer] = held
