@@ -3,6 +3,7 @@ and the procedural shards several of them train or evaluate on."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ __all__ = [
     "EXPERIMENT_RESULTS",
     "RESULTS",
     "SEEDS",
+    "copied_shards",
     "exit_on_sigterm",
+    "gaze_shards",
     "machine",
     "procedural_shards",
     "versions",
@@ -58,9 +61,10 @@ def procedural_shards(
     *,
     seed: int,
     size: tuple[int, int] | None = None,
+    shard_size: int = 500,
 ) -> list[str]:
     """``count`` samples of the procedural ``domain`` simulator, ``variant``, written as shards
-    of up to 500 under ``root``; their paths."""
+    of up to ``shard_size`` under ``root``; their paths."""
     from refinery import sim
     from refinery.samples import encode_sample
     from refinery.shards import write_shards
@@ -70,5 +74,29 @@ def procedural_shards(
     return write_shards(
         (encode_sample(s, domain) for s in made),
         str(Path(root) / f"{domain}-{variant}-s{seed}-%06d.tar"),
-        shard_size=min(500, count),
+        shard_size=min(shard_size, count),
     )
+
+
+def gaze_shards(root: Path, count: int, *, shard_size: int = 1000) -> list[str]:
+    """``count`` procedural synthetic eyes (seed 7) as PNG + JSON shards of up to
+    ``shard_size`` under ``root``; their paths."""
+    from refinery import sim
+    from refinery.samples import encode_sample
+    from refinery.shards import write_shards
+
+    made = (encode_sample(s, "gaze") for s in sim.generate("gaze", "synthetic", count, seed=7))
+    return write_shards(made, str(Path(root) / "gaze-%06d.tar"), shard_size=shard_size)
+
+
+def copied_shards(urls: list[str], root: Path, shards: int) -> list[str]:
+    """``shards`` shards under ``root``: copies of ``urls`` in turn, under new names. A job
+    reads each as its own shard (keys are compared within a shard, not across), so a large
+    input costs a copy, not a rendering: procedural eyes take about 1 ms each on this machine,
+    the identity job 0.1 ms."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    copies = [str(root / f"copy-{i:06d}.tar") for i in range(shards)]
+    for i, target in enumerate(copies):
+        shutil.copyfile(urls[i % len(urls)], target)
+    return copies

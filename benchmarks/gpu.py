@@ -489,19 +489,12 @@ def engines_step(ctx: dict) -> dict[str, Any]:
 def _gaze_shards(root: Path, frames: int, unique: int = 10_000) -> str:
     """``frames`` gaze samples as 1000-sample shards: ``unique`` rendered, the shards then
     copied under new names (the job does not compare keys across shards)."""
-    from refinery import sim
-    from refinery.samples import encode_sample
-    from refinery.shards import write_shards
+    from benchmarks import common
 
-    made = root / "made"
     count = min(frames, unique)
-    samples = (encode_sample(s, "gaze") for s in sim.generate("gaze", "synthetic", count, seed=7))
-    urls = write_shards(samples, str(made / "gaze-%06d.tar"), shard_size=min(1000, count))
-    out = root / "gaze"
-    out.mkdir(parents=True)
-    for i in range(-(-frames // min(1000, count))):
-        shutil.copyfile(urls[i % len(urls)], out / f"gaze-{i:06d}.tar")
-    return str(out)
+    made = common.gaze_shards(root / "made", count, shard_size=min(1000, count))
+    common.copied_shards(made, root / "gaze", -(-frames // min(1000, count)))
+    return str(root / "gaze")
 
 
 def _scene_shards(root: Path, frames: int, height: int, width: int, unique: int = 20) -> str:
@@ -737,16 +730,18 @@ def evaluate_step(ctx: dict) -> dict[str, Any]:
     """``refinery evaluate scene`` on the device (``benchmarks.evaluate_memory.measure``):
     FCN8s trained and tested a batch at a time from the scratch directory, at two set sizes;
     seconds and peak host and device memory."""
-    from benchmarks.evaluate_memory import measure
+    from benchmarks.evaluate_memory import measure, render, shard_size
 
     device, sizes, work = ctx["device"], ctx["sizes"], Path(ctx["work"])
     dev = f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu"
     found: dict[str, Any] = {}
     plan = sizes["evaluate"]
+    root, size = work / "evaluate", tuple(plan["size"])
+    root.mkdir(parents=True, exist_ok=True)
+    sets = render(root, plan["frames"], max(min(plan["frames"]) // 4, 8), size=size)
     for frames in plan["frames"]:
-        root = work / f"evaluate-{frames}"
-        root.mkdir(parents=True, exist_ok=True)
-        found[str(frames)] = measure(root, frames, device=dev, size=tuple(plan["size"]))
+        shard = shard_size(plan["frames"])
+        found[str(frames)] = measure(root, sets, frames, shard, device=dev, size=size)
     small, large = (found[str(f)]["peak_host_rss_mib"] for f in plan["frames"])
     found["host_growth"] = large / small - 1
     return found

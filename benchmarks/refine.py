@@ -38,22 +38,17 @@ import numpy as np
 import torch
 
 import engines
-from benchmarks.common import RESULTS, write_result
+from benchmarks.common import RESULTS, copied_shards, gaze_shards, write_result
 from benchmarks.engines import export_random
 from deploy import RefineConfig, run
 from deploy.stages import machine_threads
 from deploy.workers import stop_fork_server
-from refinery import png, sim
+from refinery import png
 from refinery.registry import build_network
-from refinery.samples import encode_sample
-from refinery.shards import read, shard_samples, write_shards
+from refinery.shards import read, shard_samples
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def gaze_shards(out: Path, n: int, shard_size: int = 1000) -> list[str]:
-    samples = (encode_sample(s, "gaze") for s in sim.generate("gaze", "synthetic", n, seed=7))
-    return write_shards(samples, str(out / "gaze-%06d.tar"), shard_size=shard_size)
+UNIQUE = 10_000  # eyes rendered; larger inputs are copies of their shards (common.copied_shards)
 
 
 def _cpu_seconds() -> float:
@@ -229,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(n) for n in args.memory.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        urls = gaze_shards(root / "in", args.frames, shard_size=min(1000, args.frames // 2))
+        shard = min(1000, args.frames // 2)
+        made = gaze_shards(root / "made", min(args.frames, UNIQUE), shard_size=shard)
+        urls = copied_shards(made, root / "in", args.frames // shard)
         figures = measure_cpu_side(urls, root, args.rounds)
 
         gaze = export_random("simgan-refiner-gaze", root / "engine-gaze")
@@ -250,8 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": {"engine_only": alone, "job": job},
         }
         memory = {}
+        memory_shard = min(1000, sizes[0])
+        if memory_shard != shard:
+            made = gaze_shards(root / "made-memory", min(sizes[0], UNIQUE), shard_size=memory_shard)
         for n in sizes:
-            big = gaze_shards(root / f"mem{n}", n)
+            big = copied_shards(made, root / f"mem{n}", n // memory_shard)
             memory[str(n)] = _peak_rss_child(big, root / f"memout{n}")
             shutil.rmtree(root / f"mem{n}")
             shutil.rmtree(root / f"memout{n}")
@@ -271,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     settings = {
         "frames": args.frames,
-        "shard_size": min(1000, args.frames // 2),
+        "shard_size": shard,
+        "unique_frames": min(args.frames, UNIQUE),
+        "inputs": "procedural eyes (seed 7); beyond the unique ones, copies of their shards",
         "rounds": args.rounds,
         "codec_floor": "cv2.imdecode + cv2.imencode PNG level 3, one thread, tight loop, "
         "CPU time; libdeflate: the job's encoder (refinery.png) in place of imencode",

@@ -802,7 +802,7 @@ def _add_evaluate(commands) -> None:
         type=positive_int,
         help="epochs of the appearance-robust drift network (gaze, scene; default: --epochs): "
         "its random appearance changes make the task harder, and trained longer it reads less "
-        "drift on appearance alone (benchmarks/drift_floor.py)",
+        "drift on appearance alone (benchmarks/experiments/drift_floor.py)",
     )
     evaluate.add_argument(
         "--c2st-repeats",
@@ -811,7 +811,7 @@ def _add_evaluate(commands) -> None:
         metavar="N",
         help="two-sample classifiers per seed, their mean the seed's realism (default 1): one "
         "classifier's draw moves the accuracy by about 0.03 on the same images "
-        "(benchmarks/c2st_noise.py)",
+        "(benchmarks/experiments/c2st_noise.py)",
     )
     _task_options(evaluate)
     evaluate.set_defaults(run=_evaluate)

@@ -245,6 +245,15 @@ def test_conv_flops_counts_the_gaze_refiner_as_the_paper_sizes_it():
     assert conv_flops(module, (2, 1, 35, 55)) == 2 * 1_137_875_200
 
 
+def test_evaluate_memory_shards_divide_every_size():
+    from benchmarks.evaluate_memory import shard_size
+
+    assert shard_size([1000, 4000]) == 500
+    assert shard_size([16, 64]) == 16
+    assert shard_size([1200, 3600]) == 400
+    assert shard_size([1000, 4001]) == 1
+
+
 @pytest.mark.slow
 def test_evaluate_memory_quick_run_records_the_peak_of_each_size(tmp_path):
     from benchmarks import evaluate_memory
@@ -252,6 +261,9 @@ def test_evaluate_memory_quick_run_records_the_peak_of_each_size(tmp_path):
     figures = evaluate_memory.main(["--quick", "--out", str(tmp_path)])
     runs = figures["runs"]
     assert set(runs) == {"16", "64"} and all(r["peak_host_rss_mib"] > 50 for r in runs.values())
+    # each size reads its own number of frames from the one rendering; the real test set is shared
+    assert [runs[s]["frames_per_set"] for s in ("16", "64")] == [16, 64]
+    assert runs["16"]["real_test_frames"] == runs["64"]["real_test_frames"] == 8
     assert figures["growth"] == pytest.approx(
         runs["64"]["peak_host_rss_mib"] / runs["16"]["peak_host_rss_mib"] - 1
     )
