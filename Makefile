@@ -67,17 +67,18 @@ demo: $(STAMP)
 	@echo "      run (TensorBoard: tensorboard --logdir $(DEMO)/run/tb) in $(DEMO)/run;"
 	@echo "      contact sheet (synthetic | refined | real) at $(DEMO)/contact-sheet.png"
 
-# The product benchmarks: speed and memory of each command, ~25 min on this 2-core machine.
+# The product benchmarks: speed and memory of each command, ~22 min on this 2-core machine
+# (1,296 s end to end at 235fa64; each command's time below is from that run).
 # Each writes benchmarks/results/<name>.json; the README's table is rendered from them.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.shard_io  # ~1.5 min (76 s niced here): shard write/read samples/s, gaze and scene
-	$(BIN)/python -m benchmarks.ingest  # ~2 min (111 s niced): refinery ingest, UnityEyes and GTA-V layouts
-	$(BIN)/python -m benchmarks.engines  # ~3 min alone (11 min niced beside other work): ONNX Runtime against torch eager
-	$(BIN)/python -m benchmarks.refine  # ~5 min: the refine job against the engine alone, its memory over size
-	$(BIN)/python -m benchmarks.simgan_speed  # < 2 min: the trainer's compute ceiling
-	$(BIN)/python -m benchmarks.train_speed  # ~2 min: the real loop, waiting for data
-	$(BIN)/python -m benchmarks.evaluate_memory  # ~7 min (418 s in its record): evaluate's peak memory, 1k vs 4k frames
-	$(BIN)/python -m benchmarks.domain_gap  # ~3 min (163 s in its record): what a task net loses from the built-in synthetic data to real
+	$(BIN)/python -m benchmarks.shard_io  # 28 s: shard write/read samples/s, gaze and scene
+	$(BIN)/python -m benchmarks.ingest  # 27 s: refinery ingest, UnityEyes and GTA-V layouts
+	$(BIN)/python -m benchmarks.engines  # 61 s: ONNX Runtime against torch eager
+	$(BIN)/python -m benchmarks.refine  # 166 s: the refine job against the codec and the engine alone, its memory over size
+	$(BIN)/python -m benchmarks.simgan_speed  # 75 s: the trainer's compute ceiling
+	$(BIN)/python -m benchmarks.train_speed  # 252 s: the real loop, waiting for data
+	$(BIN)/python -m benchmarks.evaluate_memory  # 412 s: evaluate's peak memory, 1k vs 4k frames
+	$(BIN)/python -m benchmarks.domain_gap  # 275 s: what a task net loses from the built-in synthetic data to real
 	$(BIN)/python -m benchmarks.table
 
 # The experiments: ablations and studies, ~26 h on 2 cores; what they taught is written in

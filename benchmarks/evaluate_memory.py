@@ -13,7 +13,7 @@ report states (``memory.peak_host_rss_mib``, from ``getrusage``).
 The real test set is the same for every size (a quarter of the smallest, 250 frames): it goes
 through the same row store as the three sets that grow, and realism's two-sample classifiers
 (10 epochs on it, for synthetic and refined) cost in proportion to it; grown with the sets it
-made the 4k run's realism four minutes of the benchmark's ten.
+made the 4k run's realism four minutes of the benchmark's thirteen.
 
     python -m benchmarks.evaluate_memory [--quick] [--sizes 1000 4000] [--out DIR]
 """
