@@ -106,6 +106,22 @@ def measure(
     }
 
 
+def measure_sizes(
+    root: Path, sizes: list[int], *, device: str = "cpu", size: tuple[int, int] = SIZE
+) -> dict[str, Any]:
+    """``measure`` at each of ``sizes`` frames per set, all read from one ``render`` under
+    ``root`` with a real test set of a quarter of the smallest size (at least 8)."""
+    real_test = max(min(sizes) // 4, 8)
+    began = time.perf_counter()
+    sets = render(root, sizes, real_test, size=size)
+    render_seconds = time.perf_counter() - began
+    runs = {}
+    for frames in sizes:
+        runs[str(frames)] = measure(root, sets, frames, shard_size(sizes), device=device, size=size)
+        print(f"{frames} frames per set: peak {runs[str(frames)]['peak_host_rss_mib']:.0f} MiB")
+    return {"runs": runs, "render_seconds": render_seconds, "real_test_frames": real_test}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
@@ -113,29 +129,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=common.RESULTS)
     args = parser.parse_args(argv)
     sizes = [16, 64] if args.quick else args.sizes
-    real_test = max(min(sizes) // 4, 8)
-    runs = {}
     with tempfile.TemporaryDirectory(prefix="evaluate-memory-") as tmp:
-        began = time.perf_counter()
-        sets = render(Path(tmp), sizes, real_test)
-        render_seconds = time.perf_counter() - began
-        for frames in sizes:
-            runs[str(frames)] = measure(Path(tmp), sets, frames, shard_size(sizes))
-            peak = runs[str(frames)]["peak_host_rss_mib"]
-            print(f"{frames} frames per set: peak {peak:.0f} MiB")
+        measured = measure_sizes(Path(tmp), sizes)
+    runs = measured["runs"]
     small, large = (runs[str(s)]["peak_host_rss_mib"] for s in sizes)
     figures = {
         "runs": runs,
         "growth": large / small - 1,
         "target_growth": 0.10,
         "met": large / small - 1 <= 0.10,
-        "render_seconds": render_seconds,
+        "render_seconds": measured["render_seconds"],
     }
     settings = {
         "domain": "scene",
         "size": list(SIZE),
         "sizes": sizes,
-        "real_test_frames": real_test,
+        "real_test_frames": measured["real_test_frames"],
         "task": "fcn8s-small, 1 epoch, seed 0",
         "refined": "the synthetic shards themselves (memory, not refinement, is measured)",
         "quick": args.quick,

@@ -727,21 +727,17 @@ def train_step(ctx: dict) -> dict[str, Any]:
 
 
 def evaluate_step(ctx: dict) -> dict[str, Any]:
-    """``refinery evaluate scene`` on the device (``benchmarks.evaluate_memory.measure``):
+    """``refinery evaluate scene`` on the device (``benchmarks.evaluate_memory.measure_sizes``):
     FCN8s trained and tested a batch at a time from the scratch directory, at two set sizes;
     seconds and peak host and device memory."""
-    from benchmarks.evaluate_memory import measure, render, shard_size
+    from benchmarks.evaluate_memory import measure_sizes
 
     device, sizes, work = ctx["device"], ctx["sizes"], Path(ctx["work"])
     dev = f"cuda:{device.index or 0}" if device.type == "cuda" else "cpu"
-    found: dict[str, Any] = {}
     plan = sizes["evaluate"]
-    root, size = work / "evaluate", tuple(plan["size"])
+    root = work / "evaluate"
     root.mkdir(parents=True, exist_ok=True)
-    sets = render(root, plan["frames"], max(min(plan["frames"]) // 4, 8), size=size)
-    for frames in plan["frames"]:
-        shard = shard_size(plan["frames"])
-        found[str(frames)] = measure(root, sets, frames, shard, device=dev, size=size)
+    found = measure_sizes(root, plan["frames"], device=dev, size=tuple(plan["size"]))["runs"]
     small, large = (found[str(f)]["peak_host_rss_mib"] for f in plan["frames"])
     found["host_growth"] = large / small - 1
     return found
