@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 
 from refinery import __version__
+from refinery.progress import say
 from refinery.samples import SampleError
 
 
@@ -295,7 +296,7 @@ def _train_adversarial(args: argparse.Namespace) -> int:
             )
         except NonFiniteLoss as exc:
             kept = RunDir(args.out).latest()
-            print(f"refinery train: error: {exc}; last good checkpoint: {kept}", file=sys.stderr)
+            say(f"refinery train: error: {exc}; last good checkpoint: {kept}")
             return 1
     if rank == 0:
         print(
@@ -517,7 +518,7 @@ def _refine(args: argparse.Namespace) -> int:
         local = os.environ.get("LOCAL_RANK")
         if args.device == "cuda" and local is not None and "torchrun" in place.source:
             config = replace(config, device=f"cuda:{int(local)}")  # one GPU per torchrun worker
-    print(f"refine: {len(mine)} of {len(urls)} shards on {where} -> {args.output}", file=sys.stderr)
+    say(f"refine: {len(mine)} of {len(urls)} shards on {where} -> {args.output}")
     with Progress(len(mine), what="refine", unit="shards", rate_of="samples") as bar:
         counts = {"samples": 0, "rejected": 0}
 
@@ -535,15 +536,15 @@ def _refine(args: argparse.Namespace) -> int:
             else:
                 summary = run(config, mine, progress=progress)
         except JobStopped as exc:  # SIGINT / SIGTERM: finished shards stay, a rerun goes on
-            print(f"refinery refine: {exc}", file=sys.stderr)
+            say(f"refinery refine: {exc}")
             return 128 + exc.signal
         except RejectRateExceeded as exc:  # every shard was refined: say what happened
             if exc.summary is not None:
                 print("\n".join(exc.summary.lines()))
-            print(f"refinery refine: error: {exc}", file=sys.stderr)
+            say(f"refinery refine: error: {exc}")
             return 1
         except RuntimeError as exc:  # incl. a failed Ray shard group
-            print(f"refinery refine: error: {exc}", file=sys.stderr)
+            say(f"refinery refine: error: {exc}")
             return 1
     print("\n".join(summary.lines()))
     return 0
@@ -1004,7 +1005,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         parser.exit(2, f"refinery {args.command}: error: {exc}\n")
     except (SampleError, ValueError, OSError, EngineError) as exc:
-        print(f"refinery {args.command}: error: {exc}", file=sys.stderr)
+        say(f"refinery {args.command}: error: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130

@@ -23,6 +23,15 @@ EVERY_ENV = "REFINERY_PROGRESS_EVERY"
 DEFAULT_EVERY = 30.0
 
 
+def say(line: str, stream: IO[str] | None = None) -> None:
+    """``line`` and its newline to ``stream`` (default stderr) in one write. torchrun starts each
+    rank with ``python -u``, where ``print``'s text and newline are two writes to the pipe the
+    ranks share, and another rank's line can land between them."""
+    stream = stream or sys.stderr
+    stream.write(f"{line}\n")
+    stream.flush()
+
+
 def _duration(seconds: float) -> str:
     seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
@@ -110,7 +119,7 @@ class Progress:
         now = self.clock()
         if force or now - self.last >= self.every:
             self.last = now
-            print(self.line(), file=self.stream, flush=True)
+            say(self.line(), self.stream)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -105,3 +105,31 @@ def test_ingest_and_train_write_progress_lines_into_a_log(tmp_path):
     progress = [line for line in lines if line.startswith("train simgan gaze: ")]
     assert progress and progress[-1].startswith("train simgan gaze: 6/6 iterations (100%)")
     assert "iterations/s" in progress[-1]
+
+
+class Writes(io.StringIO):
+    """A stream that keeps each ``write`` call's text."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_each_stderr_line_is_one_write_so_ranks_cannot_split_it(monkeypatch, tmp_path):
+    """torchrun starts each rank with ``python -u``: a line written as text, then newline, is two
+    writes to the pipe every rank shares, and another rank's line can land between them."""
+    from refinery.cli import main
+
+    stream = Writes()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setenv("REFINERY_PROGRESS_EVERY", "30")
+    missing = str(tmp_path / "missing-000.tar")
+    run = ["train", "simgan", "--synthetic", missing, "--real", missing, "--preset", "small"]
+    assert main([*run, "--out", str(tmp_path / "run")]) == 1
+    assert any(c.startswith("train simgan gaze: 0/") for c in stream.calls)  # the progress line
+    assert any(c.startswith("refinery train: error: ") for c in stream.calls)
+    assert all(c.endswith("\n") and c.count("\n") == 1 for c in stream.calls), stream.calls
