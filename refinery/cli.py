@@ -540,13 +540,13 @@ def _refine(args: argparse.Namespace) -> int:
             return 128 + exc.signal
         except RejectRateExceeded as exc:  # every shard was refined: say what happened
             if exc.summary is not None:
-                print("\n".join(exc.summary.lines()))
+                say("\n".join(exc.summary.lines()), sys.stdout)  # each rank its own, whole
             say(f"refinery refine: error: {exc}")
             return 1
         except RuntimeError as exc:  # incl. a failed Ray shard group
             say(f"refinery refine: error: {exc}")
             return 1
-    print("\n".join(summary.lines()))
+    say("\n".join(summary.lines()), sys.stdout)  # each rank its own, whole
     return 0
 
 

@@ -24,9 +24,9 @@ DEFAULT_EVERY = 30.0
 
 
 def say(line: str, stream: IO[str] | None = None) -> None:
-    """``line`` and its newline to ``stream`` (default stderr) in one write. torchrun starts each
-    rank with ``python -u``, where ``print``'s text and newline are two writes to the pipe the
-    ranks share, and another rank's line can land between them."""
+    """``line`` (or lines) and a newline to ``stream`` (default stderr) in one write. torchrun
+    starts each rank with ``python -u``, where ``print``'s text and newline are two writes to the
+    pipe the ranks share, and another rank's line can land between them."""
     stream = stream or sys.stderr
     stream.write(f"{line}\n")
     stream.flush()
